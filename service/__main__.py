@@ -1,0 +1,86 @@
+"""Command line: ``kpack-image-builder SUBCOMMAND`` (also ``python -m service``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import anyio
+
+
+def _devcluster(args: argparse.Namespace) -> int:
+    from service.sim.devcluster import serve
+
+    for d in args.crds:
+        if not d.exists():
+            print(f"devcluster: --crds {d}: no such file or directory", file=sys.stderr)
+            return 2
+    if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
+        print("devcluster: --tls-cert-file and --tls-private-key-file go together", file=sys.stderr)
+        return 2
+    try:
+        anyio.run(
+            lambda: serve(
+                host=args.host,
+                port=args.port,
+                kubeconfig_out=args.kubeconfig_out,
+                bookmark_interval=args.bookmark_interval,
+                crd_dirs=args.crds,
+                token=args.token,
+                tls_cert=args.tls_cert_file,
+                tls_key=args.tls_private_key_file,
+            )
+        )
+    except OSError as exc:
+        print(f"devcluster: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kpack-image-builder", description="Korifi's kpack image builder, and its simulated cluster."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser(
+        "devcluster", help="serve the Kubernetes API emulator with the service's CRDs loaded"
+    )
+    dev.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, default=0, help="port to listen on (default: a free port)")
+    dev.add_argument(
+        "--kubeconfig-out", type=Path, help="write a kubeconfig for the emulator here once it listens"
+    )
+    dev.add_argument(
+        "--bookmark-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how often watches that allow bookmarks get one (default 60)",
+    )
+    dev.add_argument(
+        "--crds",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="extra CRD YAML files or folders to load at start (repeatable)",
+    )
+    dev.add_argument("--token", help="require this bearer token from clients")
+    dev.add_argument("--tls-cert-file", type=Path, help="serve HTTPS with this certificate")
+    dev.add_argument("--tls-private-key-file", type=Path, help="the certificate's private key")
+    dev.set_defaults(func=_devcluster)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

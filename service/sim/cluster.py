@@ -1,0 +1,1267 @@
+"""The emulated cluster's state and its API semantics, independent of HTTP.
+
+Every method is synchronous, so each call is atomic on the event loop, as one etcd transaction is.
+Stored objects are never mutated: a write stores a new dict, which lets lists, paginated snapshots
+and the watch history share objects by reference.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import jsonpatch
+import orjson
+
+from service.kube import errors
+from service.kube.names import (
+    dns1123_label_errors,
+    dns1123_subdomain_errors,
+    label_value_errors,
+    qualified_name_errors,
+)
+from service.kube.selectors import EVERYTHING, FieldSelector, LabelSelector
+from service.sim import schema as schemas
+from service.sim.kinds import Kind, Obj, built_in_kinds, kind_from_crd
+from service.sim.watch import Event, Watcher
+
+ObjKey = tuple[str, str, str, str]  # group, plural, namespace ("" if cluster-scoped), name
+
+FOREGROUND = "foregroundDeletion"
+ORPHAN = "orphan"
+CRD_CLEANUP = "customresourcecleanup.apiextensions.k8s.io"
+NAMESPACE_FINALIZER = "kubernetes"
+_NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
+_SYSTEM_META = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation")
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _fresh(obj: Obj) -> Obj:
+    """A deep copy the caller may mutate (orjson round trip: fast, and proves the object is JSON)."""
+    out: Obj = orjson.loads(orjson.dumps(obj))
+    return out
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    rv: int
+    items: list[Obj]
+    created: float
+
+
+@dataclass(slots=True)
+class DeleteOptions:
+    propagation_policy: str | None = None
+    precondition_uid: str | None = None
+    precondition_rv: str | None = None
+    dry_run: bool = False
+
+    @classmethod
+    def from_body(
+        cls, body: Obj | None, query_policy: str | None = None, dry_run: bool = False
+    ) -> DeleteOptions:
+        body = body or {}
+        pre = body.get("preconditions") or {}
+        policy = body.get("propagationPolicy") or query_policy
+        if policy is None and body.get("orphanDependents") is not None:
+            policy = "Orphan" if body["orphanDependents"] else "Background"
+        if policy not in (None, "Background", "Foreground", "Orphan"):
+            raise errors.BadRequest(
+                f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported value: "{policy}": '
+                'supported values: "Foreground", "Background", "Orphan", "nil"'
+            )
+        return cls(policy, pre.get("uid"), pre.get("resourceVersion"), dry_run or bool(body.get("dryRun")))
+
+
+class Cluster:
+    """Objects, the global resourceVersion, the event history and the open watches."""
+
+    def __init__(self, *, history_limit: int = 100_000, watch_buffer: int = 100_000) -> None:
+        self.rv = 1
+        self.kinds: dict[tuple[str, str], Kind] = {}
+        self.served: dict[tuple[str, str, str], Kind] = {}  # (group, version, plural) -> kind
+        self.objects: dict[tuple[str, str], dict[tuple[str, str], Obj]] = {}
+        self.by_uid: dict[str, ObjKey] = {}
+        self.dependents: dict[str, set[ObjKey]] = {}
+        self.history: dict[tuple[str, str], deque[Event]] = {}
+        self.history_floor: dict[tuple[str, str], int] = {}  # events up to this rv are no longer kept
+        self.history_limit = history_limit
+        self.compacted_rv = 0
+        self.watchers: dict[tuple[str, str], set[Watcher]] = {}
+        self.watch_buffer = watch_buffer
+        self.snapshots: dict[str, _Snapshot] = {}
+        self.snapshot_ttl = 300.0
+        # Work for the background controllers (garbage collector, namespace and CRD finalizers).
+        self.gc_pending: set[ObjKey] = set()
+        self.work = anyio.Event()
+        for kind in built_in_kinds():
+            self.register(kind)
+
+    # ----------------------------------------------------------------- kinds
+    def register(self, kind: Kind) -> None:
+        old = self.kinds.get(kind.key)
+        if old is not None:
+            for v in old.versions:
+                self.served.pop((old.group, v, old.plural), None)
+        self.kinds[kind.key] = kind
+        for v in kind.versions:
+            self.served[(kind.group, v, kind.plural)] = kind
+        self.objects.setdefault(kind.key, {})
+        self.history.setdefault(kind.key, deque())
+        self.history_floor.setdefault(kind.key, self.rv)
+        self.watchers.setdefault(kind.key, set())
+
+    def unregister(self, group: str, plural: str) -> None:
+        kind = self.kinds.pop((group, plural), None)
+        if kind is None:
+            return
+        for v in kind.versions:
+            self.served.pop((group, v, plural), None)
+        for w in self.watchers.pop(kind.key, set()):
+            w.close()
+        self.objects.pop(kind.key, None)
+        self.history.pop(kind.key, None)
+        self.history_floor.pop(kind.key, None)
+
+    def lookup(self, group: str, version: str, plural: str) -> Kind:
+        kind = self.served.get((group, version, plural))
+        if kind is None:
+            raise errors.NotFound(
+                "the server could not find the requested resource", details={"group": group, "kind": plural}
+            )
+        return kind
+
+    def kind_for(self, group: str, plural: str) -> Kind:
+        return self.kinds[(group, plural)]
+
+    # ----------------------------------------------------------------- reads
+    def _api_version_view(self, kind: Kind, version: str | None) -> str | None:
+        if version is None or version == kind.storage_version:
+            return None
+        return kind.api_version(version)
+
+    def view(self, kind: Kind, version: str | None, obj: Obj) -> Obj:
+        api_version = self._api_version_view(kind, version)
+        return obj if api_version is None else {**obj, "apiVersion": api_version}
+
+    def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
+        obj = self.objects[kind.key].get((namespace or "" if kind.namespaced else "", name))
+        if obj is None:
+            raise errors.NotFound(
+                f'{kind.qualified} "{name}" not found',
+                details={"name": name, "group": kind.group, "kind": kind.plural},
+            )
+        return obj
+
+    def find(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
+        return self.objects[kind.key].get((namespace or "" if kind.namespaced else "", name))
+
+    def _select(
+        self, kind: Kind, namespace: str | None, labels: LabelSelector, fields: FieldSelector
+    ) -> list[Obj]:
+        bucket = self.objects[kind.key]
+        name = fields.name
+        if name is not None and namespace is not None:
+            one = bucket.get((namespace if kind.namespaced else "", name))
+            candidates: Iterable[tuple[tuple[str, str], Obj]] = [((namespace, name), one)] if one else []
+        else:
+            candidates = sorted(bucket.items())
+        out = []
+        for (ns, _), obj in candidates:
+            if namespace is not None and kind.namespaced and ns != namespace:
+                continue
+            if not labels.empty and not labels.matches(obj["metadata"].get("labels")):
+                continue
+            if fields.terms and not fields.matches(obj):
+                continue
+            out.append(obj)
+        return out
+
+    def list_objects(
+        self,
+        kind: Kind,
+        version: str | None,
+        namespace: str | None,
+        *,
+        labels: LabelSelector = EVERYTHING,
+        fields: FieldSelector = FieldSelector(),  # noqa: B008 - immutable
+        limit: int | None = None,
+        continue_token: str | None = None,
+    ) -> Obj:
+        if continue_token:
+            snap_id, start = self._decode_continue(continue_token)
+            snap = self.snapshots.get(snap_id)
+            if snap is None or snap.rv < self.compacted_rv:
+                raise errors.Expired(
+                    "The provided continue parameter is too old to display a consistent list result. You can "
+                    "start a new list without the continue parameter."
+                )
+            items, rv = snap.items[start:], snap.rv
+        else:
+            items, rv = self._select(kind, namespace, labels, fields), self.rv
+            snap_id, start = "", 0
+        meta: Obj = {"resourceVersion": str(rv)}
+        if limit and limit > 0 and len(items) > limit:
+            if not snap_id:
+                self._expire_snapshots()
+                snap_id = uuid.uuid4().hex
+                self.snapshots[snap_id] = _Snapshot(rv, items, time.monotonic())
+            meta["continue"] = self._encode_continue(snap_id, start + limit, rv)
+            if labels.empty and not fields.terms:
+                meta["remainingItemCount"] = len(items) - limit
+            items = items[:limit]
+        elif snap_id:
+            self.snapshots.pop(snap_id, None)
+        api_version = kind.api_version(version or kind.storage_version)
+        return {
+            "apiVersion": api_version,
+            "kind": f"{kind.kind}List",
+            "metadata": meta,
+            "items": [self.view(kind, version, o) for o in items],
+        }
+
+    def _expire_snapshots(self) -> None:
+        horizon = time.monotonic() - self.snapshot_ttl
+        for sid in [s for s, snap in self.snapshots.items() if snap.created < horizon]:
+            del self.snapshots[sid]
+
+    @staticmethod
+    def _encode_continue(snap_id: str, start: int, rv: int) -> str:
+        raw = orjson.dumps({"v": "meta.k8s.io/v1", "rv": rv, "start": start, "id": snap_id})
+        return base64.urlsafe_b64encode(raw).decode()
+
+    @staticmethod
+    def _decode_continue(token: str) -> tuple[str, int]:
+        try:
+            data = orjson.loads(base64.urlsafe_b64decode(token.encode()))
+            return str(data["id"]), int(data["start"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise errors.BadRequest(f"continue key is not valid: {exc}") from None
+
+    # ----------------------------------------------------------------- writes
+    def _next_rv(self) -> int:
+        self.rv += 1
+        return self.rv
+
+    def _emit(self, kind: Kind, event_type: str, obj: Obj, prev: Obj | None, rv: int) -> None:
+        ev = Event(event_type, obj, prev, rv)
+        hist = self.history[kind.key]
+        hist.append(ev)
+        while len(hist) > self.history_limit:
+            self.history_floor[kind.key] = hist.popleft().rv
+        for w in list(self.watchers[kind.key]):
+            w.offer(ev)
+            if w.closed:
+                self.watchers[kind.key].discard(w)
+
+    def _namespace_check(self, kind: Kind, namespace: str | None, creating: bool) -> str:
+        if not kind.namespaced:
+            return ""
+        if not namespace:
+            raise errors.BadRequest("the server could not find the requested resource")
+        ns = self.objects[("", "namespaces")].get(("", namespace))
+        if ns is None:
+            raise errors.NotFound(
+                f'namespaces "{namespace}" not found', details={"name": namespace, "kind": "namespaces"}
+            )
+        if creating and ns["metadata"].get("deletionTimestamp"):
+            raise errors.Forbidden(
+                f'{kind.qualified} "" is forbidden: unable to create new content in namespace {namespace} '
+                "because it is being terminated",
+                details={
+                    "kind": kind.plural,
+                    "group": kind.group,
+                    "causes": [
+                        {
+                            "reason": "NamespaceTerminating",
+                            "field": "metadata.namespace",
+                            "message": f"namespace {namespace} is being terminated",
+                        }
+                    ],
+                },
+            )
+        return namespace
+
+    def _invalid(self, kind: Kind, name: str, causes: list[schemas.Cause]) -> errors.Invalid:
+        rendered = [c.render() for c in causes]
+        text = rendered[0] if len(rendered) == 1 else "[" + ", ".join(rendered) + "]"
+        qualified = f"{kind.kind}.{kind.group}" if kind.group else kind.kind
+        return errors.Invalid(
+            f'{qualified} "{name}" is invalid: {text}',
+            details={
+                "name": name,
+                "group": kind.group,
+                "kind": kind.kind,
+                "causes": [c.as_dict() for c in causes],
+            },
+        )
+
+    def _check_body(self, kind: Kind, version: str, body: Any) -> Obj:
+        if not isinstance(body, dict):
+            raise errors.BadRequest(
+                "the body of the request was in an unknown format - accepted media types "
+                "include: application/json, application/yaml"
+            )
+        want = kind.api_version(version)
+        if kind.custom:
+            if not body.get("kind"):
+                raise errors.BadRequest(f"Object 'Kind' is missing in '{orjson.dumps(body)[:200].decode()}'")
+            if not body.get("apiVersion"):
+                raise errors.BadRequest(
+                    f"Object 'apiVersion' is missing in '{orjson.dumps(body)[:200].decode()}'"
+                )
+        api_version, kind_name = body.setdefault("apiVersion", want), body.setdefault("kind", kind.kind)
+        if api_version != want:
+            raise errors.BadRequest(
+                f"the API version in the data ({api_version}) does not match the expected API version ({want})"
+            )
+        if kind_name != kind.kind:
+            raise errors.BadRequest(
+                f"the kind in the data ({kind_name}) does not match the expected kind ({kind.kind})"
+            )
+        meta = body.get("metadata")
+        if meta is None:
+            body["metadata"] = {}
+        elif not isinstance(meta, dict):
+            raise errors.BadRequest("metadata must be an object")
+        return body
+
+    def _validate_meta(self, kind: Kind, obj: Obj, old: Obj | None) -> list[schemas.Cause]:
+        meta = obj["metadata"]
+        causes: list[schemas.Cause] = []
+
+        def bad(field: str, value: Any, msg: str) -> None:
+            causes.append(
+                schemas.Cause(
+                    "FieldValueInvalid", field, f"Invalid value: {orjson.dumps(value).decode()}: {msg}"
+                )
+            )
+
+        name = meta.get("name", "")
+        if old is None:
+            check = dns1123_label_errors if kind.key == ("", "namespaces") else dns1123_subdomain_errors
+            for msg in check(name):
+                bad("metadata.name", name, msg)
+        for field in ("labels", "annotations"):
+            value = meta.get(field)
+            if value is None:
+                continue
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                causes.append(
+                    schemas.Cause(
+                        "FieldValueTypeInvalid",
+                        f"metadata.{field}",
+                        "Invalid value: must be a map of strings to strings",
+                    )
+                )
+                continue
+            for key, val in value.items():
+                for msg in qualified_name_errors(key):
+                    bad(f"metadata.{field}", key, msg)
+                if field == "labels":
+                    for msg in label_value_errors(val):
+                        bad("metadata.labels", val, msg)
+        finalizers = meta.get("finalizers") or []
+        if not isinstance(finalizers, list) or not all(isinstance(f, str) for f in finalizers):
+            causes.append(
+                schemas.Cause(
+                    "FieldValueTypeInvalid", "metadata.finalizers", "Invalid value: must be a list of strings"
+                )
+            )
+            finalizers = []
+        for i, fin in enumerate(finalizers):
+            for msg in qualified_name_errors(fin):
+                bad(f"metadata.finalizers[{i}]", fin, msg)
+        if old is not None and old["metadata"].get("deletionTimestamp"):
+            added = [f for f in finalizers if f not in (old["metadata"].get("finalizers") or [])]
+            if added:
+                quoted = ", ".join(f'"{f}"' for f in added)
+                causes.append(
+                    schemas.Cause(
+                        "FieldValueForbidden",
+                        "metadata.finalizers",
+                        f"Forbidden: no new finalizers can be added if the object is being deleted, found new "
+                        f"finalizers []string{{{quoted}}}",
+                    )
+                )
+        refs = meta.get("ownerReferences") or []
+        controllers = 0
+        for i, ref in enumerate(refs if isinstance(refs, list) else []):
+            if not isinstance(ref, dict):
+                bad(f"metadata.ownerReferences[{i}]", ref, "must be an object")
+                continue
+            for field in ("apiVersion", "kind", "name", "uid"):
+                if not ref.get(field):
+                    causes.append(
+                        schemas.Cause(
+                            "FieldValueInvalid",
+                            f"metadata.ownerReferences[{i}].{field}",
+                            f'Invalid value: "": {field} must not be empty',
+                        )
+                    )
+            controllers += bool(ref.get("controller"))
+        if controllers > 1:
+            causes.append(
+                schemas.Cause(
+                    "FieldValueInvalid",
+                    "metadata.ownerReferences",
+                    "Invalid value: []: Only one reference can have Controller set to true",
+                )
+            )
+        return causes
+
+    def _managed(
+        self,
+        old: Obj | None,
+        obj: Obj,
+        manager: str,
+        operation: str,
+        api_version: str,
+        subresource: str | None,
+        body: Obj,
+    ) -> list[Obj]:
+        entries = (
+            [e for e in (old["metadata"].get("managedFields") or []) if isinstance(e, dict)] if old else []
+        )
+        fields = _field_set(body, subresource)
+        entry: Obj = {
+            "manager": manager,
+            "operation": operation,
+            "apiVersion": api_version,
+            "time": now_rfc3339(),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": fields,
+        }
+        if subresource:
+            entry["subresource"] = subresource
+        for i, e in enumerate(entries):
+            if (e.get("manager"), e.get("operation"), e.get("subresource")) == (
+                manager,
+                operation,
+                subresource,
+            ):
+                entries[i] = entry
+                break
+        else:
+            entries.append(entry)
+        return entries
+
+    def create(
+        self,
+        kind: Kind,
+        version: str,
+        namespace: str | None,
+        body: Any,
+        *,
+        manager: str = "unknown",
+        dry_run: bool = False,
+    ) -> Obj:
+        obj = self._check_body(kind, version, _fresh(body) if isinstance(body, dict) else body)
+        meta = obj["metadata"]
+        if kind.namespaced:
+            if meta.get("namespace") and namespace and meta["namespace"] != namespace:
+                raise errors.BadRequest(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
+            ns = self._namespace_check(kind, namespace or meta.get("namespace"), creating=True)
+            meta["namespace"] = ns
+        else:
+            meta.pop("namespace", None)
+        if meta.get("resourceVersion"):
+            raise errors.InternalError("resourceVersion should not be set on objects to be created")
+        if not meta.get("name"):
+            prefix = meta.get("generateName")
+            if not prefix:
+                raise self._invalid(
+                    kind,
+                    "",
+                    [
+                        schemas.Cause(
+                            "FieldValueRequired",
+                            "metadata.name",
+                            "Required value: name or generateName is required",
+                        )
+                    ],
+                )
+            bucket = self.objects[kind.key]
+            while True:
+                candidate = prefix + "".join(random.choices(_NAME_CHARS, k=5))
+                if (meta.get("namespace", ""), candidate) not in bucket:
+                    break
+            meta["name"] = candidate
+        name = meta["name"]
+        for field in _SYSTEM_META:
+            meta.pop(field, None)
+        if kind.defaults:
+            kind.defaults(obj)
+        if kind.custom and kind.versions[version].status:
+            obj.pop("status", None)
+        causes = self._validate_meta(kind, obj, None)
+        causes += schemas.apply_schema(obj, kind.versions[version].schema)
+        if kind.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
+            causes += self._crd_causes(obj)
+        if causes:
+            raise self._invalid(kind, name, causes)
+        key = (meta.get("namespace", ""), name)
+        if key in self.objects[kind.key]:
+            raise errors.AlreadyExists(
+                f'{kind.qualified} "{name}" already exists',
+                details={"name": name, "group": kind.group, "kind": kind.plural},
+            )
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now_rfc3339()
+        if kind.uses_generation:
+            meta["generation"] = 1
+        meta["managedFields"] = self._managed(
+            None, obj, manager, "Update", kind.api_version(version), None, body
+        )
+        obj["apiVersion"] = kind.api_version(kind.storage_version)
+        if dry_run:
+            meta["resourceVersion"] = ""
+            return self.view(kind, version, obj)
+        if kind.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
+            self._establish(obj)
+        rv = self._next_rv()
+        meta["resourceVersion"] = str(rv)
+        self._store(kind, obj)
+        self._emit(kind, "ADDED", obj, None, rv)
+        return self.view(kind, version, obj)
+
+    def _store(self, kind: Kind, obj: Obj) -> None:
+        meta = obj["metadata"]
+        key = (meta.get("namespace", ""), meta["name"])
+        old = self.objects[kind.key].get(key)
+        okey: ObjKey = (kind.group, kind.plural, *key)
+        if old is not None:
+            for ref in old["metadata"].get("ownerReferences") or ():
+                self.dependents.get(ref.get("uid", ""), set()).discard(okey)
+        self.objects[kind.key][key] = obj
+        self.by_uid[meta["uid"]] = okey
+        for ref in meta.get("ownerReferences") or ():
+            uid = ref.get("uid", "")
+            self.dependents.setdefault(uid, set()).add(okey)
+            if uid not in self.by_uid:
+                self._gc_wants(okey)
+        if meta.get("deletionTimestamp"):
+            self._gc_wants(okey)
+
+    def _unstore(self, kind: Kind, obj: Obj) -> None:
+        meta = obj["metadata"]
+        key = (meta.get("namespace", ""), meta["name"])
+        okey: ObjKey = (kind.group, kind.plural, *key)
+        self.objects[kind.key].pop(key, None)
+        self.by_uid.pop(meta["uid"], None)
+        for ref in meta.get("ownerReferences") or ():
+            deps = self.dependents.get(ref.get("uid", ""))
+            if deps is not None:
+                deps.discard(okey)
+                if not deps:
+                    self.dependents.pop(ref.get("uid", ""), None)
+        for dep in self.dependents.get(meta["uid"], ()):
+            self._gc_wants(dep)
+        for ref in meta.get("ownerReferences") or ():
+            owner = self.by_uid.get(ref.get("uid", ""))
+            if owner is not None:
+                self._gc_wants(owner)
+        if kind.namespaced:
+            ns = self.objects[("", "namespaces")].get(("", key[0]))
+            if ns is not None and ns["metadata"].get("deletionTimestamp"):
+                self._gc_wants(("", "namespaces", "", key[0]))
+
+    def _gc_wants(self, okey: ObjKey) -> None:
+        self.gc_pending.add(okey)
+        self.work.set()
+
+    def update(
+        self,
+        kind: Kind,
+        version: str,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        *,
+        subresource: str | None = None,
+        manager: str = "unknown",
+        dry_run: bool = False,
+        operation: str = "Update",
+        raw_body: Obj | None = None,
+    ) -> Obj:
+        """PUT semantics; patches end here too, with the patched object as ``body``."""
+        if subresource not in (None, "status"):
+            raise errors.NotFound("the server could not find the requested resource")
+        if subresource == "status" and not kind.versions[version].status:
+            raise errors.NotFound("the server could not find the requested resource")
+        obj = self._check_body(kind, version, _fresh(body) if isinstance(body, dict) else body)
+        ns = self._namespace_check(kind, namespace, creating=False)
+        old = self.get(kind, ns, name)
+        meta = obj["metadata"]
+        if meta.get("name", name) != name:
+            raise errors.BadRequest(
+                f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})"
+            )
+        if kind.namespaced and meta.get("namespace", ns) != ns:
+            raise errors.BadRequest(
+                "the namespace of the provided object does not match the namespace sent on the request"
+            )
+        given_rv = meta.get("resourceVersion")
+        if given_rv:
+            if given_rv != old["metadata"]["resourceVersion"]:
+                raise self._conflict(kind, name)
+        elif not kind.unconditional_update:
+            raise self._invalid(
+                kind,
+                name,
+                [
+                    schemas.Cause(
+                        "FieldValueInvalid",
+                        "metadata.resourceVersion",
+                        "Invalid value: 0x0: must be specified for an update",
+                    )
+                ],
+            )
+        if meta.get("uid") and meta["uid"] != old["metadata"]["uid"]:
+            raise self._conflict(
+                kind,
+                name,
+                f"Precondition failed: UID in precondition: {meta['uid']}, UID in "
+                f"object meta: {old['metadata']['uid']}",
+            )
+        has_status = kind.versions[version].status
+        if subresource == "status":
+            # The status subresource changes status and nothing else.
+            new = _fresh(old)
+            if "status" in obj:
+                new["status"] = obj["status"]
+            else:
+                new.pop("status", None)
+            obj = new
+        else:
+            for field in (
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "namespace",
+            ):
+                if field in old["metadata"]:
+                    meta[field] = old["metadata"][field]
+                else:
+                    meta.pop(field, None)
+            meta["name"] = name
+            if has_status:
+                if "status" in old:
+                    obj["status"] = copy.deepcopy(old["status"])
+                else:
+                    obj.pop("status", None)
+        causes = self._validate_meta(kind, obj, old)
+        causes += schemas.apply_schema(obj, kind.versions[version].schema)
+        if kind.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
+            causes += self._crd_causes(obj)
+        if causes:
+            raise self._invalid(kind, name, causes)
+        obj["apiVersion"] = kind.api_version(kind.storage_version)
+        obj["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+        obj["metadata"]["managedFields"] = old["metadata"].get("managedFields", [])
+        if obj == old:
+            return self.view(kind, version, old)  # nothing changed: no write, no event, same resourceVersion
+        if kind.uses_generation and _spec_changed(old, obj, has_status):
+            obj["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+        obj["metadata"]["managedFields"] = self._managed(
+            old,
+            obj,
+            manager,
+            operation,
+            kind.api_version(version),
+            subresource,
+            raw_body if raw_body is not None else (body if isinstance(body, dict) else {}),
+        )
+        if dry_run:
+            return self.view(kind, version, obj)
+        rv = self._next_rv()
+        obj["metadata"]["resourceVersion"] = str(rv)
+        if (
+            obj["metadata"].get("deletionTimestamp")
+            and not obj["metadata"].get("finalizers")
+            and not self._namespace_blocks(kind, obj)
+        ):
+            self._unstore(kind, obj)
+            self._emit(kind, "DELETED", obj, old, rv)
+            return self.view(kind, version, obj)
+        if kind.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
+            self._establish(obj)
+        self._store(kind, obj)
+        self._emit(kind, "MODIFIED", obj, old, rv)
+        return self.view(kind, version, obj)
+
+    def _conflict(self, kind: Kind, name: str, why: str | None = None) -> errors.Conflict:
+        why = (
+            why
+            or "the object has been modified; please apply your changes to the latest version and try again"
+        )
+        return errors.Conflict(
+            f'Operation cannot be fulfilled on {kind.qualified} "{name}": {why}',
+            details={"name": name, "group": kind.group, "kind": kind.plural},
+        )
+
+    def patch(
+        self,
+        kind: Kind,
+        version: str,
+        namespace: str | None,
+        name: str,
+        content_type: str,
+        raw: bytes,
+        *,
+        subresource: str | None = None,
+        manager: str = "unknown",
+        dry_run: bool = False,
+    ) -> Obj:
+        ns = self._namespace_check(kind, namespace, creating=False)
+        old = self.view(kind, version, self.get(kind, ns, name))
+        try:
+            patch = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise errors.BadRequest(f"error decoding patch: {exc}") from None
+        if content_type == "application/merge-patch+json" or (
+            content_type == "application/strategic-merge-patch+json" and not kind.custom
+        ):
+            if not isinstance(patch, dict):
+                raise errors.BadRequest(
+                    "json: cannot unmarshal array into Go value of type map[string]interface {}"
+                )
+            patched = merge_patch(old, patch)
+            raw_body = patch
+        elif content_type == "application/json-patch+json":
+            if not isinstance(patch, list):
+                raise errors.BadRequest("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
+            try:
+                patched = jsonpatch.JsonPatch(patch).apply(_fresh(old))
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                raise errors.Invalid(str(exc)) from None
+            except (TypeError, KeyError, ValueError) as exc:
+                raise errors.BadRequest(f"invalid JSON patch: {exc}") from None
+            raw_body = patched
+        else:
+            supported = [
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/apply-patch+yaml",
+            ]
+            if not kind.custom:
+                supported.insert(2, "application/strategic-merge-patch+json")
+            raise errors.UnsupportedMediaType(
+                f"the body of the request was in an unknown format - accepted media types include: "
+                f"{', '.join(supported)}"
+            )
+        if not isinstance(patched, dict):
+            raise errors.BadRequest("the patched object is not a JSON object")
+        # A patch that carries metadata.resourceVersion is a precondition (optimistic lock); one that
+        # does not is applied to whatever is current.
+        given = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
+        if given is None:
+            patched.setdefault("metadata", {})["resourceVersion"] = old["metadata"]["resourceVersion"]
+        return self.update(
+            kind,
+            version,
+            ns,
+            name,
+            patched,
+            subresource=subresource,
+            manager=manager,
+            dry_run=dry_run,
+            raw_body=raw_body if isinstance(raw_body, dict) else {},
+        )
+
+    # ----------------------------------------------------------------- deletion
+    def delete(
+        self, kind: Kind, version: str, namespace: str | None, name: str, options: DeleteOptions | None = None
+    ) -> tuple[bool, Obj]:
+        """Delete one object; returns (removed now?, the object as it is after the call)."""
+        options = options or DeleteOptions()
+        ns = self._namespace_check(kind, namespace, creating=False)
+        old = self.get(kind, ns, name)
+        meta = old["metadata"]
+        if options.precondition_uid and options.precondition_uid != meta["uid"]:
+            raise self._conflict(
+                kind,
+                name,
+                f"Precondition failed: UID in precondition: "
+                f"{options.precondition_uid}, UID in object meta: {meta['uid']}",
+            )
+        if options.precondition_rv and options.precondition_rv != meta["resourceVersion"]:
+            raise self._conflict(
+                kind,
+                name,
+                f"Precondition failed: ResourceVersion in precondition: "
+                f"{options.precondition_rv}, ResourceVersion in object meta: "
+                f"{meta['resourceVersion']}",
+            )
+        finalizers = list(meta.get("finalizers") or [])
+        policy = options.propagation_policy
+        if policy == "Foreground" and FOREGROUND not in finalizers:
+            finalizers.append(FOREGROUND)
+            finalizers = [f for f in finalizers if f != ORPHAN]
+        elif policy == "Orphan" and ORPHAN not in finalizers:
+            finalizers.append(ORPHAN)
+            finalizers = [f for f in finalizers if f != FOREGROUND]
+        if (
+            kind.key == ("apiextensions.k8s.io", "customresourcedefinitions")
+            and CRD_CLEANUP not in finalizers
+        ):
+            finalizers.append(CRD_CLEANUP)
+        pending = bool(finalizers) or self._namespace_blocks(kind, old)
+        if not pending:
+            if options.dry_run:
+                return True, self.view(kind, version, old)
+            rv = self._next_rv()
+            gone = {**old, "metadata": {**meta, "resourceVersion": str(rv)}}
+            self._unstore(kind, gone)
+            self._emit(kind, "DELETED", gone, old, rv)
+            return True, self.view(kind, version, gone)
+        if meta.get("deletionTimestamp") and finalizers == list(meta.get("finalizers") or []):
+            return False, self.view(kind, version, old)  # already being deleted: nothing changes
+        new = _fresh(old)
+        new_meta = new["metadata"]
+        new_meta["finalizers"] = finalizers
+        if not meta.get("deletionTimestamp"):
+            new_meta["deletionTimestamp"] = now_rfc3339()
+            new_meta["deletionGracePeriodSeconds"] = 0
+            if kind.uses_generation:
+                new_meta["generation"] = meta.get("generation", 1) + 1
+        if kind.key == ("", "namespaces"):
+            new.setdefault("status", {})["phase"] = "Terminating"
+        if options.dry_run:
+            return False, self.view(kind, version, new)
+        rv = self._next_rv()
+        new_meta["resourceVersion"] = str(rv)
+        self._store(kind, new)
+        self._emit(kind, "MODIFIED", new, old, rv)
+        return False, self.view(kind, version, new)
+
+    def _namespace_blocks(self, kind: Kind, obj: Obj) -> bool:
+        """A Namespace stays while its spec.finalizers (the namespace controller's) are set."""
+        return kind.key == ("", "namespaces") and bool((obj.get("spec") or {}).get("finalizers"))
+
+    def delete_collection(
+        self,
+        kind: Kind,
+        version: str,
+        namespace: str | None,
+        *,
+        labels: LabelSelector = EVERYTHING,
+        fields: FieldSelector = FieldSelector(),  # noqa: B008 - immutable
+        options: DeleteOptions | None = None,
+    ) -> Obj:
+        if kind.namespaced and namespace:
+            self._namespace_check(kind, namespace, creating=False)
+        items = []
+        for obj in self._select(kind, namespace if kind.namespaced else None, labels, fields):
+            m = obj["metadata"]
+            try:
+                _, after = self.delete(kind, version, m.get("namespace"), m["name"], options)
+            except errors.NotFound:
+                continue
+            items.append(after)
+        return {
+            "apiVersion": kind.api_version(version),
+            "kind": f"{kind.kind}List",
+            "metadata": {"resourceVersion": str(self.rv)},
+            "items": items,
+        }
+
+    # ----------------------------------------------------------------- background controllers
+    def run_controllers_once(self) -> bool:
+        """One pass of the garbage collector and the namespace/CRD finalizers; True if it changed anything."""
+        self.work = anyio.Event()
+        pending, self.gc_pending = self.gc_pending, set()
+        changed = False
+        for okey in sorted(pending):
+            changed |= self._gc_one(okey)
+        return changed
+
+    def _obj_at(self, okey: ObjKey) -> tuple[Kind, Obj] | None:
+        kind = self.kinds.get((okey[0], okey[1]))
+        if kind is None:
+            return None
+        obj = self.objects[kind.key].get((okey[2], okey[3]))
+        return (kind, obj) if obj is not None else None
+
+    def _gc_one(self, okey: ObjKey) -> bool:
+        found = self._obj_at(okey)
+        if found is None:
+            return False
+        kind, obj = found
+        meta = obj["metadata"]
+        changed = False
+        if meta.get("deletionTimestamp"):
+            changed |= self._finalize(kind, obj)
+            found = self._obj_at(okey)
+            if found is None:
+                return True
+            kind, obj = found
+            meta = obj["metadata"]
+        refs = meta.get("ownerReferences") or []
+        if not refs or meta.get("deletionTimestamp"):
+            return changed
+        solid, dangling, waiting = [], [], []
+        for ref in refs:
+            owner_key = self.by_uid.get(ref.get("uid", ""))
+            if owner_key is None:
+                dangling.append(ref)
+                continue
+            owner = self._obj_at(owner_key)
+            if (
+                owner
+                and FOREGROUND in (owner[1]["metadata"].get("finalizers") or [])
+                and owner[1]["metadata"].get("deletionTimestamp")
+            ):
+                waiting.append(ref)
+            else:
+                solid.append(ref)
+        if not solid and (dangling or waiting):
+            try:
+                self.delete(kind, kind.storage_version, meta.get("namespace"), meta["name"])
+            except errors.ApiError:
+                return changed
+            return True
+        if dangling:
+            keep = [r for r in refs if r not in dangling]
+            self._system_patch(kind, obj, {"metadata": {"ownerReferences": keep}}, "garbage-collector")
+            return True
+        return changed
+
+    def _finalize(self, kind: Kind, obj: Obj) -> bool:
+        """Work the system finalizers of an object that is being deleted."""
+        meta = obj["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        uid = meta["uid"]
+        deps = [d for d in sorted(self.dependents.get(uid, ())) if self._obj_at(d)]
+        if ORPHAN in finalizers:
+            for dep in deps:
+                found = self._obj_at(dep)
+                if found is None:
+                    continue
+                dkind, dobj = found
+                keep = [r for r in dobj["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
+                self._system_patch(dkind, dobj, {"metadata": {"ownerReferences": keep}}, "garbage-collector")
+            finalizers.remove(ORPHAN)
+            self._system_patch(kind, obj, {"metadata": {"finalizers": finalizers}}, "garbage-collector")
+            return True
+        if FOREGROUND in finalizers:
+            blocking = False
+            for dep in deps:
+                found = self._obj_at(dep)
+                if found is None:
+                    continue
+                dobj = found[1]
+                ref: Obj = next(
+                    (r for r in dobj["metadata"].get("ownerReferences") or [] if r.get("uid") == uid), {}
+                )
+                if ref.get("blockOwnerDeletion"):
+                    blocking = True
+                if not dobj["metadata"].get("deletionTimestamp"):
+                    self._gc_wants(dep)
+            if blocking:
+                return False
+            finalizers.remove(FOREGROUND)
+            self._system_patch(kind, obj, {"metadata": {"finalizers": finalizers}}, "garbage-collector")
+            return True
+        if kind.key == ("", "namespaces") and self._namespace_blocks(kind, obj):
+            return self._finalize_namespace(obj)
+        if kind.key == ("apiextensions.k8s.io", "customresourcedefinitions") and CRD_CLEANUP in finalizers:
+            return self._finalize_crd(obj)
+        return False
+
+    def _finalize_namespace(self, ns_obj: Obj) -> bool:
+        ns = ns_obj["metadata"]["name"]
+        deleted = False
+        for kind in [k for k in self.kinds.values() if k.namespaced]:
+            for (ons, oname), obj in list(self.objects[kind.key].items()):
+                if ons == ns and not obj["metadata"].get("deletionTimestamp"):
+                    self.delete(kind, kind.storage_version, ns, oname)
+                    deleted = True
+        if any(o == ns for k in self.kinds.values() if k.namespaced for (o, _) in self.objects[k.key]):
+            return deleted  # objects with finalizers of their own hold the namespace until they go
+        spec = dict(ns_obj.get("spec") or {})
+        spec["finalizers"] = [f for f in spec.get("finalizers") or [] if f != NAMESPACE_FINALIZER]
+        kind = self.kinds[("", "namespaces")]
+        self._system_patch(kind, ns_obj, {"spec": spec}, "namespace-controller")
+        return True
+
+    def _finalize_crd(self, crd: Obj) -> bool:
+        spec = crd.get("spec") or {}
+        kind = self.kinds.get((spec.get("group", ""), (spec.get("names") or {}).get("plural", "")))
+        if kind is not None and self.objects[kind.key]:
+            for (ons, oname), obj in list(self.objects[kind.key].items()):
+                if not obj["metadata"].get("deletionTimestamp"):
+                    self.delete(kind, kind.storage_version, ons or None, oname)
+            if self.objects[kind.key]:
+                return True
+        if kind is not None:
+            self.unregister(kind.group, kind.plural)
+        finalizers = [f for f in crd["metadata"].get("finalizers") or [] if f != CRD_CLEANUP]
+        crd_kind = self.kinds[("apiextensions.k8s.io", "customresourcedefinitions")]
+        self._system_patch(
+            crd_kind, crd, {"metadata": {"finalizers": finalizers}}, "apiextensions-controller"
+        )
+        return True
+
+    def _system_patch(self, kind: Kind, obj: Obj, patch: Obj, manager: str) -> None:
+        meta = obj["metadata"]
+        current = self.find(kind, meta.get("namespace"), meta["name"])
+        if current is None:
+            return
+        patched = merge_patch(current, patch)
+        if kind.versions[kind.storage_version].status and "status" in patch:
+            self.update(
+                kind,
+                kind.storage_version,
+                meta.get("namespace"),
+                meta["name"],
+                patched,
+                subresource="status",
+                manager=manager,
+                raw_body=patch,
+            )
+            patch = {k: v for k, v in patch.items() if k != "status"}
+            if not patch:
+                return
+            current = self.find(kind, meta.get("namespace"), meta["name"])
+            if current is None:
+                return
+            patched = merge_patch(current, patch)
+        self.update(
+            kind,
+            kind.storage_version,
+            meta.get("namespace"),
+            meta["name"],
+            patched,
+            manager=manager,
+            raw_body=patch,
+        )
+
+    # ----------------------------------------------------------------- CRDs
+    def _crd_causes(self, crd: Obj) -> list[schemas.Cause]:
+        causes: list[schemas.Cause] = []
+        spec = crd.get("spec") or {}
+        names = spec.get("names") or {}
+        group, plural = spec.get("group", ""), names.get("plural", "")
+
+        def req(field: str) -> None:
+            causes.append(schemas.Cause("FieldValueRequired", field, "Required value"))
+
+        for field, value in (
+            ("spec.group", group),
+            ("spec.names.plural", plural),
+            ("spec.names.kind", names.get("kind")),
+        ):
+            if not value:
+                req(field)
+        if group and plural and crd["metadata"].get("name") != f"{plural}.{group}":
+            causes.append(
+                schemas.Cause(
+                    "FieldValueInvalid",
+                    "metadata.name",
+                    f'Invalid value: "{crd["metadata"].get("name")}": must be spec.names.plural'
+                    '+"."+spec.group',
+                )
+            )
+        if spec.get("scope") not in ("Namespaced", "Cluster"):
+            causes.append(
+                schemas.Cause(
+                    "FieldValueNotSupported",
+                    "spec.scope",
+                    f'Unsupported value: "{spec.get("scope")}": supported values: "Cluster", "Namespaced"',
+                )
+            )
+        versions = spec.get("versions") or []
+        if not versions:
+            req("spec.versions")
+        if sum(1 for v in versions if v.get("storage")) != 1:
+            causes.append(
+                schemas.Cause(
+                    "FieldValueInvalid",
+                    "spec.versions",
+                    "Invalid value: []: must have exactly one version marked as storage version",
+                )
+            )
+        for i, v in enumerate(versions):
+            schema = (v.get("schema") or {}).get("openAPIV3Schema")
+            if schema is None:
+                req(f"spec.versions[{i}].schema.openAPIV3Schema")
+                continue
+            for msg in schemas.structural_errors(schema, f"spec.versions[{i}].schema.openAPIV3Schema"):
+                field, _, rest = msg.partition(": ")
+                causes.append(schemas.Cause("FieldValueInvalid", field, rest))
+        existing = self.kinds.get((group, plural))
+        if existing is not None and not existing.custom:
+            causes.append(
+                schemas.Cause(
+                    "FieldValueInvalid",
+                    "spec.names.plural",
+                    f'Invalid value: "{plural}": is a built-in resource',
+                )
+            )
+        return causes
+
+    def _establish(self, crd: Obj) -> None:
+        """Serve what a CRD describes and report it Established, as the apiextensions controllers do."""
+        if crd["metadata"].get("deletionTimestamp"):
+            return
+        kind = kind_from_crd(crd)
+        self.register(kind)
+        spec = crd["spec"]
+        now = now_rfc3339()
+        crd["status"] = {
+            "acceptedNames": dict(spec["names"]),
+            "storedVersions": [kind.storage_version],
+            "conditions": [
+                {
+                    "type": "NamesAccepted",
+                    "status": "True",
+                    "reason": "NoConflicts",
+                    "message": "no conflicts found",
+                    "lastTransitionTime": now,
+                },
+                {
+                    "type": "Established",
+                    "status": "True",
+                    "reason": "InitialNamesAccepted",
+                    "message": "the initial names have been accepted",
+                    "lastTransitionTime": now,
+                },
+            ],
+        }
+
+    # ----------------------------------------------------------------- watches
+    def watch(
+        self,
+        kind: Kind,
+        version: str | None,
+        namespace: str | None,
+        *,
+        resource_version: str | None = None,
+        labels: LabelSelector = EVERYTHING,
+        fields: FieldSelector = FieldSelector(),  # noqa: B008 - immutable
+        send_initial: bool | None = None,
+    ) -> Watcher:
+        """Open a watch; its first lines (initial ADDEDs or the replayed history) are already queued."""
+        w = Watcher(
+            namespace=namespace if kind.namespaced else None,
+            labels=labels,
+            fields=fields,
+            api_version=self._api_version_view(kind, version),
+            max_buffer=self.watch_buffer,
+        )
+        if resource_version in (None, "", "0"):
+            for obj in self._select(kind, w.namespace, labels, fields):
+                w.offer_added(
+                    obj, orjson.dumps(self.view(kind, version, obj)), int(obj["metadata"]["resourceVersion"])
+                )
+            w.last_rv = self.rv
+        else:
+            try:
+                since = int(resource_version)
+            except ValueError:
+                raise errors.BadRequest(f'invalid resource version "{resource_version}"') from None
+            oldest = max(self.history_floor[kind.key], self.compacted_rv)
+            if since < oldest:
+                w.error(errors.Expired(f"too old resource version: {since} ({oldest})").status())
+                return w
+            w.last_rv = since
+            for ev in self.history[kind.key]:
+                if ev.rv > since:
+                    w.offer(ev)
+        if not w.closed:
+            self.watchers[kind.key].add(w)
+        return w
+
+    def stop_watch(self, kind: Kind, w: Watcher) -> None:
+        w.close()
+        self.watchers.get(kind.key, set()).discard(w)
+
+    def open_watches(self) -> Iterator[tuple[Kind, Watcher]]:
+        for key, ws in self.watchers.items():
+            kind = self.kinds[key]
+            for w in ws:
+                yield kind, w
+
+    def drop_watches(self) -> int:
+        n = 0
+        for ws in self.watchers.values():
+            for w in list(ws):
+                w.close()
+                n += 1
+            ws.clear()
+        return n
+
+    def compact(self) -> int:
+        """Forget the history up to now: resuming from an older resourceVersion gets 410 Expired."""
+        self.compacted_rv = self.rv
+        for key in self.history:
+            self.history[key].clear()
+            self.history_floor[key] = self.rv
+        self.snapshots.clear()
+        return self.rv
+
+    # ----------------------------------------------------------------- convenience for tests and the demo
+    def ensure_namespace(self, name: str) -> Obj:
+        kind = self.kinds[("", "namespaces")]
+        return self.find(kind, None, name) or self.create(
+            kind, "v1", None, {"metadata": {"name": name}}, manager="sim"
+        )
+
+
+def _spec_changed(old: Obj, new: Obj, has_status: bool) -> bool:
+    skip = {"metadata", "status"} if has_status else {"metadata"}
+    keys = (set(old) | set(new)) - skip
+    return any(old.get(k) != new.get(k) for k in keys)
+
+
+def _field_set(body: Obj, subresource: str | None) -> Obj:
+    """A FieldsV1-shaped record of the fields a request set (a simplification: sets, not ownership)."""
+
+    def tree(value: Any) -> Obj:
+        if isinstance(value, dict):
+            return {f"f:{k}": tree(v) for k, v in value.items()}
+        return {}
+
+    if not isinstance(body, dict):
+        return {}
+    parts = {k: v for k, v in body.items() if k not in ("apiVersion", "kind")}
+    meta = parts.get("metadata")
+    if isinstance(meta, dict):
+        parts["metadata"] = {
+            k: v for k, v in meta.items() if k in ("labels", "annotations", "finalizers", "ownerReferences")
+        }
+        if not parts["metadata"]:
+            del parts["metadata"]
+    if subresource == "status":
+        parts = {"status": parts.get("status", {})}
+    return tree(parts)

@@ -1,0 +1,275 @@
+"""CustomResourceDefinition ``openAPIV3Schema`` semantics: pruning, defaulting and validation.
+
+Mirrors apiextensions-apiserver for structural schemas: unknown fields vanish unless a node has
+``x-kubernetes-preserve-unknown-fields``; ``null`` in a non-nullable field without a default is dropped;
+defaults fill absent fields; then types, ``required``, ``enum`` and the value limits are checked.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+Schema = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    reason: str  # FieldValueRequired, FieldValueInvalid, FieldValueTypeInvalid, FieldValueNotSupported, ...
+    field: str
+    message: str
+
+    def render(self) -> str:
+        return f"{self.field}: {self.message}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"reason": self.reason, "message": self.message, "field": self.field}
+
+
+_ROOT_KEEP = ("apiVersion", "kind", "metadata")
+
+
+def apply_schema(obj: dict[str, Any], schema: Schema | None) -> list[Cause]:
+    """Prune, default and validate ``obj`` (a fresh copy the caller owns) in place; return what is wrong."""
+    if not schema:
+        return []
+    causes: list[Cause] = []
+    props = schema.get("properties") or {}
+    keep_unknown = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+    for key in list(obj):
+        if key in _ROOT_KEEP:
+            continue
+        sub = props.get(key)
+        if sub is None:
+            if not keep_unknown:
+                del obj[key]
+            continue
+        if obj[key] is None and not sub.get("nullable"):
+            del obj[key]
+            continue
+        obj[key] = _walk(obj[key], sub, key, causes)
+    _fill_defaults(obj, props)
+    for key in schema.get("required") or ():
+        if key not in obj:
+            causes.append(Cause("FieldValueRequired", key, "Required value"))
+    return causes
+
+
+def _fill_defaults(obj: dict[str, Any], props: Schema) -> None:
+    for key, sub in props.items():
+        if key not in obj and "default" in sub:
+            obj[key] = copy.deepcopy(sub["default"])
+
+
+_TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+
+
+def _type_ok(value: Any, want: str) -> bool:
+    if want == "string":
+        return isinstance(value, str)
+    if want == "integer":
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer()
+        )
+    if want == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if want == "boolean":
+        return isinstance(value, bool)
+    if want == "object":
+        return isinstance(value, dict)
+    if want == "array":
+        return isinstance(value, list)
+    return True
+
+
+def _render_value(value: Any) -> str:
+    if isinstance(value, str):
+        return orjson.dumps(value).decode()
+    if isinstance(value, dict | list):
+        return '"' + _TYPE_NAMES[type(value)] + '"'
+    return orjson.dumps(value).decode()
+
+
+@lru_cache(maxsize=512)
+def _pattern(expr: str) -> re.Pattern[str]:
+    return re.compile(expr)
+
+
+def _walk(value: Any, schema: Schema, path: str, causes: list[Cause]) -> Any:
+    if value is None:
+        if not schema.get("nullable"):
+            causes.append(
+                Cause(
+                    "FieldValueTypeInvalid",
+                    path,
+                    f'Invalid value: "null": {path} in body must be of type {schema.get("type", "object")}: "null"',
+                )
+            )
+        return value
+    want = schema.get("type")
+    if schema.get("x-kubernetes-int-or-string"):
+        if not (isinstance(value, str) or _type_ok(value, "integer")):
+            causes.append(
+                Cause(
+                    "FieldValueTypeInvalid",
+                    path,
+                    f"Invalid value: {_render_value(value)}: {path} in body must be of type integer or string",
+                )
+            )
+        return value
+    if want and not _type_ok(value, want):
+        actual = _TYPE_NAMES.get(type(value), "unknown")
+        causes.append(
+            Cause(
+                "FieldValueTypeInvalid",
+                path,
+                f'Invalid value: "{actual}": {path} in body must be of type {want}: "{actual}"',
+            )
+        )
+        return value
+    if isinstance(value, dict):
+        value = _walk_object(value, schema, path, causes)
+    elif isinstance(value, list):
+        items = schema.get("items")
+        if items:
+            value = [_walk(v, items, f"{path}[{i}]", causes) for i, v in enumerate(value)]
+        _check_array(value, schema, path, causes)
+    else:
+        _check_scalar(value, schema, path, causes)
+    if "enum" in schema and value not in schema["enum"]:
+        supported = ", ".join(_render_value(v) for v in schema["enum"])
+        causes.append(
+            Cause(
+                "FieldValueNotSupported",
+                path,
+                f"Unsupported value: {_render_value(value)}: supported values: {supported}",
+            )
+        )
+    return value
+
+
+def _walk_object(value: dict[str, Any], schema: Schema, path: str, causes: list[Cause]) -> dict[str, Any]:
+    props = schema.get("properties")
+    additional = schema.get("additionalProperties")
+    keep_unknown = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+    embedded = bool(schema.get("x-kubernetes-embedded-resource"))
+    for key in list(value):
+        sub = props.get(key) if props else None
+        if sub is None and isinstance(additional, dict):
+            sub = additional
+        if sub is None:
+            if not (keep_unknown or additional is True or (embedded and key in _ROOT_KEEP)):
+                del value[key]
+            continue
+        if value[key] is None and not sub.get("nullable") and "default" not in sub:
+            del value[key]
+            continue
+        value[key] = _walk(value[key], sub, f"{path}.{key}", causes)
+    if props:
+        _fill_defaults(value, props)
+    for key in schema.get("required") or ():
+        if key not in value:
+            causes.append(Cause("FieldValueRequired", f"{path}.{key}", "Required value"))
+    n = len(value)
+    if "maxProperties" in schema and n > schema["maxProperties"]:
+        causes.append(
+            Cause("TooMany", path, f"Too many: {n}: must have at most {schema['maxProperties']} items")
+        )
+    if "minProperties" in schema and n < schema["minProperties"]:
+        causes.append(
+            Cause(
+                "FieldValueInvalid",
+                path,
+                f"Invalid value: {n}: {path} in body should have at least {schema['minProperties']} properties",
+            )
+        )
+    return value
+
+
+def _check_array(value: list[Any], schema: Schema, path: str, causes: list[Cause]) -> None:
+    n = len(value)
+    if "maxItems" in schema and n > schema["maxItems"]:
+        causes.append(Cause("TooMany", path, f"Too many: {n}: must have at most {schema['maxItems']} items"))
+    if "minItems" in schema and n < schema["minItems"]:
+        causes.append(
+            Cause(
+                "FieldValueInvalid",
+                path,
+                f"Invalid value: {n}: {path} in body should have at least {schema['minItems']} items",
+            )
+        )
+
+
+def _check_scalar(value: Any, schema: Schema, path: str, causes: list[Cause]) -> None:
+    if isinstance(value, str):
+        length = len(value)
+        if "maxLength" in schema and length > schema["maxLength"]:
+            causes.append(
+                Cause("TooLong", path, f"Too long: may not be more than {schema['maxLength']} bytes")
+            )
+        if "minLength" in schema and length < schema["minLength"]:
+            causes.append(
+                Cause(
+                    "FieldValueInvalid",
+                    path,
+                    f"Invalid value: {_render_value(value)}: {path} in body should be at least "
+                    f"{schema['minLength']} chars long",
+                )
+            )
+        if "pattern" in schema and not _pattern(schema["pattern"]).search(value):
+            causes.append(
+                Cause(
+                    "FieldValueInvalid",
+                    path,
+                    f"Invalid value: {_render_value(value)}: {path} in body should match '{schema['pattern']}'",
+                )
+            )
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            causes.append(
+                Cause(
+                    "FieldValueInvalid",
+                    path,
+                    f"Invalid value: {value}: {path} in body should be greater than or equal to {schema['minimum']}",
+                )
+            )
+        if "maximum" in schema and value > schema["maximum"]:
+            causes.append(
+                Cause(
+                    "FieldValueInvalid",
+                    path,
+                    f"Invalid value: {value}: {path} in body should be less than or equal to {schema['maximum']}",
+                )
+            )
+
+
+def structural_errors(schema: Schema, path: str = "openAPIV3Schema") -> list[str]:
+    """The parts of a CRD schema that make it non-structural (kube-apiserver refuses such CRDs)."""
+    errs: list[str] = []
+    if not isinstance(schema, dict):
+        return [f"{path}: must be an object"]
+    has_shape = "properties" in schema or "additionalProperties" in schema or "items" in schema
+    if has_shape and "type" not in schema and not schema.get("x-kubernetes-int-or-string"):
+        errs.append(f"{path}.type: Required value: must not be empty for specified object fields")
+    if (
+        "properties" in schema
+        and "additionalProperties" in schema
+        and schema["additionalProperties"] is not False
+    ):
+        errs.append(
+            f"{path}.additionalProperties: Forbidden: additionalProperties and properties are mutual exclusive"
+        )
+    for key, sub in (schema.get("properties") or {}).items():
+        errs.extend(structural_errors(sub, f"{path}.properties[{key}]"))
+    if isinstance(schema.get("items"), dict):
+        errs.extend(structural_errors(schema["items"], f"{path}.items"))
+    elif schema.get("type") == "array" and "items" not in schema:
+        errs.append(f"{path}.items: Required value: must be specified")
+    if isinstance(schema.get("additionalProperties"), dict):
+        errs.extend(structural_errors(schema["additionalProperties"], f"{path}.additionalProperties"))
+    return errs
