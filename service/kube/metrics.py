@@ -1,0 +1,40 @@
+"""client-go's REST client metrics, with controller-runtime's names, labels and buckets."""
+
+from __future__ import annotations
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# controller-runtime exports no ``*_created`` series; without this every counter and histogram here
+# would carry one. It is process-wide, so it must run before any metric is created.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+REQUEST_DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+
+
+class RestClientMetrics:
+    """``rest_client_requests_total{code,method,host}`` and ``rest_client_request_duration_seconds``.
+
+    Every attempt counts, retries included, as client-go counts them.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "rest_client_requests_total",
+            "Number of HTTP requests, partitioned by status code, method, and host.",
+            ["code", "method", "host"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "rest_client_request_duration_seconds",
+            "Request latency in seconds. Broken down by verb, and host.",
+            ["verb", "host"],
+            buckets=REQUEST_DURATION_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, method: str, host: str, status: int | None, seconds: float | None = None) -> None:
+        """Count one attempt; ``status`` None means no response arrived (client-go's ``<error>``)."""
+        self.requests.labels(str(status) if status is not None else "<error>", method, host).inc()
+        if seconds is not None:
+            self.duration.labels(method, host).observe(seconds)
