@@ -80,6 +80,7 @@ class DeleteOptions:
     precondition_uid: str | None = None
     precondition_rv: str | None = None
     dry_run: bool = False
+    orphan_dependents: bool | None = None  # the deprecated field, as given
 
     @classmethod
     def from_body(
@@ -88,14 +89,45 @@ class DeleteOptions:
         body = body or {}
         pre = body.get("preconditions") or {}
         policy = body.get("propagationPolicy") or query_policy
-        if policy is None and body.get("orphanDependents") is not None:
-            policy = "Orphan" if body["orphanDependents"] else "Background"
-        if policy not in (None, "Background", "Foreground", "Orphan"):
-            raise errors.BadRequest(
-                f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported value: "{policy}": '
-                'supported values: "Foreground", "Background", "Orphan", "nil"'
+        orphan = body.get("orphanDependents")
+        causes = []
+        if orphan is not None and policy is not None:
+            causes.append(
+                schemas.Cause(
+                    "FieldValueInvalid",
+                    "propagationPolicy",
+                    f'Invalid value: "{policy}": orphanDependents and deletionPropagation cannot be both set',
+                )
             )
-        return cls(policy, pre.get("uid"), pre.get("resourceVersion"), dry_run or bool(body.get("dryRun")))
+        if policy not in (None, "Background", "Foreground", "Orphan"):
+            causes.append(
+                schemas.Cause(
+                    "FieldValueNotSupported",
+                    "propagationPolicy",
+                    f'Unsupported value: "{policy}": supported values: "Foreground", "Background", "Orphan", '
+                    '"nil"',
+                )
+            )
+        if causes:
+            rendered = [c.render() for c in causes]
+            text = rendered[0] if len(rendered) == 1 else "[" + ", ".join(rendered) + "]"
+            raise errors.Invalid(
+                f'DeleteOptions.meta.k8s.io "" is invalid: {text}',
+                details={
+                    "group": "meta.k8s.io",
+                    "kind": "DeleteOptions",
+                    "causes": [c.as_dict() for c in causes],
+                },
+            )
+        if policy is None and orphan is not None:
+            policy = "Orphan" if orphan else "Background"
+        return cls(
+            policy,
+            pre.get("uid"),
+            pre.get("resourceVersion"),
+            dry_run or bool(body.get("dryRun")),
+            orphan if isinstance(orphan, bool) else None,
+        )
 
 
 class Cluster:
@@ -151,9 +183,7 @@ class Cluster:
     def lookup(self, group: str, version: str, plural: str) -> Kind:
         kind = self.served.get((group, version, plural))
         if kind is None:
-            raise errors.NotFound(
-                "the server could not find the requested resource", details={"group": group, "kind": plural}
-            )
+            raise errors.NotFound("the server could not find the requested resource", details={})
         return kind
 
     def kind_for(self, group: str, plural: str) -> Kind:
@@ -172,10 +202,7 @@ class Cluster:
     def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
         obj = self.objects[kind.key].get((namespace or "" if kind.namespaced else "", name))
         if obj is None:
-            raise errors.NotFound(
-                f'{kind.qualified} "{name}" not found',
-                details={"name": name, "group": kind.group, "kind": kind.plural},
-            )
+            raise errors.NotFound(f'{kind.qualified} "{name}" not found', details=_details(kind, name))
         return obj
 
     def find(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
@@ -279,47 +306,52 @@ class Cluster:
             if w.closed:
                 self.watchers[kind.key].discard(w)
 
-    def _namespace_check(self, kind: Kind, namespace: str | None, creating: bool) -> str:
+    def _admit_create(self, kind: Kind, namespace: str | None, meta: Obj) -> str:
+        """The NamespaceLifecycle admission plugin: a create needs a namespace that exists and is not
+        being terminated. (Other verbs are not checked: they just do not find their object.)"""
         if not kind.namespaced:
             return ""
         if not namespace:
-            raise errors.BadRequest("the server could not find the requested resource")
+            raise errors.MethodNotAllowed(
+                "the server does not allow this method on the requested resource", details={}
+            )
         ns = self.objects[("", "namespaces")].get(("", namespace))
         if ns is None:
             raise errors.NotFound(
                 f'namespaces "{namespace}" not found', details={"name": namespace, "kind": "namespaces"}
             )
-        if creating and ns["metadata"].get("deletionTimestamp"):
+        if ns["metadata"].get("deletionTimestamp"):
+            # admission names the object before name generation: its name, else its generateName
+            name = meta.get("name") or meta.get("generateName") or "Unknown"
             raise errors.Forbidden(
-                f'{kind.qualified} "" is forbidden: unable to create new content in namespace {namespace} '
-                "because it is being terminated",
+                f'{kind.qualified} "{name}" is forbidden: unable to create new content in namespace '
+                f"{namespace} because it is being terminated",
                 details={
-                    "kind": kind.plural,
-                    "group": kind.group,
+                    **_details(kind, name),
                     "causes": [
                         {
                             "reason": "NamespaceTerminating",
-                            "field": "metadata.namespace",
                             "message": f"namespace {namespace} is being terminated",
+                            "field": "metadata.namespace",
                         }
                     ],
                 },
             )
         return namespace
 
+    @staticmethod
+    def _key_namespace(kind: Kind, namespace: str | None) -> str:
+        return (namespace or "") if kind.namespaced else ""
+
     def _invalid(self, kind: Kind, name: str, causes: list[schemas.Cause]) -> errors.Invalid:
         rendered = [c.render() for c in causes]
         text = rendered[0] if len(rendered) == 1 else "[" + ", ".join(rendered) + "]"
         qualified = f"{kind.kind}.{kind.group}" if kind.group else kind.kind
-        return errors.Invalid(
-            f'{qualified} "{name}" is invalid: {text}',
-            details={
-                "name": name,
-                "group": kind.group,
-                "kind": kind.kind,
-                "causes": [c.as_dict() for c in causes],
-            },
-        )
+        details: Obj = {"name": name, "group": kind.group, "kind": kind.kind}
+        if not kind.group:
+            del details["group"]
+        details["causes"] = [c.as_dict() for c in causes]
+        return errors.Invalid(f'{qualified} "{name}" is invalid: {text}', details=details)
 
     def _check_body(self, kind: Kind, version: str, body: Any) -> Obj:
         if not isinstance(body, dict):
@@ -488,12 +520,9 @@ class Cluster:
                 raise errors.BadRequest(
                     "the namespace of the provided object does not match the namespace sent on the request"
                 )
-            ns = self._namespace_check(kind, namespace or meta.get("namespace"), creating=True)
-            meta["namespace"] = ns
+            meta["namespace"] = self._admit_create(kind, namespace or meta.get("namespace"), meta)
         else:
             meta.pop("namespace", None)
-        if meta.get("resourceVersion"):
-            raise errors.InternalError("resourceVersion should not be set on objects to be created")
         if not meta.get("name"):
             prefix = meta.get("generateName")
             if not prefix:
@@ -527,11 +556,14 @@ class Cluster:
             causes += self._crd_causes(obj)
         if causes:
             raise self._invalid(kind, name, causes)
+        if _parse_rv(meta.get("resourceVersion")):
+            # etcd3 storage refuses it with a plain error: 500 and no reason
+            raise UnclassifiedError("resourceVersion should not be set on objects to be created")
+        meta.pop("resourceVersion", None)
         key = (meta.get("namespace", ""), name)
         if key in self.objects[kind.key]:
             raise errors.AlreadyExists(
-                f'{kind.qualified} "{name}" already exists',
-                details={"name": name, "group": kind.group, "kind": kind.plural},
+                f'{kind.qualified} "{name}" already exists', details=_details(kind, name)
             )
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
@@ -542,7 +574,7 @@ class Cluster:
         )
         obj["apiVersion"] = kind.api_version(kind.storage_version)
         if dry_run:
-            meta["resourceVersion"] = ""
+            meta.pop("resourceVersion", None)
             return self.view(kind, version, obj)
         if kind.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._establish(obj)
@@ -562,11 +594,11 @@ class Cluster:
                 self.dependents.get(ref.get("uid", ""), set()).discard(okey)
         self.objects[kind.key][key] = obj
         self.by_uid[meta["uid"]] = okey
-        for ref in meta.get("ownerReferences") or ():
-            uid = ref.get("uid", "")
-            self.dependents.setdefault(uid, set()).add(okey)
-            if uid not in self.by_uid:
-                self._gc_wants(okey)
+        refs = meta.get("ownerReferences") or ()
+        for ref in refs:
+            self.dependents.setdefault(ref.get("uid", ""), set()).add(okey)
+        if refs and (old is None or old["metadata"].get("ownerReferences") != refs):
+            self._gc_wants(okey)  # the collector verifies every new set of owner references
         if meta.get("deletionTimestamp"):
             self._gc_wants(okey)
 
@@ -613,11 +645,11 @@ class Cluster:
     ) -> Obj:
         """PUT semantics; patches end here too, with the patched object as ``body``."""
         if subresource not in (None, "status"):
-            raise errors.NotFound("the server could not find the requested resource")
+            raise errors.NotFound("the server could not find the requested resource", details={})
         if subresource == "status" and not kind.versions[version].status:
-            raise errors.NotFound("the server could not find the requested resource")
+            raise errors.NotFound("the server could not find the requested resource", details={})
         obj = self._check_body(kind, version, _fresh(body) if isinstance(body, dict) else body)
-        ns = self._namespace_check(kind, namespace, creating=False)
+        ns = self._key_namespace(kind, namespace)
         old = self.get(kind, ns, name)
         meta = obj["metadata"]
         if meta.get("name", name) != name:
@@ -710,8 +742,12 @@ class Cluster:
             and not obj["metadata"].get("finalizers")
             and not self._namespace_blocks(kind, obj)
         ):
-            self._unstore(kind, obj)
-            self._emit(kind, "DELETED", obj, old, rv)
+            # kube-apiserver deletes instead of writing: watchers see the last stored state go (at the
+            # deletion's resourceVersion) and the writer gets its own object back, at the old one.
+            gone = {**old, "metadata": {**old["metadata"], "resourceVersion": str(rv)}}
+            self._unstore(kind, gone)
+            self._emit(kind, "DELETED", gone, old, rv)
+            obj["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             return self.view(kind, version, obj)
         if kind.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._establish(obj)
@@ -725,8 +761,7 @@ class Cluster:
             or "the object has been modified; please apply your changes to the latest version and try again"
         )
         return errors.Conflict(
-            f'Operation cannot be fulfilled on {kind.qualified} "{name}": {why}',
-            details={"name": name, "group": kind.group, "kind": kind.plural},
+            f'Operation cannot be fulfilled on {kind.qualified} "{name}": {why}', details=_details(kind, name)
         )
 
     def patch(
@@ -742,7 +777,7 @@ class Cluster:
         manager: str = "unknown",
         dry_run: bool = False,
     ) -> Obj:
-        ns = self._namespace_check(kind, namespace, creating=False)
+        ns = self._key_namespace(kind, namespace)
         old = self.view(kind, version, self.get(kind, ns, name))
         try:
             patch = orjson.loads(raw)
@@ -762,8 +797,11 @@ class Cluster:
                 raise errors.BadRequest("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
             try:
                 patched = jsonpatch.JsonPatch(patch).apply(_fresh(old))
-            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-                raise errors.Invalid(str(exc)) from None
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException):
+                # kube-apiserver wraps the patch library's error in a generic 422 that drops its text
+                raise errors.Invalid(
+                    "the server rejected our request due to an error in our request", details={}
+                ) from None
             except (TypeError, KeyError, ValueError) as exc:
                 raise errors.BadRequest(f"invalid JSON patch: {exc}") from None
             raw_body = patched
@@ -781,11 +819,8 @@ class Cluster:
             )
         if not isinstance(patched, dict):
             raise errors.BadRequest("the patched object is not a JSON object")
-        # A patch that carries metadata.resourceVersion is a precondition (optimistic lock); one that
-        # does not is applied to whatever is current.
-        given = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
-        if given is None:
-            patched.setdefault("metadata", {})["resourceVersion"] = old["metadata"]["resourceVersion"]
+        # The patch applies to the current object, so the result carries its resourceVersion unless the
+        # patch set one: then that is a precondition (optimistic lock), as for an update.
         return self.update(
             kind,
             version,
@@ -804,7 +839,7 @@ class Cluster:
     ) -> tuple[bool, Obj]:
         """Delete one object; returns (removed now?, the object as it is after the call)."""
         options = options or DeleteOptions()
-        ns = self._namespace_check(kind, namespace, creating=False)
+        ns = self._key_namespace(kind, namespace)
         old = self.get(kind, ns, name)
         meta = old["metadata"]
         if options.precondition_uid and options.precondition_uid != meta["uid"]:
@@ -822,14 +857,7 @@ class Cluster:
                 f"{options.precondition_rv}, ResourceVersion in object meta: "
                 f"{meta['resourceVersion']}",
             )
-        finalizers = list(meta.get("finalizers") or [])
-        policy = options.propagation_policy
-        if policy == "Foreground" and FOREGROUND not in finalizers:
-            finalizers.append(FOREGROUND)
-            finalizers = [f for f in finalizers if f != ORPHAN]
-        elif policy == "Orphan" and ORPHAN not in finalizers:
-            finalizers.append(ORPHAN)
-            finalizers = [f for f in finalizers if f != FOREGROUND]
+        finalizers = _gc_finalizers(list(meta.get("finalizers") or []), options.propagation_policy)
         if (
             kind.key == ("apiextensions.k8s.io", "customresourcedefinitions")
             and CRD_CLEANUP not in finalizers
@@ -878,8 +906,6 @@ class Cluster:
         fields: FieldSelector = FieldSelector(),  # noqa: B008 - immutable
         options: DeleteOptions | None = None,
     ) -> Obj:
-        if kind.namespaced and namespace:
-            self._namespace_check(kind, namespace, creating=False)
         items = []
         for obj in self._select(kind, namespace if kind.namespaced else None, labels, fields):
             m = obj["metadata"]
@@ -931,30 +957,66 @@ class Cluster:
             return changed
         solid, dangling, waiting = [], [], []
         for ref in refs:
-            owner_key = self.by_uid.get(ref.get("uid", ""))
-            if owner_key is None:
+            owner = self._resolve_owner(kind, meta, ref)
+            if owner is None:
+                return changed  # an owner the collector cannot look up: it leaves the object alone
+            if owner is _DANGLING:
                 dangling.append(ref)
-                continue
-            owner = self._obj_at(owner_key)
-            if (
-                owner
-                and FOREGROUND in (owner[1]["metadata"].get("finalizers") or [])
-                and owner[1]["metadata"].get("deletionTimestamp")
+            elif FOREGROUND in (owner["metadata"].get("finalizers") or []) and owner["metadata"].get(
+                "deletionTimestamp"
             ):
                 waiting.append(ref)
             else:
                 solid.append(ref)
         if not solid and (dangling or waiting):
+            # As kube-controller-manager: an object with dependents of its own whose owner waits for it
+            # goes in the foreground too; otherwise a finalizer it already has decides, else background.
+            policy: str | None = None
+            if waiting and any(self._obj_at(d) for d in self.dependents.get(meta["uid"], ())):
+                policy = "Foreground"
             try:
-                self.delete(kind, kind.storage_version, meta.get("namespace"), meta["name"])
+                self.delete(
+                    kind,
+                    kind.storage_version,
+                    meta.get("namespace"),
+                    meta["name"],
+                    DeleteOptions(policy, precondition_uid=meta["uid"]),
+                )
             except errors.ApiError:
                 return changed
             return True
-        if dangling:
-            keep = [r for r in refs if r not in dangling]
+        if dangling or waiting:
+            # A live owner keeps the object; references to dead owners, and to owners that wait for
+            # their dependents (which would block them forever), are removed.
+            keep = [r for r in refs if r not in dangling and r not in waiting]
             self._system_patch(kind, obj, {"metadata": {"ownerReferences": keep}}, "garbage-collector")
             return True
         return changed
+
+    def _resolve_owner(self, kind: Kind, meta: Obj, ref: Obj) -> Obj | None:
+        """The owner an ownerReference names, looked up as the garbage collector does: by kind and name (in
+        the dependent's namespace when the owner's kind is namespaced), then checked by uid.
+
+        Returns the owner, ``_DANGLING`` when there is none, or None when the reference cannot be resolved
+        (an unknown kind, or a cluster-scoped object naming a namespaced owner)."""
+        group, _, version = str(ref.get("apiVersion", "")).rpartition("/")
+        owner_kind = next(
+            (
+                k
+                for k in self.kinds.values()
+                if k.group == group and k.kind == ref.get("kind") and version in k.versions
+            ),
+            None,
+        )
+        if owner_kind is None:
+            return None
+        if owner_kind.namespaced and not kind.namespaced:
+            return None
+        ns = meta.get("namespace", "") if owner_kind.namespaced else ""
+        owner = self.objects[owner_kind.key].get((ns, str(ref.get("name", ""))))
+        if owner is None or owner["metadata"]["uid"] != ref.get("uid"):
+            return _DANGLING
+        return owner
 
     def _finalize(self, kind: Kind, obj: Obj) -> bool:
         """Work the system finalizers of an object that is being deleted."""
@@ -1138,23 +1200,32 @@ class Cluster:
         self.register(kind)
         spec = crd["spec"]
         now = now_rfc3339()
+        old_status = crd.get("status") or {}
+        stored = list(old_status.get("storedVersions") or [])
+        if kind.storage_version not in stored:
+            stored.append(kind.storage_version)
+        since = {
+            c.get("type"): c.get("lastTransitionTime")
+            for c in old_status.get("conditions") or []
+            if isinstance(c, dict) and c.get("status") == "True"
+        }
         crd["status"] = {
             "acceptedNames": dict(spec["names"]),
-            "storedVersions": [kind.storage_version],
+            "storedVersions": stored,
             "conditions": [
                 {
                     "type": "NamesAccepted",
                     "status": "True",
                     "reason": "NoConflicts",
                     "message": "no conflicts found",
-                    "lastTransitionTime": now,
+                    "lastTransitionTime": since.get("NamesAccepted") or now,
                 },
                 {
                     "type": "Established",
                     "status": "True",
                     "reason": "InitialNamesAccepted",
                     "message": "the initial names have been accepted",
-                    "lastTransitionTime": now,
+                    "lastTransitionTime": since.get("Established") or now,
                 },
             ],
         }
@@ -1236,6 +1307,50 @@ class Cluster:
         return self.find(kind, None, name) or self.create(
             kind, "v1", None, {"metadata": {"name": name}}, manager="sim"
         )
+
+
+def _gc_finalizers(finalizers: list[str], policy: str | None) -> list[str]:
+    """The finalizers a delete leaves for the garbage collector (kube's deletionFinalizersForGarbageCollection):
+    an explicit policy wins, else a GC finalizer already present; both are first removed, then re-added."""
+    if policy is None:
+        present = next((f for f in finalizers if f in (ORPHAN, FOREGROUND)), None)
+        policy = {ORPHAN: "Orphan", FOREGROUND: "Foreground"}.get(present or "")
+    new = [f for f in finalizers if f not in (ORPHAN, FOREGROUND)]
+    if policy == "Orphan":
+        new.append(ORPHAN)
+    elif policy == "Foreground":
+        new.append(FOREGROUND)
+    return finalizers if set(new) == set(finalizers) else new
+
+
+_DANGLING: Obj = {"metadata": {}}  # marks an owner reference whose owner does not exist
+
+
+class UnclassifiedError(errors.ApiError):
+    """A plain (non-Status) error from kube-apiserver's storage layer: 500, and a Status with no reason."""
+
+    code, reason = 500, ""
+
+    def status(self) -> dict[str, Any]:
+        body = super().status()
+        body.pop("reason", None)
+        return body
+
+
+def _details(kind: Kind, name: str) -> Obj:
+    """StatusDetails as kube-apiserver serialises them (empty fields omitted)."""
+    details: Obj = {"name": name, "group": kind.group, "kind": kind.plural}
+    if not kind.group:
+        del details["group"]
+    return details
+
+
+def _parse_rv(value: Any) -> int:
+    """A resourceVersion as storage reads it: 0 when absent or unparsable."""
+    try:
+        return int(str(value)) if value not in (None, "") else 0
+    except ValueError:
+        return 0
 
 
 def _spec_changed(old: Obj, new: Obj, has_status: bool) -> bool:

@@ -71,6 +71,21 @@ class FaultRule:
             if name not in known:
                 raise ValueError(f"unknown fault rule field {key!r}")
             kwargs[name] = value
+        numbers = {"status": int, "count": int, "latency": float, "probability": float, "retry_after": float}
+        for name, want in numbers.items():
+            value = kwargs.get(name)
+            if value is None or (want is float and isinstance(value, int | float)):
+                continue
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise TypeError(f"fault rule field {name!r} must be a number, not {value!r}")
+        for name in ("method", "path", "reason", "message"):
+            if name in kwargs and not isinstance(kwargs[name], str):
+                raise TypeError(f"fault rule field {name!r} must be a string")
+        status = kwargs.get("status", 500)
+        if status is None or not (status == 0 or 400 <= status <= 599):
+            raise ValueError("fault rule status must be 0 (latency only) or an HTTP error code (400-599)")
+        if not 0.0 <= float(kwargs.get("probability", 1.0)) <= 1.0:
+            raise ValueError("fault rule probability must be between 0 and 1")
         return cls(**kwargs)
 
     def as_json(self) -> dict[str, Any]:

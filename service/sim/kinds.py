@@ -46,8 +46,9 @@ class Kind:
 
     @property
     def uses_generation(self) -> bool:
-        # Of the built-in kinds served here none carries metadata.generation; every custom resource does.
-        return self.custom
+        # Every custom resource carries metadata.generation; of the built-in kinds served here only
+        # CustomResourceDefinition does (1 on create, +1 on every spec change).
+        return self.custom or self.key == ("apiextensions.k8s.io", "customresourcedefinitions")
 
     def api_version(self, version: str) -> str:
         return f"{self.group}/{version}" if self.group else version
@@ -91,7 +92,7 @@ def _crd_defaults(obj: Obj) -> None:
         names.setdefault("singular", str(names.get("kind", "")).lower())
 
 
-def _built_in(res: Resource, *, status: bool = False, **kw: Any) -> Kind:
+def _built_in(res: Resource, *, status: bool = False, unconditional_update: bool = True, **kw: Any) -> Kind:
     return Kind(
         res.group,
         res.plural,
@@ -101,7 +102,7 @@ def _built_in(res: Resource, *, status: bool = False, **kw: Any) -> Kind:
         res.version,
         res.singular,
         res.short_names,
-        unconditional_update=True,
+        unconditional_update=unconditional_update,
         **kw,
     )
 
@@ -115,8 +116,13 @@ def built_in_kinds() -> list[Kind]:
         _built_in(r.EVENT),
         _built_in(r.STORAGE_CLASS, returns_deleted_object=True, defaults=_storage_class_defaults),
         _built_in(r.LEASE),
+        # CRDs, like custom resources, need metadata.resourceVersion on update.
         _built_in(
-            r.CUSTOM_RESOURCE_DEFINITION, status=True, returns_deleted_object=True, defaults=_crd_defaults
+            r.CUSTOM_RESOURCE_DEFINITION,
+            status=True,
+            returns_deleted_object=True,
+            unconditional_update=False,
+            defaults=_crd_defaults,
         ),
     ]
 

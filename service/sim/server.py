@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -37,6 +38,7 @@ SERVER_VERSION = {
     "platform": "linux/amd64",
 }
 _NAMESPACE_SUBRESOURCES = ("status", "finalize")
+_NAMESPACES = ("", "namespaces")
 _VERBS_COLLECTION = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 MAX_BODY = 3 * 1024 * 1024 + 64 * 1024  # kube-apiserver accepts 3 MiB request bodies
 
@@ -44,6 +46,19 @@ MAX_BODY = 3 * 1024 * 1024 + 64 * 1024  # kube-apiserver accepts 3 MiB request b
 def query_bool(value: str | None) -> bool:
     """apimachinery's rule: absent, "0" or "false" (any case) is false; anything else, even "", is true."""
     return value is not None and value != "0" and value.lower() != "false"
+
+
+_KUBE_VERSION = re.compile(r"^v(\d+)(?:(alpha|beta)(\d+))?$")
+
+
+def kube_version_key(version: str) -> tuple[int, int, int, int, str]:
+    """Sort key for kube-aware version order: v2, v1, v2beta1, v1beta2, v1beta1, v1alpha1, then others
+    alphabetically."""
+    m = _KUBE_VERSION.match(version)
+    if m is None:
+        return (1, 0, 0, 0, version)
+    rank = {None: 0, "beta": 1, "alpha": 2}[m[2]]
+    return (0, rank, -int(m[1]), -int(m[3] or 0), "")
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -151,12 +166,12 @@ class ApiServer:
         elif parts[0] == "apis" and len(parts) == 2:
             found = self._group(parts[1])
             if found is None:
-                raise errors.NotFound("the server could not find the requested resource")
+                raise errors.NotFound("the server could not find the requested resource", details={})
             return _json(found)
         elif parts[0] == "apis" and len(parts) >= 3:
             group, version, rest = parts[1], parts[2], parts[3:]
         else:
-            raise errors.NotFound("the server could not find the requested resource")
+            raise errors.NotFound("the server could not find the requested resource", details={})
         if not rest:
             return _json(self._resource_list(group, version))
         return await self._resource(request, self._target(group, version, rest))
@@ -166,18 +181,21 @@ class ApiServer:
         if rest[0] == "namespaces" and len(rest) >= 3 and rest[2] not in _NAMESPACE_SUBRESOURCES:
             namespace, rest = rest[1], rest[2:]
         if len(rest) > 3:
-            raise errors.NotFound("the server could not find the requested resource")
+            raise errors.NotFound("the server could not find the requested resource", details={})
         kind = self.cluster.lookup(group, version, rest[0])
         if namespace is not None and not kind.namespaced:
-            raise errors.NotFound("the server could not find the requested resource")
+            raise errors.NotFound("the server could not find the requested resource", details={})
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
+        if name is not None and kind.namespaced and namespace is None:
+            # a namespaced resource's cluster-wide path only lists and watches
+            raise errors.NotFound("the server could not find the requested resource", details={})
         if (
             sub is not None
             and not (sub == "status" and kind.versions[version].status)
             and not (sub == "finalize" and kind.key == ("", "namespaces"))
         ):
-            raise errors.NotFound("the server could not find the requested resource")
+            raise errors.NotFound("the server could not find the requested resource", details={})
         return Target(kind, version, namespace, name, sub)
 
     # ------------------------------------------------------------------ resources
@@ -207,15 +225,23 @@ class ApiServer:
                 if wants_table(request.headers.get("Accept", "")):
                     return _json(table_for(t.kind, t.version, result["items"], result["metadata"]))
                 return _json(result)
+            if t.kind.namespaced and t.namespace is None and method != "GET":
+                raise errors.MethodNotAllowed(
+                    "the server does not allow this method on the requested resource", details={}
+                )
             if method == "POST":
                 body = await self._body(request)
                 return _json(
                     self.cluster.create(
                         t.kind, t.version, t.namespace, body, manager=manager, dry_run=dry_run
                     ),
-                    201 if not dry_run else 200,
+                    201,
                 )
             if method == "DELETE":
+                if t.kind.key == _NAMESPACES:  # namespaces have no deletecollection
+                    raise errors.MethodNotAllowed(
+                        "the server does not allow this method on the requested resource", details={}
+                    )
                 labels = parse_label_selector(q.get("labelSelector"))
                 fields = parse_field_selector(q.get("fieldSelector"))
                 options = DeleteOptions.from_body(
@@ -226,7 +252,9 @@ class ApiServer:
                         t.kind, t.version, t.namespace, labels=labels, fields=fields, options=options
                     )
                 )
-            raise errors.MethodNotAllowed("the server does not allow this method on the requested resource")
+            raise errors.MethodNotAllowed(
+                "the server does not allow this method on the requested resource", details={}
+            )
         if method == "GET":
             if query_bool(q.get("watch")):
                 # The legacy single-object watch: a field selector on the name.
@@ -298,8 +326,11 @@ class ApiServer:
                         }
                     )
                 )
-            return _json(obj)
-        raise errors.MethodNotAllowed("the server does not allow this method on the requested resource")
+            # kube-apiserver answers 202 for a deletion left pending after orphanDependents=false
+            return _json(obj, 202 if not removed and options.orphan_dependents is False else 200)
+        raise errors.MethodNotAllowed(
+            "the server does not allow this method on the requested resource", details={}
+        )
 
     async def _body(self, request: web.Request, optional: bool = False) -> Any:
         raw = await request.read()
@@ -368,8 +399,8 @@ class ApiServer:
         kinds = self._groups().get(name)
         if not kinds:
             return None
-        versions = sorted({v for k in kinds for v in k.versions}, reverse=True)
-        preferred = kinds[0].storage_version
+        versions = sorted({v for k in kinds for v in k.versions}, key=kube_version_key)
+        preferred = versions[0]  # as kube-apiserver: the highest version, not necessarily the stored one
         return {
             "kind": "APIGroup",
             "apiVersion": "v1",
@@ -395,7 +426,9 @@ class ApiServer:
                 "singularName": kind.singular,
                 "namespaced": kind.namespaced,
                 "kind": kind.kind,
-                "verbs": _VERBS_COLLECTION,
+                "verbs": [v for v in _VERBS_COLLECTION if v != "deletecollection"]
+                if kind.key == _NAMESPACES
+                else _VERBS_COLLECTION,
             }
             if kind.short_names:
                 entry["shortNames"] = list(kind.short_names)
@@ -412,8 +445,18 @@ class ApiServer:
                         "verbs": ["get", "patch", "update"],
                     }
                 )
+            if kind.key == _NAMESPACES:
+                resources.append(
+                    {
+                        "name": "namespaces/finalize",
+                        "singularName": "",
+                        "namespaced": False,
+                        "kind": "Namespace",
+                        "verbs": ["update"],
+                    }
+                )
         if not resources:
-            raise errors.NotFound("the server could not find the requested resource")
+            raise errors.NotFound("the server could not find the requested resource", details={})
         group_version = f"{group}/{version}" if group else version
         return {
             "kind": "APIResourceList",
@@ -428,7 +471,7 @@ class ApiServer:
             if request.method == "POST":
                 try:
                     rule = self.faults.add(FaultRule.from_json(orjson.loads(await request.read())))
-                except (ValueError, TypeError) as exc:
+                except (ValueError, TypeError, AttributeError, re.error) as exc:
                     return _error(errors.BadRequest(f"bad fault rule: {exc}"))
                 return _json(rule.as_json(), 201)
             if request.method == "DELETE":

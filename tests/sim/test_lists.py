@@ -1,0 +1,169 @@
+"""Lists: resourceVersion, pagination with consistent snapshots, label and field selectors."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.sim.conftest import (
+    CM,
+    WIDGETS,
+    Kube,
+    Obj,
+    assert_status,
+    configmap,
+    path,
+    widget,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def names(reply_body: Obj) -> list[str]:
+    return [o["metadata"]["name"] for o in reply_body["items"]]
+
+
+async def test_list_shape_and_resource_version(kube: Kube, widgets: Obj) -> None:
+    made = [await kube.create(CM, configmap(f"c{i}")) for i in range(3)]
+    listed = await kube.get(path(CM))
+    assert listed.status == 200
+    assert listed.body["kind"] == "ConfigMapList"
+    assert listed.body["apiVersion"] == "v1"
+    rv = listed.body["metadata"]["resourceVersion"]
+    assert isinstance(rv, str)
+    assert int(rv) >= max(int(m["metadata"]["resourceVersion"]) for m in made)
+    assert "continue" not in listed.body["metadata"]
+    assert names(listed.body) == ["c0", "c1", "c2"]
+    # A write anywhere moves the list's resourceVersion on.
+    await kube.create(WIDGETS, widget("w1"))
+    again = await kube.get(path(CM))
+    assert int(again.body["metadata"]["resourceVersion"]) > int(rv)
+    empty = await kube.get(path(WIDGETS, "kube-system"))
+    assert empty.body["items"] == []
+    assert empty.body["kind"] == "WidgetList"
+
+
+async def test_pagination_is_a_consistent_snapshot(kube: Kube) -> None:
+    for i in range(5):
+        await kube.create(CM, configmap(f"c{i}"))
+    first = await kube.get(path(CM), limit="2")
+    assert names(first.body) == ["c0", "c1"]
+    token = first.body["metadata"]["continue"]
+    assert token
+    assert first.body["metadata"]["remainingItemCount"] == 3
+    snapshot_rv = first.body["metadata"]["resourceVersion"]
+
+    # Changes after the first page do not show up in later pages.
+    await kube.create(CM, configmap("c2a"))
+    await kube.create(CM, configmap("c9"))
+    await kube.delete(path(CM, name="c3"))
+    second = await kube.get(path(CM), limit="2", **{"continue": token})
+    assert second.status == 200
+    assert names(second.body) == ["c2", "c3"]
+    assert second.body["metadata"]["resourceVersion"] == snapshot_rv
+    third = await kube.get(path(CM), limit="2", **{"continue": second.body["metadata"]["continue"]})
+    assert names(third.body) == ["c4"]
+    assert not third.body["metadata"].get("continue")
+    # A fresh list sees the present.
+    fresh = await kube.get(path(CM))
+    assert names(fresh.body) == ["c0", "c1", "c2", "c2a", "c4", "c9"]
+
+
+async def test_limit_larger_than_the_list(kube: Kube) -> None:
+    for i in range(2):
+        await kube.create(CM, configmap(f"c{i}"))
+    page = await kube.get(path(CM), limit="10")
+    assert names(page.body) == ["c0", "c1"]
+    assert not page.body["metadata"].get("continue")
+
+
+async def test_paginated_selector_lists(kube: Kube) -> None:
+    for i in range(6):
+        await kube.create(CM, configmap(f"c{i}", {"even": str(i % 2 == 0).lower()}))
+    seen: list[str] = []
+    token = ""
+    while True:
+        params = {"limit": "2", "labelSelector": "even=true"}
+        if token:
+            params["continue"] = token
+        page = await kube.get(path(CM), **params)
+        seen += names(page.body)
+        token = page.body["metadata"].get("continue", "")
+        if not token:
+            break
+    assert seen == ["c0", "c2", "c4"]
+
+
+async def test_expired_continue_token(kube: Kube) -> None:
+    for i in range(3):
+        await kube.create(CM, configmap(f"c{i}"))
+    first = await kube.get(path(CM), limit="1")
+    token = first.body["metadata"]["continue"]
+    compacted = await kube.post("/__sim__/compact", {})
+    assert compacted.status == 200
+    status = assert_status(await kube.get(path(CM), limit="1", **{"continue": token}), 410, "Expired")
+    assert "continue" in status["message"]
+
+
+async def test_garbage_continue_token_is_a_bad_request(kube: Kube) -> None:
+    assert_status(await kube.get(path(CM), limit="1", **{"continue": "not-a-token"}), 400, "BadRequest")
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        ("app=web", ["web1", "web2"]),
+        ("app==web", ["web1", "web2"]),
+        ("app!=web", ["db", "plain"]),
+        ("app in (web,db)", ["db", "web1", "web2"]),
+        ("app notin (web)", ["db", "plain"]),
+        ("app", ["db", "web1", "web2"]),
+        ("!app", ["plain"]),
+        ("app=web,tier=front", ["web1"]),
+        ("app in (web), !tier", ["web2"]),
+        ("app=nothing", []),
+    ],
+)
+async def test_label_selectors(kube: Kube, selector: str, expected: list[str]) -> None:
+    await kube.create(CM, configmap("web1", {"app": "web", "tier": "front"}))
+    await kube.create(CM, configmap("web2", {"app": "web"}))
+    await kube.create(CM, configmap("db", {"app": "db", "tier": "back"}))
+    await kube.create(CM, configmap("plain"))
+    reply = await kube.get(path(CM), labelSelector=selector)
+    assert reply.status == 200, reply.body
+    assert sorted(names(reply.body)) == expected
+
+
+async def test_field_selectors(kube: Kube) -> None:
+    await kube.post("/api/v1/namespaces", {"metadata": {"name": "other"}})
+    await kube.create(CM, configmap("a"))
+    await kube.create(CM, configmap("b"))
+    await kube.create(CM, configmap("a"), ns="other")
+    by_name = await kube.get("/api/v1/configmaps", fieldSelector="metadata.name=a")
+    assert sorted(o["metadata"]["namespace"] for o in by_name.body["items"]) == ["default", "other"]
+    by_ns = await kube.get("/api/v1/configmaps", fieldSelector="metadata.namespace=other")
+    assert [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in by_ns.body["items"]] == [
+        ("other", "a")
+    ]
+    both = await kube.get("/api/v1/configmaps", fieldSelector="metadata.namespace=default,metadata.name=b")
+    assert names(both.body) == ["b"]
+    negated = await kube.get(path(CM), fieldSelector="metadata.name!=a")
+    assert "a" not in names(negated.body) and "b" in names(negated.body)
+    in_ns = await kube.get(path(CM), fieldSelector="metadata.name=a")
+    assert [o["metadata"]["namespace"] for o in in_ns.body["items"]] == ["default"]
+
+
+async def test_field_selectors_on_custom_resources(kube: Kube, widgets: Obj) -> None:
+    await kube.create(WIDGETS, widget("w1"))
+    await kube.create(WIDGETS, widget("w2"))
+    reply = await kube.get(path(WIDGETS), fieldSelector="metadata.name=w2")
+    assert names(reply.body) == ["w2"]
+
+
+@pytest.mark.parametrize("selector", ["app in (web", "app=(", "=web", "app=web,", "Bad Key=1", "a=b c"])
+async def test_bad_label_selector(kube: Kube, selector: str) -> None:
+    assert_status(await kube.get(path(CM), labelSelector=selector), 400, "BadRequest")
+
+
+@pytest.mark.parametrize("selector", ["spec.foo=bar", "metadata.name", "nonsense"])
+async def test_bad_field_selector(kube: Kube, selector: str) -> None:
+    assert_status(await kube.get(path(CM), fieldSelector=selector), 400, "BadRequest")

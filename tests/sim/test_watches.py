@@ -1,0 +1,254 @@
+"""Watches: event types, initial state, resuming, expiry, bookmarks, timeouts, selectors, query params."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import anyio
+import orjson
+import pytest
+
+from tests.sim.conftest import (
+    BOOKMARK_INTERVAL,
+    CM,
+    DEADLINE,
+    GROUP,
+    WIDGETS,
+    Kube,
+    Obj,
+    configmap,
+    path,
+    watching,
+    widget,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_added_modified_deleted(kube: Kube, session: aiohttp.ClientSession, widgets: Obj) -> None:
+    start = (await kube.get(path(WIDGETS))).body["metadata"]["resourceVersion"]
+    async with watching(session, path(WIDGETS), resourceVersion=start) as w:
+        created = await kube.create(WIDGETS, widget("w1"))
+        added = await w.expect("ADDED", "w1")
+        assert added == created
+        patched = await kube.patch(path(WIDGETS, name="w1"), {"spec": {"size": 2}})
+        modified = await w.expect("MODIFIED", "w1")
+        assert modified == patched.body
+        await kube.delete(path(WIDGETS, name="w1"))
+        deleted = await w.expect("DELETED", "w1")
+        assert int(deleted["metadata"]["resourceVersion"]) > int(patched.rv)
+        assert deleted["spec"]["size"] == 2
+        # Every event's object is complete, with its kind and apiVersion.
+        for ev in w.seen:
+            assert ev["object"]["kind"] == "Widget"
+            assert ev["object"]["apiVersion"] == f"{GROUP}/v1"
+
+
+async def test_watch_is_scoped_to_its_namespace(kube: Kube, session: aiohttp.ClientSession) -> None:
+    await kube.post("/api/v1/namespaces", {"metadata": {"name": "other"}})
+    rv = (await kube.get(path(CM))).body["metadata"]["resourceVersion"]
+    async with (
+        watching(session, path(CM), resourceVersion=rv) as here,
+        watching(session, "/api/v1/configmaps", resourceVersion=rv) as everywhere,
+    ):
+        await kube.create(CM, configmap("elsewhere"), ns="other")
+        await kube.create(CM, configmap("local"))
+        await here.expect("ADDED", "local")  # the other namespace's object never arrives here
+        assert (await everywhere.expect("ADDED", "elsewhere"))["metadata"]["namespace"] == "other"
+        await everywhere.expect("ADDED", "local")
+
+
+@pytest.mark.parametrize("rv", [None, "0"])
+async def test_initial_state_comes_first_as_added(
+    kube: Kube, session: aiohttp.ClientSession, rv: str | None
+) -> None:
+    for name in ("a", "b", "c"):
+        await kube.create(CM, configmap(name))
+    await kube.delete(path(CM, name="b"))
+    params = {"resourceVersion": rv} if rv is not None else {}
+    async with watching(session, path(CM), **params) as w:
+        initial = [await w.event() for _ in range(2)]
+        assert [(e["type"], e["object"]["metadata"]["name"]) for e in initial] == [
+            ("ADDED", "a"),
+            ("ADDED", "c"),
+        ]
+        await kube.create(CM, configmap("d"))
+        await w.expect("ADDED", "d")
+
+
+async def test_resume_replays_every_event_after_the_resource_version(
+    kube: Kube, session: aiohttp.ClientSession
+) -> None:
+    a = await kube.create(CM, configmap("a"))
+    since = a["metadata"]["resourceVersion"]
+    await kube.patch(path(CM, name="a"), {"data": {"k": "2"}})
+    await kube.create(CM, configmap("b"))
+    await kube.delete(path(CM, name="a"))
+    async with watching(session, path(CM), resourceVersion=since) as w:
+        replay = [await w.event() for _ in range(3)]
+        assert [(e["type"], e["object"]["metadata"]["name"]) for e in replay] == [
+            ("MODIFIED", "a"),
+            ("ADDED", "b"),
+            ("DELETED", "a"),
+        ]
+        rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in replay]
+        assert rvs == sorted(rvs) and rvs[0] > int(since)
+        # then it goes on live
+        await kube.create(CM, configmap("c"))
+        await w.expect("ADDED", "c")
+
+
+async def test_too_old_resource_version_is_expired(kube: Kube, session: aiohttp.ClientSession) -> None:
+    a = await kube.create(CM, configmap("a"))
+    await kube.patch(path(CM, name="a"), {"data": {"k": "2"}})
+    await kube.post("/__sim__/compact", {})
+    async with watching(session, path(CM), resourceVersion=a["metadata"]["resourceVersion"]) as w:
+        rest = await w.expect_end()
+    assert len(rest) == 1, rest
+    ev = rest[0]
+    assert ev["type"] == "ERROR"
+    status = ev["object"]
+    assert status["kind"] == "Status" and status["apiVersion"] == "v1"
+    assert status["status"] == "Failure"
+    assert (status["code"], status["reason"]) == (410, "Expired")
+    assert status["message"].startswith("too old resource version: ")
+
+
+async def test_watch_from_the_compaction_point_is_fine(kube: Kube, session: aiohttp.ClientSession) -> None:
+    await kube.create(CM, configmap("a"))
+    compacted = await kube.post("/__sim__/compact", {})
+    rv = compacted.body["compactedResourceVersion"]
+    async with watching(session, path(CM), resourceVersion=rv) as w:
+        await kube.create(CM, configmap("b"))
+        await w.expect("ADDED", "b")
+
+
+async def test_bookmarks(kube: Kube, session: aiohttp.ClientSession, widgets: Obj) -> None:
+    start = (await kube.get(path(WIDGETS))).body["metadata"]["resourceVersion"]
+    async with watching(session, path(WIDGETS), resourceVersion=start, allowWatchBookmarks="true") as w:
+        created = await kube.create(WIDGETS, widget("w1"))
+        bookmarks: list[Obj] = []
+        events: list[Obj] = []
+        while len(bookmarks) < 3:
+            ev = await w.event(within=BOOKMARK_INTERVAL * 10, skip_bookmarks=False)
+            (bookmarks if ev["type"] == "BOOKMARK" else events).append(ev)
+            if len(bookmarks) == 1:
+                await kube.create(CM, configmap("elsewhere"))  # moves the global resourceVersion on
+        assert [e["type"] for e in events] == ["ADDED"]
+        rvs = [int(b["object"]["metadata"]["resourceVersion"]) for b in bookmarks]
+        assert rvs == sorted(rvs), rvs  # never backwards
+        assert rvs[0] >= int(created["metadata"]["resourceVersion"])
+        for b in bookmarks:
+            obj = b["object"]
+            assert obj["kind"] == "Widget"
+            assert obj["apiVersion"] == f"{GROUP}/v1"
+            assert set(obj["metadata"]) <= {"resourceVersion", "creationTimestamp", "annotations"}
+        # Resuming from a bookmark loses nothing.
+        last = bookmarks[-1]["object"]["metadata"]["resourceVersion"]
+    await kube.patch(path(WIDGETS, name="w1"), {"spec": {"size": 3}})
+    async with watching(session, path(WIDGETS), resourceVersion=last) as resumed:
+        ev = await resumed.expect("MODIFIED", "w1")
+        assert ev["spec"]["size"] == 3
+
+
+async def test_no_bookmarks_unless_asked(kube: Kube, session: aiohttp.ClientSession) -> None:
+    rv = (await kube.get(path(CM))).body["metadata"]["resourceVersion"]
+    async with watching(session, path(CM), resourceVersion=rv, timeoutSeconds="1") as w:
+        rest = await w.expect_end(within=DEADLINE)
+    assert rest == []  # a second of silence: ~5 bookmark intervals, and none came
+
+
+async def test_timeout_seconds_ends_the_stream_cleanly(kube: Kube, session: aiohttp.ClientSession) -> None:
+    await kube.create(CM, configmap("a"))
+    started = time.monotonic()
+    async with watching(session, path(CM), timeoutSeconds="1") as w:
+        rest = await w.expect_end(within=DEADLINE)
+    elapsed = time.monotonic() - started
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in rest] == [("ADDED", "a")]
+    assert 0.8 <= elapsed < 3, elapsed
+
+
+async def test_label_selector_transitions(kube: Kube, session: aiohttp.ClientSession) -> None:
+    rv = (await kube.get(path(CM))).body["metadata"]["resourceVersion"]
+    async with watching(session, path(CM), resourceVersion=rv, labelSelector="app=web") as w:
+        await kube.create(CM, configmap("x"))  # does not match: not seen
+        await kube.patch(path(CM, name="x"), {"metadata": {"labels": {"app": "web"}}})
+        entered = await w.expect("ADDED", "x")  # starts matching: ADDED
+        assert entered["metadata"]["labels"] == {"app": "web"}
+        await kube.patch(path(CM, name="x"), {"data": {"k": "2"}})
+        await w.expect("MODIFIED", "x")
+        moved = await kube.patch(path(CM, name="x"), {"metadata": {"labels": {"app": "db"}}})
+        left = await w.expect("DELETED", "x")  # stops matching: DELETED
+        assert left["metadata"]["resourceVersion"] == moved.rv
+        await kube.delete(path(CM, name="x"))  # not matching any more: not seen
+        await kube.create(CM, configmap("marker", {"app": "web"}))
+        await w.expect("ADDED", "marker")  # the next event is the marker: nothing slipped in between
+
+
+async def test_single_object_watch_by_field_selector(kube: Kube, session: aiohttp.ClientSession) -> None:
+    await kube.create(CM, configmap("a"))
+    await kube.create(CM, configmap("b"))
+    async with watching(session, path(CM), fieldSelector="metadata.name=b") as w:
+        await w.expect("ADDED", "b")
+        await kube.patch(path(CM, name="a"), {"data": {"k": "x"}})
+        await kube.patch(path(CM, name="b"), {"data": {"k": "y"}})
+        modified = await w.expect("MODIFIED", "b")
+        assert modified["data"] == {"k": "y"}
+
+
+@pytest.mark.parametrize("value", ["true", "1", "True", "TRUE", "yes"])
+async def test_watch_param_true_values(kube: Kube, session: aiohttp.ClientSession, value: str) -> None:
+    await kube.create(CM, configmap("a"))
+    with anyio.fail_after(DEADLINE):
+        async with session.get(path(CM), params={"watch": value}) as resp:
+            assert resp.status == 200
+            line = await resp.content.readline()
+    event = orjson.loads(line)
+    assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "a")
+
+
+@pytest.mark.parametrize("value", ["false", "0", "False", "FALSE"])
+async def test_watch_param_false_values(kube: Kube, value: str) -> None:
+    await kube.create(CM, configmap("a"))
+    reply = await kube.get(path(CM), watch=value)
+    assert reply.status == 200
+    assert reply.body["kind"] == "ConfigMapList"
+
+
+async def test_bookmark_param_follows_the_same_rule(kube: Kube, session: aiohttp.ClientSession) -> None:
+    rv = (await kube.get(path(CM))).body["metadata"]["resourceVersion"]
+    async with watching(session, path(CM), resourceVersion=rv, allowWatchBookmarks="1") as w:
+        ev = await w.next(within=BOOKMARK_INTERVAL * 10)
+        assert ev is not None and ev["type"] == "BOOKMARK"
+    async with watching(
+        session, path(CM), resourceVersion=rv, allowWatchBookmarks="0", timeoutSeconds="1"
+    ) as w:
+        assert await w.expect_end() == []
+
+
+async def test_drop_watches_ends_every_open_watch(
+    kube: Kube, session: aiohttp.ClientSession, widgets: Obj
+) -> None:
+    rv = (await kube.get(path(CM))).body["metadata"]["resourceVersion"]
+    async with (
+        watching(session, path(CM), resourceVersion=rv) as one,
+        watching(session, path(WIDGETS), resourceVersion=rv) as two,
+        watching(session, "/api/v1/namespaces", resourceVersion=rv) as three,
+    ):
+        await kube.create(CM, configmap("a"))
+        await one.expect("ADDED", "a")  # the watches are live
+        dropped = await kube.post("/__sim__/drop-watches", {})
+        assert dropped.status == 200
+        assert dropped.body["dropped"] >= 3
+        for w in (one, two, three):
+            assert await w.expect_end() == []
+    # New watches work afterwards.
+    async with watching(session, path(CM), resourceVersion=rv) as again:
+        await again.expect("ADDED", "a")
+
+
+async def test_watch_of_unknown_resource_is_not_found(kube: Kube) -> None:
+    reply = await kube.get("/apis/example.com/v1/namespaces/default/nothings", watch="true")
+    assert reply.status == 404
+    assert reply.body["reason"] == "NotFound"
