@@ -1,0 +1,335 @@
+"""Controllers: watched sources mapped to requests, a rate-limited queue, and N async workers.
+
+controller-runtime's model: informer events pass the predicates, become ``Request``s (the object
+itself, its owners, or any map function), and are queued; workers reconcile one request at a time per
+key. The result decides what happens next:
+
+| outcome                      | queue                         | ``reconcile_total{result}`` |
+| error                        | rate-limited requeue          | error                       |
+| ``TerminalError``            | dropped (not retried)         | error                       |
+| ``Result(requeue_after=s)``  | forget, then add after ``s``  | requeue_after               |
+| ``Result(requeue=True)``     | rate-limited requeue          | requeue                     |
+| ``None`` / ``Result()``      | forget                        | success                     |
+
+A reconcile that overruns its timeout is cancelled and retried like an error. No exception ever kills a
+worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+
+from service.kube.errors import ApiError
+from service.runtime.clock import REAL_CLOCK, Clock
+from service.runtime.informer import FuncHandler, Informer
+from service.runtime.metrics import RuntimeMetrics
+from service.runtime.queue import ShutDown, WorkQueue
+from service.runtime.ratelimiters import RateLimiter
+from service.runtime.store import Obj
+
+log = logging.getLogger("service.runtime.controller")
+
+CACHE_SYNC_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Request:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+    @classmethod
+    def for_object(cls, obj: Obj) -> Request:
+        meta = obj["metadata"]
+        return cls(meta.get("namespace", ""), meta["name"])
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    requeue: bool = False
+    requeue_after: float = 0.0
+
+
+class TerminalError(Exception):
+    """A reconcile failure that retrying cannot fix: logged and counted, not requeued."""
+
+
+Reconcile = Callable[[Request], Awaitable[Result | None]]
+Mapper = Callable[[Obj], Iterable[Request]]
+
+
+class Predicate(Protocol):
+    def create(self, obj: Obj) -> bool: ...
+
+    def update(self, old: Obj, new: Obj) -> bool: ...
+
+    def delete(self, obj: Obj) -> bool: ...
+
+
+# ------------------------------------------------------------------------ mappers
+def enqueue_object(obj: Obj) -> Iterable[Request]:
+    return (Request.for_object(obj),)
+
+
+def enqueue_owner(
+    group: str, kind: str, *, only_controller: bool = True, owner_namespaced: bool = True
+) -> Mapper:
+    """Requests for the owners of kind ``group/kind`` named by an object's ownerReferences.
+
+    As controller-runtime's EnqueueRequestForOwner: by default only the controller reference counts;
+    the version in ``apiVersion`` is ignored.
+    """
+
+    def mapper(obj: Obj) -> Iterable[Request]:
+        meta = obj["metadata"]
+        namespace = meta.get("namespace", "") if owner_namespaced else ""
+        out = []
+        for ref in meta.get("ownerReferences") or ():
+            ref_group = ref.get("apiVersion", "").rpartition("/")[0]
+            if only_controller and not ref.get("controller"):
+                continue
+            if ref_group == group and ref.get("kind") == kind:
+                out.append(Request(namespace, ref["name"]))
+            if only_controller:
+                break  # only the first controller reference counts
+        return out
+
+    return mapper
+
+
+# ------------------------------------------------------------------------ predicates
+class Funcs:
+    """A predicate from optional functions; an event type without a function passes."""
+
+    def __init__(
+        self,
+        *,
+        create: Callable[[Obj], bool] | None = None,
+        update: Callable[[Obj, Obj], bool] | None = None,
+        delete: Callable[[Obj], bool] | None = None,
+    ) -> None:
+        self._create, self._update, self._delete = create, update, delete
+
+    def create(self, obj: Obj) -> bool:
+        return self._create(obj) if self._create else True
+
+    def update(self, old: Obj, new: Obj) -> bool:
+        return self._update(old, new) if self._update else True
+
+    def delete(self, obj: Obj) -> bool:
+        return self._delete(obj) if self._delete else True
+
+
+def _meta(obj: Obj, field: str) -> Any:
+    return obj["metadata"].get(field)
+
+
+GENERATION_CHANGED = Funcs(update=lambda old, new: _meta(old, "generation") != _meta(new, "generation"))
+RESOURCE_VERSION_CHANGED = Funcs(
+    update=lambda old, new: _meta(old, "resourceVersion") != _meta(new, "resourceVersion")
+)
+LABELS_CHANGED = Funcs(update=lambda old, new: _meta(old, "labels") != _meta(new, "labels"))
+ANNOTATIONS_CHANGED = Funcs(update=lambda old, new: _meta(old, "annotations") != _meta(new, "annotations"))
+
+
+class AnyOf:
+    def __init__(self, *predicates: Predicate) -> None:
+        self.predicates = predicates
+
+    def create(self, obj: Obj) -> bool:
+        return any(p.create(obj) for p in self.predicates)
+
+    def update(self, old: Obj, new: Obj) -> bool:
+        return any(p.update(old, new) for p in self.predicates)
+
+    def delete(self, obj: Obj) -> bool:
+        return any(p.delete(obj) for p in self.predicates)
+
+
+# ------------------------------------------------------------------------ the controller
+class Controller:
+    def __init__(
+        self,
+        name: str,
+        reconcile: Reconcile,
+        *,
+        max_concurrent: int = 1,
+        rate_limiter: RateLimiter | None = None,
+        reconcile_timeout: float | None = None,
+        cache_sync_timeout: float = CACHE_SYNC_TIMEOUT,
+        metrics: RuntimeMetrics | None = None,
+        clock: Clock = REAL_CLOCK,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError(f"controller {name}: max_concurrent must be at least 1, not {max_concurrent}")
+        self.name = name
+        self.reconcile = reconcile
+        self.max_concurrent = max_concurrent
+        self.reconcile_timeout = reconcile_timeout
+        self.cache_sync_timeout = cache_sync_timeout
+        self.metrics = metrics
+        self.clock = clock
+        self.queue: WorkQueue[Request] = WorkQueue(
+            name, rate_limiter=rate_limiter, clock=clock, metrics=metrics
+        )
+        self.informers: list[Informer] = []
+        self._stopping = False
+        self.started = anyio.Event()
+        if metrics:
+            metrics.init_controller(name, max_concurrent)
+
+    # --------------------------------------------------------------- sources
+    def watch(
+        self,
+        informers: Informer | Sequence[Informer],
+        mapper: Mapper = enqueue_object,
+        predicates: Sequence[Predicate] = (),
+    ) -> None:
+        """Map every event of these informers that passes ``predicates`` to requests on this queue."""
+        for informer in [informers] if isinstance(informers, Informer) else informers:
+            if informer not in self.informers:
+                self.informers.append(informer)
+            informer.add_handler(self._handler(mapper, predicates))
+
+    def _handler(self, mapper: Mapper, predicates: Sequence[Predicate]) -> FuncHandler:
+        def enqueue(objs: Iterable[Obj]) -> None:
+            for request in {r for obj in objs for r in mapper(obj)}:
+                self.queue.add(request)
+
+        def on_add(obj: Obj, initial: bool) -> None:
+            if all(p.create(obj) for p in predicates):
+                enqueue((obj,))
+
+        def on_update(old: Obj, new: Obj) -> None:
+            if all(p.update(old, new) for p in predicates):
+                enqueue((old, new))  # both: an owner that lost a child is told too
+
+        def on_delete(obj: Obj, state_unknown: bool) -> None:
+            if all(p.delete(obj) for p in predicates):
+                enqueue((obj,))
+
+        return FuncHandler(on_add, on_update, on_delete)
+
+    def enqueue(self, request: Request, after: float = 0.0) -> None:
+        if after > 0:
+            self.queue.add_after(request, after)
+        else:
+            self.queue.add(request)
+
+    # --------------------------------------------------------------- running
+    @property
+    def synced(self) -> bool:
+        return all(i.has_synced for i in self.informers)
+
+    async def run(self) -> None:
+        """Wait for the caches, then reconcile until ``stop`` is called and in-flight work is done."""
+        with anyio.fail_after(self.cache_sync_timeout):
+            for informer in self.informers:
+                await informer.wait_synced()
+        log.info("starting workers", extra={"controller": self.name, "workers": self.max_concurrent})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.queue.run)
+            async with anyio.create_task_group() as workers:
+                for i in range(self.max_concurrent):
+                    workers.start_soon(self._worker, name=f"{self.name} worker {i}")
+                self.started.set()
+            tg.cancel_scope.cancel()
+        log.info("workers stopped", extra={"controller": self.name})
+
+    async def stop(self, grace: float) -> bool:
+        """Stop taking new work; wait up to ``grace`` seconds for in-flight reconciles. True if they finished."""
+        self._stopping = True
+        with anyio.move_on_after(grace) as scope:
+            await self.queue.shutdown_with_drain()
+        self.queue.shutdown()
+        return not scope.cancelled_caught
+
+    async def _worker(self) -> None:
+        while True:
+            try:
+                request = await self.queue.get()
+            except ShutDown:
+                return
+            if self._stopping:
+                # Queued keys are not started once stopping (controller-runtime's priority-queue behaviour);
+                # the next leader reconciles them anyway from its initial list.
+                self.queue.done(request)
+                continue
+            await self.process(request)
+
+    async def process(self, request: Request) -> None:
+        """Reconcile one request and act on the outcome; never raises (but for cancellation)."""
+        m = self.metrics
+        if m:
+            m.active_workers.labels(self.name).inc()
+        reconcile_id = str(uuid.uuid4())
+        fields = {
+            "controller": self.name,
+            "namespace": request.namespace,
+            "name": request.name,
+            "reconcileID": reconcile_id,
+        }
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result: Result | None = None
+            error: BaseException | None = None
+            timed_out = False
+            with anyio.CancelScope() as scope:
+                if self.reconcile_timeout:
+                    scope.deadline = anyio.current_time() + self.reconcile_timeout
+                try:
+                    result = await self.reconcile(request)
+                except TerminalError as exc:
+                    error = exc
+                except Exception as exc:
+                    error = exc
+            if scope.cancelled_caught:
+                timed_out = True
+                error = TimeoutError(f"reconcile exceeded its {self.reconcile_timeout} s timeout")
+            if isinstance(error, TerminalError):
+                log.error("reconcile failed permanently: %s", error, extra=fields)
+                if m:
+                    m.terminal_errors.labels(self.name).inc()
+            elif error is not None:
+                log.error(
+                    "reconcile failed: %s",
+                    error,
+                    extra=fields,
+                    exc_info=not timed_out and not _expected(error),
+                )
+                if timed_out and m:
+                    m.timeouts.labels(self.name).inc()
+                self.queue.add_rate_limited(request)
+            elif result is not None and result.requeue_after > 0:
+                outcome = "requeue_after"
+                self.queue.forget(request)
+                self.queue.add_after(request, result.requeue_after)
+            elif result is not None and result.requeue:
+                outcome = "requeue"
+                self.queue.add_rate_limited(request)
+            else:
+                outcome = "success"
+                self.queue.forget(request)
+            if error is not None and m:
+                m.reconcile_errors.labels(self.name).inc()
+        finally:
+            if m:
+                m.reconcile_total.labels(self.name, outcome).inc()
+                m.reconcile_time.labels(self.name).observe(time.perf_counter() - started)
+                m.active_workers.labels(self.name).dec()
+            self.queue.done(request)
+
+
+def _expected(error: BaseException) -> bool:
+    """API errors are ordinary weather; anything else deserves its traceback in the log."""
+    return isinstance(error, ApiError)

@@ -1,0 +1,355 @@
+"""Shared informers: a reflector (list, then watch) feeding a cache and cheap event handlers.
+
+client-go's semantics (``tools/cache``): paginated initial list, watch from its resourceVersion with
+bookmarks and a randomised server timeout, re-watch at once when a watch ends normally, relist on 410
+(reconciling the cache: missed adds, updates and deletes are delivered, deletes with the last known
+object), capped exponential backoff with jitter on errors, optional periodic resync from the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+
+from service.kube import errors
+from service.kube.resources import Resource
+from service.runtime.clock import REAL_CLOCK, Clock
+from service.runtime.store import IndexFunc, Obj, Store, object_key, strip_managed_fields
+
+log = logging.getLogger("service.runtime.informer")
+
+PAGE_SIZE = 500
+WATCH_TIMEOUT_RANGE = (300, 600)  # seconds, as client-go's reflector picks
+VERY_SHORT_WATCH = 1.0
+
+
+class ListWatchClient(Protocol):
+    """What an informer needs of the Kubernetes client."""
+
+    async def list_all(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = PAGE_SIZE,
+        resource_version: str | None = None,
+    ) -> tuple[list[Obj], str]: ...
+
+    def watch(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        resource_version: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        allow_bookmarks: bool = True,
+        timeout_seconds: int | None = None,
+    ) -> Any: ...
+
+
+class Handler(Protocol):
+    """Cheap, synchronous callbacks: map the object to keys and enqueue them. Must not block."""
+
+    def on_add(self, obj: Obj, initial: bool) -> None: ...
+
+    def on_update(self, old: Obj, new: Obj) -> None: ...
+
+    def on_delete(self, obj: Obj, state_unknown: bool) -> None: ...
+
+
+@dataclass
+class FuncHandler:
+    add: Callable[[Obj, bool], None] | None = None
+    update: Callable[[Obj, Obj], None] | None = None
+    delete: Callable[[Obj, bool], None] | None = None
+
+    def on_add(self, obj: Obj, initial: bool) -> None:
+        if self.add:
+            self.add(obj, initial)
+
+    def on_update(self, old: Obj, new: Obj) -> None:
+        if self.update:
+            self.update(old, new)
+
+    def on_delete(self, obj: Obj, state_unknown: bool) -> None:
+        if self.delete:
+            self.delete(obj, state_unknown)
+
+
+class Backoff:
+    """apimachinery's reflector backoff: 0.8 s doubling, full jitter, capped at 30 s, reset after 2 min calm."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        initial: float = 0.8,
+        factor: float = 2.0,
+        cap: float = 30.0,
+        reset_after: float = 120.0,
+        jitter: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.clock, self.initial, self.factor, self.cap = clock, initial, factor, cap
+        self.reset_after, self.jitter = reset_after, jitter
+        self._rng = rng or random.Random()
+        self._delay = initial
+        self._last = clock.now()
+
+    def next(self) -> float:
+        now = self.clock.now()
+        if now - self._last > self.reset_after:
+            self._delay = self.initial
+        self._last = now
+        delay = self._delay
+        self._delay = min(self._delay * self.factor, self.cap)
+        return delay + self._rng.random() * self.jitter * delay
+
+
+class Informer:
+    def __init__(
+        self,
+        client: ListWatchClient,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        transform: Callable[[Obj], Obj] | None = strip_managed_fields,
+        resync_period: float = 0.0,
+        indexers: Mapping[str, IndexFunc] | None = None,
+        clock: Clock = REAL_CLOCK,
+        watch_timeout: tuple[int, int] = WATCH_TIMEOUT_RANGE,
+    ) -> None:
+        self.client = client
+        self.resource = resource
+        self.namespace = namespace if resource.namespaced else None
+        self.label_selector = label_selector
+        self.transform = transform
+        self.resync_period = resync_period
+        self.store = Store(indexers)
+        self.clock = clock
+        self.watch_timeout = watch_timeout
+        self.handlers: list[Handler] = []
+        self.last_sync_rv = ""
+        self._synced = anyio.Event()
+        self.relists = 0
+        self.watches = 0
+
+    @property
+    def name(self) -> str:
+        scope = self.namespace or "*"
+        sel = f"[{self.label_selector}]" if self.label_selector else ""
+        return f"{self.resource.qualified}@{scope}{sel}"
+
+    @property
+    def has_synced(self) -> bool:
+        return self._synced.is_set()
+
+    async def wait_synced(self) -> None:
+        await self._synced.wait()
+
+    def add_handler(self, handler: Handler) -> None:
+        """Register a handler; one added after the first sync first gets an add for every cached object."""
+        self.handlers.append(handler)
+        if self.has_synced:
+            for obj in self.store.values():
+                self._call(handler.on_add, obj, True)
+
+    def add_indexer(self, name: str, func: IndexFunc) -> None:
+        if not self.store.has_index(name):
+            self.store.add_indexer(name, func)
+
+    # --------------------------------------------------------------- delivery
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # a failing handler must never stall the watch or the other handlers
+            log.exception("informer %s: event handler failed", self.name)
+
+    def _apply(self, event_type: str, obj: Obj, initial: bool = False) -> None:
+        if self.transform is not None:
+            obj = self.transform(obj)
+        if event_type == "DELETED":
+            self.store.remove(object_key(obj))
+            for h in self.handlers:
+                self._call(h.on_delete, obj, False)  # the server's last state of the object
+            return
+        old = self.store.put(obj)
+        for h in self.handlers:
+            if old is None:
+                self._call(h.on_add, obj, initial)
+            else:
+                self._call(h.on_update, old, obj)
+
+    def _replace(self, items: list[Obj], initial: bool) -> None:
+        """Make the cache equal a fresh list, telling handlers what changed (deletes first)."""
+        fresh = {}
+        for obj in items:
+            if self.transform is not None:
+                obj = self.transform(obj)
+            fresh[object_key(obj)] = obj
+        for key in [k for k in self.store.list_keys() if k not in fresh]:
+            gone = self.store.remove(key)
+            if gone is not None:
+                for h in self.handlers:
+                    self._call(h.on_delete, gone, True)
+        for obj in fresh.values():
+            old = self.store.put(obj)
+            if old is None:
+                for h in self.handlers:
+                    self._call(h.on_add, obj, initial)
+            elif old["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
+                for h in self.handlers:
+                    self._call(h.on_update, old, obj)
+
+    def resync(self) -> None:
+        """Re-deliver every cached object as an update (old and new the same object)."""
+        for obj in self.store.values():
+            for h in self.handlers:
+                self._call(h.on_update, obj, obj)
+
+    # --------------------------------------------------------------- reflector
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            if self.resync_period > 0:
+                tg.start_soon(self._resync_loop)
+            await self._reflect()
+
+    async def _resync_loop(self) -> None:
+        await self._synced.wait()
+        while True:
+            await self.clock.sleep_until(self.clock.now() + self.resync_period)
+            self.resync()
+
+    async def _list(self, resource_version: str) -> None:
+        items, rv = await self.client.list_all(
+            self.resource,
+            self.namespace,
+            label_selector=self.label_selector,
+            resource_version=resource_version,
+        )
+        self._replace(items, initial=not self.has_synced)
+        self.last_sync_rv = rv
+        self.relists += 1
+        self._synced.set()
+
+    async def _reflect(self) -> None:
+        backoff = Backoff(self.clock)
+        need_list = True
+        list_rv = "0"  # first list: any version, as client-go asks (served from a cache on real servers)
+        while True:
+            try:
+                if need_list:
+                    try:
+                        await self._list(list_rv)
+                    except errors.Expired:
+                        await self._list("")  # the consistent, most recent read
+                    need_list = False
+                    list_rv = self.last_sync_rv
+                await self._watch_once()
+                continue  # a watch that ended normally is re-opened at once
+            except errors.Expired as exc:
+                log.info("informer %s: %s; relisting", self.name, exc.message)
+                need_list = True
+            except (errors.TooManyRequests, errors.ConnectionFailed, errors.RequestTimeout) as exc:
+                # Re-watch from the same resourceVersion after the backoff; nothing was missed.
+                log.info("informer %s: watch interrupted (%s); retrying", self.name, exc)
+            except errors.ApiError as exc:
+                log.warning("informer %s: %s; relisting", self.name, exc)
+                need_list = True
+            except _VeryShortWatch:
+                log.info("informer %s: watch closed at once with no events; relisting", self.name)
+                need_list = True
+            await self.clock.sleep_until(self.clock.now() + backoff.next())
+
+    async def _watch_once(self) -> None:
+        started = self.clock.now()
+        events = 0
+        timeout = random.randrange(*self.watch_timeout)
+        self.watches += 1
+        async with self.client.watch(
+            self.resource,
+            self.namespace,
+            resource_version=self.last_sync_rv,
+            label_selector=self.label_selector,
+            allow_bookmarks=True,
+            timeout_seconds=timeout,
+        ) as stream:
+            async for event_type, obj in stream:
+                events += 1
+                rv = (obj.get("metadata") or {}).get("resourceVersion")
+                if event_type != "BOOKMARK":
+                    self._apply(event_type, obj)
+                if rv:
+                    self.last_sync_rv = rv
+        if events == 0 and self.clock.now() - started < VERY_SHORT_WATCH:
+            raise _VeryShortWatch
+
+
+class _VeryShortWatch(Exception):
+    pass
+
+
+class InformerFactory:
+    """One informer per (resource, namespace, label selector), shared by every controller that asks."""
+
+    def __init__(
+        self,
+        client: ListWatchClient,
+        *,
+        clock: Clock = REAL_CLOCK,
+        resync_period: float = 0.0,
+        namespaces: tuple[str, ...] = (),
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self.resync_period = resync_period
+        self.namespaces = namespaces  # empty: every namespace
+        self.informers: dict[tuple[str, str, str | None, str | None], Informer] = {}
+        self._started = False
+
+    def informers_for(self, resource: Resource, label_selector: str | None = None) -> list[Informer]:
+        """The informers covering ``resource`` in the watched namespaces (one per namespace, or one in all)."""
+        scopes: tuple[str | None, ...] = (
+            self.namespaces if (resource.namespaced and self.namespaces) else (None,)
+        )
+        return [self.get(resource, ns, label_selector) for ns in scopes]
+
+    def get(
+        self, resource: Resource, namespace: str | None = None, label_selector: str | None = None
+    ) -> Informer:
+        key = (resource.group, resource.plural, namespace if resource.namespaced else None, label_selector)
+        informer = self.informers.get(key)
+        if informer is None:
+            if self._started:
+                raise RuntimeError(f"informer for {resource.qualified} requested after the factory started")
+            informer = Informer(
+                self.client,
+                resource,
+                namespace,
+                label_selector=label_selector,
+                clock=self.clock,
+                resync_period=self.resync_period,
+            )
+            self.informers[key] = informer
+        return informer
+
+    @property
+    def has_synced(self) -> bool:
+        return all(i.has_synced for i in self.informers.values())
+
+    def unsynced(self) -> list[str]:
+        return [i.name for i in self.informers.values() if not i.has_synced]
+
+    async def run(self) -> None:
+        self._started = True
+        async with anyio.create_task_group() as tg:
+            for informer in self.informers.values():
+                tg.start_soon(informer.run, name=f"informer {informer.name}")

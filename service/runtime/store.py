@@ -1,0 +1,135 @@
+"""The informer cache: objects by ``namespace/name`` key, with named indexes. Lookups never hit the API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+Obj = dict[str, Any]
+IndexFunc = Callable[[Obj], Iterable[str]]
+
+NAMESPACE_INDEX = "namespace"
+OWNER_UID_INDEX = "owner-uid"
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    """``namespace/name``, or ``name`` for cluster-scoped objects (client-go's MetaNamespaceKeyFunc)."""
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{ns}/{meta.get('name', '')}" if ns else str(meta.get("name", ""))
+
+
+def by_namespace(obj: Obj) -> Iterable[str]:
+    return (obj["metadata"].get("namespace", ""),)
+
+
+def by_owner_uid(obj: Obj) -> Iterable[str]:
+    return [ref["uid"] for ref in obj["metadata"].get("ownerReferences") or () if ref.get("uid")]
+
+
+def by_label(key: str) -> IndexFunc:
+    """Index by one label's value (objects without the label are not indexed)."""
+
+    def index(obj: Obj) -> Iterable[str]:
+        value = (obj["metadata"].get("labels") or {}).get(key)
+        return () if value is None else (value,)
+
+    return index
+
+
+def by_labels(*keys: str) -> IndexFunc:
+    """Index by the combination of several labels' values, joined with ``/`` (all must be present)."""
+
+    def index(obj: Obj) -> Iterable[str]:
+        labels = obj["metadata"].get("labels") or {}
+        if not all(k in labels for k in keys):
+            return ()
+        return ("/".join(labels[k] for k in keys),)
+
+    return index
+
+
+def strip_managed_fields(obj: Obj) -> Obj:
+    """The default transform: managedFields are large and nothing here reads them."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return obj
+
+
+class Store:
+    def __init__(self, indexers: Mapping[str, IndexFunc] | None = None) -> None:
+        self._items: dict[str, Obj] = {}
+        self._indexers: dict[str, IndexFunc] = {NAMESPACE_INDEX: by_namespace, OWNER_UID_INDEX: by_owner_uid}
+        self._indexers.update(indexers or {})
+        self._indices: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
+
+    # --------------------------------------------------------------- reads
+    def get(self, key: str) -> Obj | None:
+        return self._items.get(key)
+
+    def get_by(self, namespace: str | None, name: str) -> Obj | None:
+        return self._items.get(f"{namespace}/{name}" if namespace else name)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def list_keys(self) -> list[str]:
+        return list(self._items)
+
+    def values(self) -> Iterator[Obj]:
+        return iter(list(self._items.values()))
+
+    def by_index(self, index: str, value: str) -> list[Obj]:
+        keys = self._indices[index].get(value, ())
+        return [self._items[k] for k in sorted(keys)]
+
+    def index_keys(self, index: str, value: str) -> list[str]:
+        return sorted(self._indices[index].get(value, ()))
+
+    def has_index(self, index: str) -> bool:
+        return index in self._indexers
+
+    # --------------------------------------------------------------- writes
+    def add_indexer(self, name: str, func: IndexFunc) -> None:
+        if name in self._indexers:
+            raise ValueError(f"index {name!r} already exists")
+        self._indexers[name] = func
+        self._indices[name] = {}
+        for key, obj in self._items.items():
+            self._index_one(name, func, key, obj)
+
+    def put(self, obj: Obj) -> Obj | None:
+        """Add or replace; returns the previous object."""
+        key = object_key(obj)
+        old = self._items.get(key)
+        if old is not None:
+            self._unindex(key, old)
+        self._items[key] = obj
+        for name, func in self._indexers.items():
+            self._index_one(name, func, key, obj)
+        return old
+
+    def remove(self, key: str) -> Obj | None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._unindex(key, old)
+        return old
+
+    def _index_one(self, name: str, func: IndexFunc, key: str, obj: Obj) -> None:
+        index = self._indices[name]
+        for value in func(obj):
+            index.setdefault(value, set()).add(key)
+
+    def _unindex(self, key: str, obj: Obj) -> None:
+        for name, func in self._indexers.items():
+            index = self._indices[name]
+            for value in func(obj):
+                keys = index.get(value)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del index[value]
