@@ -39,6 +39,30 @@ def _devcluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from service import config
+    from service.app import serve
+    from service.kube.config import ConfigError as ClusterConfigError
+    from service.runtime.logs import setup_logging
+
+    def fail(exc: Exception) -> int:
+        # One line, whatever the message holds (a path or a YAML problem with a newline in it).
+        print(f"kpack-image-builder: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+
+    try:
+        loaded = config.load(args)
+    except config.ConfigError as exc:
+        return fail(exc)
+    setup_logging(loaded.config.log_level, loaded.config.log_format)
+    loaded.log_ignored()
+    try:
+        code: int = anyio.run(serve, loaded.config)
+    except (config.ConfigError, ClusterConfigError) as exc:
+        return fail(exc)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kpack-image-builder", description="Korifi's kpack image builder, and its simulated cluster."
@@ -72,12 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--tls-cert-file", type=Path, help="serve HTTPS with this certificate")
     dev.add_argument("--tls-private-key-file", type=Path, help="the certificate's private key")
     dev.set_defaults(func=_devcluster)
+
+    run = sub.add_parser(
+        "run",
+        help="run the controllers against a cluster",
+        description="Run the controllers. Every option can also come from the --config file (its camelCase "
+        "key) or from the environment (KPACK_IMAGE_BUILDER_<KEY>); flags win over the environment, which "
+        "wins over the file.",
+    )
+    from service.config import add_flags
+
+    add_flags(run)
+    run.set_defaults(func=_run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command != "run":  # run sets up logging from its configuration
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code: int = args.func(args)
     return code
 

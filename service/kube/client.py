@@ -172,6 +172,7 @@ class KubeClient:
         qps: float = 20.0,
         burst: int = 30,
         registry: CollectorRegistry | None = None,
+        metrics: RestClientMetrics | None = None,
         timeout: float = 30.0,
         connection_limit: int = 100,
         user_agent: str | None = None,
@@ -185,7 +186,8 @@ class KubeClient:
         self.config = config
         self.timeout = timeout
         self.limiter = TokenBucket(qps, burst)
-        self.metrics = RestClientMetrics(registry) if registry is not None else None
+        # Clients that share a registry share one set of metrics (a name registers once per registry).
+        self.metrics = metrics or (RestClientMetrics(registry) if registry is not None else None)
         self.host_label = _host_label(config.host)
         self._connection_limit = connection_limit
         self._user_agent = user_agent

@@ -1,0 +1,111 @@
+"""``kpack-image-builder run``: the service, wired from its configuration.
+
+Configuration → cluster connection → manager (informers, controllers, leader election, sidecar) → run
+until SIGTERM/SIGINT. A second signal exits at once with status 1, as controller-runtime's handler does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import anyio
+from anyio.abc import TaskStatus
+
+from service import __version__
+from service.config import Config, ConfigError
+from service.kube import config as kube_config
+from service.kube.client import KubeClient
+from service.kube.metrics import RestClientMetrics
+from service.reconcilers import buildworkload
+from service.runtime.leader import LeaderElectionConfig, default_identity
+from service.runtime.manager import Manager, ManagerOptions
+from service.runtime.metrics import new_registry
+from service.runtime.sidecar import BindAddress
+
+log = logging.getLogger("service.app")
+
+COMPONENT = "kpack-image-builder"
+
+
+def manager_options(config: Config, identity: str, pod_namespace: str | None) -> ManagerOptions:
+    election = None
+    if config.leader_elect:
+        namespace = config.leader_election_namespace or pod_namespace
+        if not namespace:
+            raise ConfigError(
+                "leaderElectionNamespace: required outside a cluster (no service-account namespace file); "
+                "set --leader-election-namespace"
+            )
+        election = LeaderElectionConfig(
+            config.leader_election_id,
+            namespace,
+            identity,
+            config.lease_duration,
+            config.renew_deadline,
+            config.retry_period,
+        )
+    return ManagerOptions(
+        name=COMPONENT,
+        namespaces=config.namespaces,
+        metrics_address=BindAddress.parse(config.metrics_bind_address),
+        probe_address=BindAddress.parse(config.health_probe_bind_address),
+        graceful_shutdown_timeout=config.graceful_shutdown_timeout,
+        leader_election=election,
+        workers=config.workers,
+        rate_limiter=config.rate_limiter,
+        reconcile_timeout=config.reconcile_timeout or None,
+        sync_period=config.sync_period,
+        instance=identity,
+    )
+
+
+async def _handle_signals(manager: Manager) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if manager.shutdown_requested:
+                log.error("second signal: exiting at once", extra={"signal": signal.Signals(signum).name})
+                os._exit(1)
+            log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+            manager.shutdown()
+
+
+async def serve(config: Config, *, task_status: TaskStatus[Manager] = anyio.TASK_STATUS_IGNORED) -> int:
+    """Run the service until a signal stops it; returns the exit code."""
+    cluster = await kube_config.load(config.kubeconfig)
+    identity = default_identity()
+    options = manager_options(config, identity, kube_config.incluster_namespace())
+    registry = new_registry()
+    rest_metrics = RestClientMetrics(registry)
+    agent = f"{COMPONENT}/{__version__}"
+    # Leader election has its own client, as controller-runtime's: short timeouts (half the renew
+    # deadline) and no throttling behind a burst of controller requests.
+    le_timeout = max(config.renew_deadline / 2, 1.0)
+    async with (
+        KubeClient(
+            cluster,
+            qps=config.kube_api_qps,
+            burst=config.kube_api_burst,
+            metrics=rest_metrics,
+            user_agent=agent,
+        ) as client,
+        KubeClient(cluster, qps=0, metrics=rest_metrics, timeout=le_timeout, user_agent=agent) as le_client,
+    ):
+        manager = Manager(client, options, registry=registry, leader_client=le_client)
+        buildworkload.register(manager)
+        log.info(
+            "starting",
+            extra={
+                "version": __version__,
+                "identity": identity,
+                "apiServer": cluster.host,
+                "leaderElection": options.leader_election is not None,
+            },
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_handle_signals, manager)
+            task_status.started(manager)
+            code = await manager.run()
+            tg.cancel_scope.cancel()
+    return code

@@ -1,0 +1,142 @@
+"""Kubernetes Events, recorded as client-go's legacy recorder does (core/v1 ``Event``).
+
+``record`` never blocks and never fails: it puts the event in a bounded buffer that ``run`` writes out,
+and drops (counting, logging once) when the API server cannot keep up — events are advisory, and a
+reconcile must never wait on them. Repeats of the same event (same object, type, reason and message)
+are aggregated as client-go's EventCorrelator does: the first is created, later ones raise its
+``count`` and ``lastTimestamp``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from service.kube import errors
+from service.kube.client import KubeClient
+from service.kube.resources import EVENT
+
+log = logging.getLogger("service.runtime.events")
+
+Obj = dict[str, Any]
+
+NORMAL = "Normal"
+WARNING = "Warning"
+BUFFER = 1000  # client-go's broadcaster queue length
+CACHE_SIZE = 4096  # client-go's correlator LRU size
+MAX_MESSAGE = 1024  # kube-apiserver refuses longer event notes
+
+
+def _rfc3339(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def involved_object(obj: Obj) -> Obj:
+    meta = obj.get("metadata") or {}
+    ref = {
+        "apiVersion": obj.get("apiVersion", ""),
+        "kind": obj.get("kind", ""),
+        "name": meta.get("name", ""),
+        "uid": meta.get("uid", ""),
+        "resourceVersion": meta.get("resourceVersion", ""),
+    }
+    if meta.get("namespace"):
+        ref["namespace"] = meta["namespace"]
+    return ref
+
+
+@dataclass(frozen=True)
+class _Pending:
+    involved: Obj
+    type: str
+    reason: str
+    message: str
+    at: float
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        i = self.involved
+        return (i["kind"], i.get("namespace", ""), i["name"], i["uid"], self.type, self.reason, self.message)
+
+
+@dataclass
+class _Seen:
+    name: str
+    namespace: str
+    count: int
+    first: float
+
+
+class EventRecorder:
+    def __init__(
+        self, client: KubeClient, component: str, instance: str = "", *, buffer: int = BUFFER
+    ) -> None:
+        self.client = client
+        self.component = component
+        self.instance = instance
+        self._send, self._receive = anyio.create_memory_object_stream[_Pending](buffer)
+        self._seen: OrderedDict[tuple[str, ...], _Seen] = OrderedDict()
+        self.dropped = 0
+        self.written = 0
+
+    def record(self, obj: Obj, type_: str, reason: str, message: str) -> None:
+        """Queue an event about ``obj`` (``Normal`` or ``Warning``); returns at once."""
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 3] + "..."
+        try:
+            self._send.send_nowait(_Pending(involved_object(obj), type_, reason, message, time.time()))
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            if self.dropped == 0:
+                log.warning("event buffer full or closed: dropping events", extra={"reason": reason})
+            self.dropped += 1
+
+    async def run(self) -> None:
+        """Write queued events until cancelled."""
+        async with self._receive:
+            async for pending in self._receive:
+                try:
+                    await self._write(pending)
+                    self.written += 1
+                except errors.ApiError as exc:
+                    log.info("could not write event: %s", exc, extra={"reason": pending.reason})
+
+    def close(self) -> None:
+        self._send.close()
+
+    async def _write(self, p: _Pending) -> None:
+        seen = self._seen.get(p.key)
+        if seen is not None:
+            self._seen.move_to_end(p.key)
+            seen.count += 1
+            patch = {"count": seen.count, "lastTimestamp": _rfc3339(p.at)}
+            try:
+                await self.client.merge_patch(EVENT, seen.name, patch, seen.namespace)
+                return
+            except errors.NotFound:
+                pass  # the event expired on the server (its TTL is an hour): start a new one
+        namespace = p.involved.get("namespace") or "default"
+        name = f"{p.involved['name']}.{time.time_ns():x}"
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": namespace},
+            "involvedObject": p.involved,
+            "reason": p.reason,
+            "message": p.message,
+            "type": p.type,
+            "source": {"component": self.component, **({"host": self.instance} if self.instance else {})},
+            "firstTimestamp": _rfc3339(p.at),
+            "lastTimestamp": _rfc3339(p.at),
+            "count": 1,
+            "reportingComponent": self.component,
+            "reportingInstance": self.instance,
+        }
+        await self.client.create(EVENT, event, namespace)
+        self._seen[p.key] = _Seen(name, namespace, 1, p.at)
+        if len(self._seen) > CACHE_SIZE:
+            self._seen.popitem(last=False)

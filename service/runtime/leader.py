@@ -1,0 +1,242 @@
+"""Leader election on a coordination.k8s.io/v1 Lease, with client-go's algorithm.
+
+- A candidate judges the lease by its own clock: the holder's lease is valid while the record it last
+  saw changed less than ``leaseDurationSeconds`` ago (never by comparing ``renewTime`` to the local
+  clock, so clock skew between nodes does not matter).
+- Every write sends back the resourceVersion last read: two candidates cannot both win (409 Conflict).
+- The leader renews every retry period; if no renewal succeeds within the renew deadline it has lost
+  the lease (``LeadershipLost``) and must stop work at once.
+- On a clean shutdown the leader releases the lease (empty holder, 1 s duration) so that a successor
+  takes over at its next retry instead of waiting out the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+
+from service.kube import errors
+from service.kube.client import KubeClient
+from service.kube.resources import LEASE
+from service.runtime.clock import REAL_CLOCK, Clock
+from service.runtime.metrics import RuntimeMetrics
+
+log = logging.getLogger("service.runtime.leader")
+
+Obj = dict[str, Any]
+JITTER = 1.2
+
+
+class LeadershipLost(Exception):
+    """The lease could not be renewed within the renew deadline."""
+
+
+@dataclass(frozen=True)
+class LeaderElectionConfig:
+    name: str
+    namespace: str
+    identity: str
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.lease_duration > self.renew_deadline > JITTER * self.retry_period > 0:
+            raise ValueError(
+                "leader election needs lease duration > renew deadline > 1.2 x retry period > 0, got "
+                f"{self.lease_duration} / {self.renew_deadline} / {self.retry_period}"
+            )
+        if not self.namespace:
+            raise ValueError("leader election needs a namespace for its lease")
+
+
+def micro_time(at: datetime | None = None) -> str:
+    """A Kubernetes MicroTime: RFC 3339 with microseconds, in UTC."""
+    return (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaderElector:
+    def __init__(
+        self,
+        client: KubeClient,
+        config: LeaderElectionConfig,
+        *,
+        metrics: RuntimeMetrics | None = None,
+        clock: Clock = REAL_CLOCK,
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.clock = clock
+        self._gauge = metrics.leader.labels(config.name) if metrics else None
+        if self._gauge:
+            self._gauge.set(0)
+        self._lease: Obj | None = None  # the last Lease read or written
+        self._observed_spec: Obj | None = None
+        self._observed_at = 0.0
+        self.leading = False
+        self.last_renewal = 0.0  # on the clock, when the lease was last written by us
+        self.current_holder = ""
+        self.attempts = 0
+
+    # --------------------------------------------------------------- public
+    async def acquire(self) -> None:
+        """Try every retry period (jittered) until this candidate holds the lease."""
+        log.info(
+            "attempting to acquire leader lease",
+            extra={"lease": f"{self.config.namespace}/{self.config.name}", "identity": self.config.identity},
+        )
+        while True:
+            if await self._try_acquire_or_renew():
+                break
+            await anyio.sleep(self.config.retry_period * (1 + random.random() * JITTER))
+        self._set_leading(True)
+        log.info(
+            "successfully acquired lease", extra={"lease": self.config.name, "identity": self.config.identity}
+        )
+
+    async def hold(self) -> None:
+        """Renew the lease until cancelled; raises ``LeadershipLost`` when a renewal deadline is missed."""
+        while True:
+            await anyio.sleep(self.config.retry_period)
+            renewed = False
+            with anyio.move_on_after(self.config.renew_deadline):
+                while not renewed:
+                    renewed = await self._try_acquire_or_renew()
+                    if not renewed:
+                        await anyio.sleep(self.config.retry_period)
+            if not renewed:
+                self._set_leading(False)
+                log.error("failed to renew lease", extra={"lease": self.config.name})
+                raise LeadershipLost(f"leader election lost: lease {self.config.name} not renewed in time")
+
+    async def release(self) -> None:
+        """Give the lease up (if still ours) so that a successor need not wait for it to expire."""
+        if not self.leading:
+            return
+        self._set_leading(False)
+        with anyio.move_on_after(self.config.renew_deadline):
+            while True:
+                try:
+                    lease = await self.client.get(LEASE, self.config.name, self.config.namespace)
+                    spec = lease.get("spec") or {}
+                    if spec.get("holderIdentity") != self.config.identity:
+                        return
+                    now = micro_time()
+                    lease["spec"] = {
+                        **spec,
+                        "holderIdentity": "",
+                        "leaseDurationSeconds": 1,
+                        "acquireTime": now,
+                        "renewTime": now,
+                    }
+                    await self.client.update(LEASE, lease)
+                    log.info("released leader lease", extra={"lease": self.config.name})
+                    return
+                except errors.Conflict:
+                    continue
+                except errors.ApiError as exc:
+                    log.warning("could not release lease: %s", exc, extra={"lease": self.config.name})
+                    await anyio.sleep(self.config.retry_period)
+
+    def healthy(self, tolerance: float = 0.0) -> bool:
+        """False when this replica thinks it leads but has not renewed for a whole lease duration."""
+        if not self.leading:
+            return True
+        return self.clock.now() - self.last_renewal <= self.config.lease_duration + tolerance
+
+    # --------------------------------------------------------------- the algorithm
+    def _set_leading(self, leading: bool) -> None:
+        self.leading = leading
+        if self._gauge:
+            self._gauge.set(1 if leading else 0)
+
+    def _spec(self, previous: Obj | None, now: str) -> Obj:
+        """The record to write: renewal keeps acquireTime and transitions, a takeover counts one more."""
+        prev = previous or {}
+        mine = prev.get("holderIdentity") == self.config.identity
+        transitions = int(prev.get("leaseTransitions") or 0)
+        return {
+            "holderIdentity": self.config.identity,
+            "leaseDurationSeconds": int(self.config.lease_duration),
+            "acquireTime": prev.get("acquireTime", now) if mine else now,
+            "renewTime": now,
+            "leaseTransitions": transitions if mine else transitions + 1,
+        }
+
+    async def _try_acquire_or_renew(self) -> bool:
+        self.attempts += 1
+        try:
+            return await self._attempt()
+        except errors.ApiError as exc:
+            log.info("lease attempt failed: %s", exc, extra={"lease": self.config.name})
+            return False
+
+    async def _attempt(self) -> bool:
+        now = micro_time()
+        cfg = self.config
+        # Fast path: still ours as far as we know, so renew on the object we hold.
+        if self.leading and self._lease is not None and self._valid():
+            lease = {**self._lease, "spec": self._spec(self._lease.get("spec"), now)}
+            try:
+                self._remember(await self.client.update(LEASE, lease), renewed=True)
+                return True
+            except errors.ApiError:
+                pass  # someone else wrote it: take the slow path
+        try:
+            lease = await self.client.get(LEASE, cfg.name, cfg.namespace)
+        except errors.NotFound:
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": cfg.name, "namespace": cfg.namespace},
+                "spec": {**self._spec(None, now), "leaseTransitions": 0},  # a new lease, not a takeover
+            }
+            try:
+                self._remember(await self.client.create(LEASE, body), renewed=True)
+            except errors.AlreadyExists:
+                return False
+            return True
+        spec = lease.get("spec") or {}
+        if spec != self._observed_spec:
+            self._observed_spec = spec
+            self._observed_at = self.clock.now()
+        self._lease = lease
+        holder = spec.get("holderIdentity") or ""
+        if holder != self.current_holder:
+            self.current_holder = holder
+            log.info("new leader observed", extra={"lease": cfg.name, "holder": holder or "(none)"})
+        if holder and holder != cfg.identity and self._valid():
+            return False
+        update = {**lease, "spec": self._spec(spec, now)}
+        try:
+            self._remember(await self.client.update(LEASE, update), renewed=True)
+        except errors.Conflict:
+            return False
+        return True
+
+    def _valid(self) -> bool:
+        spec = self._observed_spec or {}
+        duration = float(spec.get("leaseDurationSeconds") or 0)
+        return self._observed_at + duration > self.clock.now()
+
+    def _remember(self, lease: Obj, *, renewed: bool) -> None:
+        self._lease = lease
+        self._observed_spec = lease.get("spec") or {}
+        self._observed_at = self.clock.now()
+        self.current_holder = self._observed_spec.get("holderIdentity") or ""
+        if renewed:
+            self.last_renewal = self.clock.now()
+
+
+def default_identity() -> str:
+    """``POD_NAME`` (else the hostname) and a random suffix, so that a restarted pod is a new candidate."""
+    base = os.environ.get("POD_NAME") or socket.gethostname()
+    return f"{base}_{uuid.uuid4()}"

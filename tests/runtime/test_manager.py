@@ -1,0 +1,250 @@
+"""The manager in-process against the API emulator: probes, the start/stop order, graceful shutdown,
+component failure, and leader election between two managers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+import anyio
+import pytest
+
+from service.kube import resources as r
+from service.kube.client import KubeClient
+from service.kube.config import explicit
+from service.runtime.controller import Request, Result
+from service.runtime.leader import LeaderElectionConfig
+from service.runtime.manager import Manager, ManagerOptions
+from service.runtime.sidecar import BindAddress
+from service.sim.faults import FaultRule
+from service.sim.server import RunningApiServer, running_apiserver
+
+pytestmark = pytest.mark.anyio
+
+LOCAL = BindAddress("127.0.0.1", 0)
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[RunningApiServer]:
+    async with running_apiserver() as server:
+        server.cluster.ensure_namespace("default")
+        yield server
+
+
+@pytest.fixture
+async def client(api: RunningApiServer) -> AsyncIterator[KubeClient]:
+    async with KubeClient(explicit(api.url), timeout=2.0, backoff_base=0.005, backoff_cap=0.02) as c:
+        yield c
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def eventually(condition: Callable[[], Awaitable[bool] | bool], within: float = 5.0) -> None:
+    with anyio.fail_after(within):
+        while True:
+            value = condition()
+            if not isinstance(value, bool):
+                value = await value
+            if value:
+                return
+            await anyio.sleep(0.02)
+
+
+@dataclass
+class Toy:
+    """Reconciles ConfigMaps; tests hold a reconcile open with ``gate``."""
+
+    seen: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    gate: anyio.Event | None = None
+    entered: anyio.Event = field(default_factory=anyio.Event)
+
+    async def reconcile(self, request: Request) -> Result | None:
+        self.seen.append(request.name)
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        self.finished.append(request.name)
+        return None
+
+
+def new_manager(client: KubeClient, toy: Toy, **options: object) -> Manager:
+    manager = Manager(
+        client,
+        ManagerOptions(name="test", metrics_address=None, probe_address=LOCAL, **options),  # type: ignore[arg-type]
+    )
+    controller = manager.new_controller("toy", toy.reconcile)
+    controller.watch(manager.informers.informers_for(r.CONFIG_MAP))
+    return manager
+
+
+@asynccontextmanager
+async def running(manager: Manager) -> AsyncIterator[tuple[str, list[int]]]:
+    """Run the manager in the background; yields the probe URL and a list that receives the exit code."""
+    codes: list[int] = []
+    async with anyio.create_task_group() as tg:
+
+        async def run(*, task_status: anyio.abc.TaskStatus[dict[str, int]]) -> None:
+            codes.append(await manager.run(task_status=task_status))
+
+        ports = await tg.start(run)
+        yield f"http://127.0.0.1:{ports['probes']}", codes
+        manager.shutdown()
+
+
+async def status(http: aiohttp.ClientSession, url: str) -> int:
+    async with http.get(url) as resp:
+        await resp.read()
+        return resp.status
+
+
+def configmap(name: str) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}}
+
+
+async def test_ready_only_after_informers_synced_and_not_while_stopping(
+    api: RunningApiServer, client: KubeClient, http: aiohttp.ClientSession
+) -> None:
+    await client.create(r.CONFIG_MAP, configmap("one"))
+    api.faults.add(FaultRule(method="GET", path="/configmaps$", status=0, latency=1.0, count=1))
+    toy = Toy()
+    manager = new_manager(client, toy)
+    async with running(manager) as (probes, codes):
+        assert await status(http, probes + "/healthz") == 200
+        async with http.get(probes + "/readyz") as resp:
+            body = await resp.text()
+            assert resp.status == 500, body
+            assert "[-]informers-synced failed: reason withheld" in body
+        async with http.get(probes + "/readyz/informers-synced") as resp:
+            assert "not synced: configmaps@*" in await resp.text()
+        await eventually(lambda: _is(status(http, probes + "/readyz"), 200), within=5)
+        await eventually(lambda: toy.finished == ["one"])
+        manager.shutdown()
+        await eventually(lambda: bool(codes))
+    assert codes == [0]
+
+
+async def _is(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+async def test_shutdown_lets_in_flight_reconciles_finish(client: KubeClient, http: aiohttp.ClientSession) -> None:
+    toy = Toy(gate=anyio.Event())
+    manager = new_manager(client, toy, graceful_shutdown_timeout=5.0)
+    await client.create(r.CONFIG_MAP, configmap("slow"))
+    async with running(manager) as (probes, codes):
+        with anyio.fail_after(5):
+            await toy.entered.wait()
+        manager.shutdown()
+        # Readiness turns false at once, while the reconcile is still running.
+        await eventually(lambda: _is(status(http, probes + "/readyz"), 500))
+        assert toy.finished == [] and not codes
+        # New events are not taken any more.
+        await client.create(r.CONFIG_MAP, configmap("late"))
+        toy.gate.set()  # type: ignore[union-attr]
+        await eventually(lambda: bool(codes))
+    assert codes == [0]
+    assert toy.finished == ["slow"]
+    assert "late" not in toy.seen
+
+
+async def test_overrunning_the_grace_period_cancels_work_and_exits_1(client: KubeClient) -> None:
+    toy = Toy(gate=anyio.Event())  # never set: the reconcile would wait for ever
+    manager = new_manager(client, toy, graceful_shutdown_timeout=0.3)
+    await client.create(r.CONFIG_MAP, configmap("stuck"))
+    async with running(manager) as (_, codes):
+        with anyio.fail_after(5):
+            await toy.entered.wait()
+        manager.shutdown()
+        await eventually(lambda: bool(codes), within=3)
+    assert codes == [1]
+    assert toy.finished == []
+
+
+async def test_a_dead_component_fails_healthz_and_stops_the_manager(
+    client: KubeClient, http: aiohttp.ClientSession
+) -> None:
+    toy = Toy()
+    manager = new_manager(client, toy)
+    broken = anyio.Event()
+
+    async def explode() -> None:
+        await broken.wait()
+        raise RuntimeError("boom")
+
+    async with running(manager) as (probes, codes):
+        await eventually(lambda: _is(status(http, probes + "/readyz"), 200))
+        # A component of the manager dies; health must say so and the process must end non-zero.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(manager._guard, "exploding part", explode)
+            broken.set()
+        assert manager.dead == {"exploding part": "RuntimeError: boom"}
+        async with http.get(probes + "/healthz/components") as resp:
+            assert resp.status == 500
+            assert "exploding part: RuntimeError: boom" in await resp.text()
+        await eventually(lambda: bool(codes))
+    assert codes == [1]
+
+
+def leader_options(identity: str) -> dict[str, object]:
+    return {
+        "leader_election": LeaderElectionConfig("toy-lock", "default", identity, 2.0, 1.0, 0.2),
+        "graceful_shutdown_timeout": 2.0,
+    }
+
+
+async def test_only_the_leader_reconciles_and_a_clean_stop_hands_over(
+    api: RunningApiServer, http: aiohttp.ClientSession
+) -> None:
+    async with (
+        KubeClient(explicit(api.url), timeout=2.0) as c1,
+        KubeClient(explicit(api.url), timeout=2.0) as c2,
+    ):
+        toy1, toy2 = Toy(), Toy()
+        m1 = new_manager(c1, toy1, **leader_options("one"))
+        m2 = new_manager(c2, toy2, **leader_options("two"))
+        async with running(m1) as (probes1, codes1):
+            with anyio.fail_after(3):
+                await m1.leading.wait()
+            async with running(m2) as (probes2, codes2):
+                # The standby runs its informers (ready once synced) but no workers.
+                await eventually(lambda: _is(status(http, probes2 + "/readyz"), 200))
+                await c1.create(r.CONFIG_MAP, configmap("a"))
+                await eventually(lambda: toy1.finished == ["a"])
+                assert m2.elector is not None and m2.elector.attempts >= 1
+                assert not m2.leading.is_set() and toy2.seen == []
+
+                m1.shutdown()
+                await eventually(lambda: bool(codes1))
+                assert codes1 == [0]
+                # The released lease lets the standby lead within a retry period, not a lease duration.
+                with anyio.fail_after(1.5):
+                    await m2.leading.wait()
+                await c2.create(r.CONFIG_MAP, configmap("b"))
+                # The new leader reconciles everything from its cache, including what the old one did.
+                await eventually(lambda: "b" in toy2.finished and "a" in toy2.finished)
+                m2.shutdown()
+                await eventually(lambda: bool(codes2))
+            assert codes2 == [0]
+
+
+async def test_losing_the_lease_stops_work_at_once_and_exits_1(api: RunningApiServer) -> None:
+    async with KubeClient(explicit(api.url), timeout=1.0, backoff_base=0.005, backoff_cap=0.02) as c:
+        toy = Toy(gate=anyio.Event())
+        manager = new_manager(c, toy, **leader_options("one"))
+        await c.create(r.CONFIG_MAP, configmap("held"))
+        async with running(manager) as (_, codes):
+            with anyio.fail_after(5):
+                await toy.entered.wait()
+            api.faults.add(FaultRule(method="*", path="/leases", status=500))
+            # Lost within the renew deadline; the in-flight reconcile is cancelled, not awaited.
+            await eventually(lambda: bool(codes), within=1.0 + 2 * 0.44 + 2.0)
+        assert codes == [1]
+        assert manager.lost_lease
+        assert toy.finished == []
