@@ -168,7 +168,9 @@ async def eventually(condition: Callable[[], Awaitable[bool]], within: float, wh
     started = time.monotonic()
     try:
         with anyio.fail_after(within):
-            while not await condition():
+            while True:
+                if await condition():
+                    break
                 await anyio.sleep(0.05)
     except TimeoutError:
         pytest.fail(f"not within {within} s: {what}")
@@ -231,9 +233,10 @@ async def test_run_serves_probes_and_metrics_and_drains_on_sigterm(
         assert 'workqueue_depth{controller="buildworkload",name="buildworkload",priority=""}' in exposition
         promtool = shutil.which("promtool")
         if promtool:
-            checked = subprocess.run(
-                [promtool, "check", "metrics"], input=exposition.encode(), capture_output=True, timeout=30
-            )
+            with anyio.fail_after(30):
+                checked = await anyio.run_process(
+                    [promtool, "check", "metrics"], input=exposition.encode(), check=False
+                )
             assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
 
         replica.signal(signal.SIGTERM)

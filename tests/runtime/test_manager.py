@@ -134,7 +134,9 @@ async def _is(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
 
 
-async def test_shutdown_lets_in_flight_reconciles_finish(client: KubeClient, http: aiohttp.ClientSession) -> None:
+async def test_shutdown_lets_in_flight_reconciles_finish(
+    client: KubeClient, http: aiohttp.ClientSession
+) -> None:
     toy = Toy(gate=anyio.Event())
     manager = new_manager(client, toy, graceful_shutdown_timeout=5.0)
     await client.create(r.CONFIG_MAP, configmap("slow"))
@@ -209,7 +211,7 @@ async def test_only_the_leader_reconciles_and_a_clean_stop_hands_over(
         toy1, toy2 = Toy(), Toy()
         m1 = new_manager(c1, toy1, **leader_options("one"))
         m2 = new_manager(c2, toy2, **leader_options("two"))
-        async with running(m1) as (probes1, codes1):
+        async with running(m1) as (_, codes1):
             with anyio.fail_after(3):
                 await m1.leading.wait()
             async with running(m2) as (probes2, codes2):
