@@ -16,12 +16,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# kubectl is the independent client of the emulator smoke test.
+# Debian packages the tests use: kubectl (an independent client of the emulator) and promtool (from
+# prometheus, lints the /metrics exposition). Tests that need a missing one skip and say why.
+SYSTEM_DEPS = kubectl:kubernetes-client promtool:prometheus
 system-deps:
-	@if ! command -v kubectl >/dev/null 2>&1; then \
+	@missing=""; for dep in $(SYSTEM_DEPS); do \
+	  command -v "$${dep%%:*}" >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; \
-	  else echo "kubectl missing and not root: the kubectl smoke test will be skipped"; fi; \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (not root: the tests that need them will be skipped)"; fi; \
 	fi
 
 lint: venv
