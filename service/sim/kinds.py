@@ -8,8 +8,56 @@ from typing import Any
 
 from service.kube import resources as r
 from service.kube.resources import Resource
+from service.kube.selectors import FieldSelector, parse_field_selector
 
 Obj = dict[str, Any]
+
+# Field selectors, as kube-apiserver serves them: each kind's field label conversion function says which
+# labels a selector may use (others are 400 "field label not supported"), and its ToSelectableFields says
+# where each label's value comes from. A label maps to the paths tried in order; the first non-empty wins.
+FieldPaths = dict[str, tuple[tuple[str, ...], ...]]
+
+OBJECT_META_FIELDS: FieldPaths = {
+    "metadata.name": (("metadata", "name"),),
+    "metadata.namespace": (("metadata", "namespace"),),
+}
+_NAMESPACE_FIELDS: FieldPaths = {
+    "metadata.name": (("metadata", "name"),),
+    "status.phase": (("status", "phase"),),
+}
+_SECRET_FIELDS: FieldPaths = {**OBJECT_META_FIELDS, "type": (("type",),)}
+_EVENT_FIELDS: FieldPaths = {
+    **OBJECT_META_FIELDS,
+    **{
+        f"involvedObject.{f}": (("involvedObject", f),)
+        for f in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
+    },
+    "reason": (("reason",),),
+    "reportingComponent": (("reportingComponent",),),  # core/v1 serialises ReportingController so
+    "source": (("source", "component"), ("reportingComponent",)),
+    "type": (("type",),),
+}
+
+
+def _field_value(obj: Obj, paths: tuple[tuple[str, ...], ...]) -> str:
+    for path in paths:
+        value: Any = obj
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if value not in (None, ""):
+            return value if isinstance(value, str) else str(value)
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class KindFieldSelector(FieldSelector):
+    """A field selector over any of a kind's selectable fields, not only ``metadata.*``."""
+
+    paths: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = ()
+
+    def matches(self, obj: Any) -> bool:
+        paths = dict(self.paths)
+        return all((_field_value(obj, paths[label]) == value) == equal for label, equal, value in self.terms)
 
 
 @dataclass(slots=True)
@@ -35,6 +83,7 @@ class Kind:
     returns_deleted_object: bool = False  # DELETE answers with the object rather than a Status
     unconditional_update: bool = False  # PUT without metadata.resourceVersion is allowed
     defaults: Callable[[Obj], None] | None = None  # built-in defaulting on create
+    field_paths: FieldPaths = field(default_factory=lambda: OBJECT_META_FIELDS)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -49,6 +98,14 @@ class Kind:
         # Every custom resource carries metadata.generation; of the built-in kinds served here only
         # CustomResourceDefinition does (1 on create, +1 on every spec change).
         return self.custom or self.key == ("apiextensions.k8s.io", "customresourcedefinitions")
+
+    def field_selector(self, text: str | None) -> FieldSelector:
+        """Parse a ``fieldSelector`` for this kind (SelectorError on a label it does not support)."""
+        selector = parse_field_selector(text, self.field_paths)
+        if not selector.terms:
+            return selector
+        labels = sorted({label for label, _, _ in selector.terms})
+        return KindFieldSelector(selector.terms, tuple((label, self.field_paths[label]) for label in labels))
 
     def api_version(self, version: str) -> str:
         return f"{self.group}/{version}" if self.group else version
@@ -109,11 +166,17 @@ def _built_in(res: Resource, *, status: bool = False, unconditional_update: bool
 
 def built_in_kinds() -> list[Kind]:
     return [
-        _built_in(r.NAMESPACE, status=True, returns_deleted_object=True, defaults=_namespace_defaults),
+        _built_in(
+            r.NAMESPACE,
+            status=True,
+            returns_deleted_object=True,
+            defaults=_namespace_defaults,
+            field_paths=_NAMESPACE_FIELDS,
+        ),
         _built_in(r.SERVICE_ACCOUNT, returns_deleted_object=True),
-        _built_in(r.SECRET, defaults=_secret_defaults),
+        _built_in(r.SECRET, defaults=_secret_defaults, field_paths=_SECRET_FIELDS),
         _built_in(r.CONFIG_MAP),
-        _built_in(r.EVENT),
+        _built_in(r.EVENT, field_paths=_EVENT_FIELDS),
         _built_in(r.STORAGE_CLASS, returns_deleted_object=True, defaults=_storage_class_defaults),
         _built_in(r.LEASE),
         # CRDs, like custom resources, need metadata.resourceVersion on update.

@@ -22,7 +22,7 @@ from service.sim.cluster import Cluster, DeleteOptions
 from service.sim.faults import FaultRule, Faults
 from service.sim.kinds import Kind
 from service.sim.tables import table_for, wants_table
-from service.sim.watch import Watcher
+from service.sim.watch import Watcher, frame
 
 log = logging.getLogger("service.sim.server")
 
@@ -86,6 +86,30 @@ class Target:
     namespace: str | None
     name: str | None
     subresource: str | None
+
+
+class _WatchTables:
+    """A watch asked for as a ``Table`` (``kubectl get --watch``): as kube-apiserver's watch encoder, every
+    event's object (bookmarks included) becomes a one-row Table, with the column definitions only in the
+    first; ERROR events keep their Status."""
+
+    def __init__(self, t: Target) -> None:
+        self.target = t
+        self.headers = True
+
+    def line(self, line: bytes) -> bytes:
+        event = orjson.loads(line)
+        obj = event["object"]
+        if obj.get("kind") == "Status":
+            return line
+        meta = obj.get("metadata") or {}
+        table = table_for(
+            self.target.kind, self.target.version, [obj], {"resourceVersion": meta.get("resourceVersion", "")}
+        )
+        if not self.headers:
+            table["columnDefinitions"] = None
+        self.headers = False
+        return frame(event["type"], orjson.dumps(table))
 
 
 class ApiServer:
@@ -209,7 +233,7 @@ class ApiServer:
         if t.name is None:
             if method == "GET":
                 labels = parse_label_selector(q.get("labelSelector"))
-                fields = parse_field_selector(q.get("fieldSelector"))
+                fields = t.kind.field_selector(q.get("fieldSelector"))
                 if query_bool(q.get("watch")):
                     return await self._watch(request, t, labels, fields)
                 limit = int(q["limit"]) if q.get("limit", "").isdigit() else None
@@ -243,7 +267,7 @@ class ApiServer:
                         "the server does not allow this method on the requested resource", details={}
                     )
                 labels = parse_label_selector(q.get("labelSelector"))
-                fields = parse_field_selector(q.get("fieldSelector"))
+                fields = t.kind.field_selector(q.get("fieldSelector"))
                 options = DeleteOptions.from_body(
                     await self._body(request, optional=True), q.get("propagationPolicy"), dry_run
                 )
@@ -365,6 +389,7 @@ class ApiServer:
         resp.enable_chunked_encoding()
         await resp.prepare(request)
         bookmarks = query_bool(q.get("allowWatchBookmarks"))
+        tables = _WatchTables(t) if wants_table(request.headers.get("Accept", "")) else None
         try:
             async with anyio.create_task_group() as tg:
                 if bookmarks and self.bookmark_interval > 0:
@@ -374,6 +399,8 @@ class ApiServer:
                         lines = await w.take()
                         if not lines:
                             break
+                        if tables is not None:
+                            lines = [tables.line(line) for line in lines]
                         await resp.write(b"".join(lines))
                 tg.cancel_scope.cancel()
         except (ConnectionResetError, OSError):

@@ -76,10 +76,11 @@ def table_for(
     columns.append({"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0})
     rows = []
     for obj in items:
-        cells: list[Any] = [obj["metadata"]["name"]]
+        cells: list[Any] = [obj["metadata"].get("name", "")]
         for c in printer:
             value = json_path(obj, c["jsonPath"])
-            cells.append(_age(value) if c.get("type") == "date" else ("" if value is None else value))
+            # a column whose path finds nothing is null, as in apiextensions-apiserver's table convertor
+            cells.append(None if value is None else _age(value) if c.get("type") == "date" else value)
         cells.append(_age(obj["metadata"].get("creationTimestamp")))
         rows.append(
             {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 
 from tests.sim.conftest import (
@@ -12,6 +13,7 @@ from tests.sim.conftest import (
     assert_status,
     configmap,
     path,
+    watching,
     widget,
 )
 
@@ -167,3 +169,95 @@ async def test_bad_label_selector(kube: Kube, selector: str) -> None:
 @pytest.mark.parametrize("selector", ["spec.foo=bar", "metadata.name", "nonsense"])
 async def test_bad_field_selector(kube: Kube, selector: str) -> None:
     assert_status(await kube.get(path(CM), fieldSelector=selector), 400, "BadRequest")
+
+
+def event(name: str, involved: Obj, reason: str, **extra: object) -> Obj:
+    ref = {k: involved["metadata"][k] for k in ("name", "namespace", "uid")}
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name},
+        "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"], **ref},
+        "reason": reason,
+        "message": f"{reason} happened",
+        "type": "Normal",
+        **extra,
+    }
+
+
+EVENTS = "/api/v1/namespaces/{ns}/events"
+
+
+async def test_field_selectors_on_events(kube: Kube, session: aiohttp.ClientSession) -> None:
+    # kube-apiserver's Event field labels: what `kubectl describe` lists an object's events with.
+    a = await kube.create(CM, configmap("a"))
+    b = await kube.create(CM, configmap("b"))
+    await kube.create(EVENTS, event("a.1", a, "Created", source={"component": "builder"}))
+    await kube.create(EVENTS, event("a.2", a, "Failed", type="Warning", reportingComponent="kpack"))
+    await kube.create(EVENTS, event("b.1", b, "Created"))
+    describe = (
+        f"involvedObject.name=a,involvedObject.namespace=default,involvedObject.kind=ConfigMap,"
+        f"involvedObject.uid={a['metadata']['uid']}"
+    )
+    for selector, expected in (
+        (describe, ["a.1", "a.2"]),
+        ("involvedObject.name=b", ["b.1"]),
+        ("involvedObject.apiVersion=v1,reason=Created", ["a.1", "b.1"]),
+        ("type=Warning", ["a.2"]),
+        ("type!=Warning", ["a.1", "b.1"]),
+        ("source=builder", ["a.1"]),
+        ("source=kpack", ["a.2"]),  # source falls back to reportingComponent
+        ("reportingComponent=kpack", ["a.2"]),
+        ("involvedObject.fieldPath=", ["a.1", "a.2", "b.1"]),  # absent fields select as ""
+        (f"involvedObject.uid={b['metadata']['uid']}", ["b.1"]),
+        ("metadata.name=a.2", ["a.2"]),
+    ):
+        reply = await kube.get(path(EVENTS), fieldSelector=selector)
+        assert reply.status == 200, (selector, reply.body)
+        assert names(reply.body) == expected, selector
+    # Watches honour them too.
+    async with watching(session, path(EVENTS), fieldSelector="involvedObject.name=b") as w:
+        await w.expect("ADDED", "b.1")
+        await kube.create(EVENTS, event("a.3", a, "Updated"))
+        await kube.create(EVENTS, event("b.2", b, "Updated"))
+        await w.expect("ADDED", "b.2")
+    assert_status(
+        await kube.get(path(EVENTS), fieldSelector="involvedObject.color=red"),
+        400,
+        "BadRequest",
+        "field label not supported: involvedObject.color",
+    )
+
+
+async def test_field_selectors_on_secrets_and_namespaces(kube: Kube) -> None:
+    secrets = "/api/v1/namespaces/{ns}/secrets"
+    await kube.create(secrets, {"metadata": {"name": "plain"}, "stringData": {"k": "v"}})
+    await kube.create(
+        secrets, {"metadata": {"name": "tls"}, "type": "kubernetes.io/tls", "stringData": {"k": "v"}}
+    )
+    opaque = await kube.get(path(secrets), fieldSelector="type=Opaque")  # the defaulted type
+    assert names(opaque.body) == ["plain"]
+    tls = await kube.get("/api/v1/secrets", fieldSelector="type=kubernetes.io/tls")
+    assert names(tls.body) == ["tls"]
+    await kube.post("/api/v1/namespaces", {"metadata": {"name": "doomed"}})
+    await kube.post("/api/v1/namespaces", {"metadata": {"name": "held"}})
+    hold = {"metadata": {"name": "c", "finalizers": ["example.com/hold"]}, "data": {}}
+    await kube.create(CM, hold, ns="held")
+    assert (await kube.delete("/api/v1/namespaces/held")).status == 200
+    terminating = await kube.get("/api/v1/namespaces", fieldSelector="status.phase=Terminating")
+    assert names(terminating.body) == ["held"]
+    active = await kube.get("/api/v1/namespaces", fieldSelector="status.phase!=Terminating")
+    assert "held" not in names(active.body) and "doomed" in names(active.body)
+    # A Namespace has no metadata.namespace field label; a ConfigMap has no type.
+    assert_status(
+        await kube.get("/api/v1/namespaces", fieldSelector="metadata.namespace=default"),
+        400,
+        "BadRequest",
+        "field label not supported: metadata.namespace",
+    )
+    assert_status(
+        await kube.get(path(CM), fieldSelector="type=Opaque"),
+        400,
+        "BadRequest",
+        "field label not supported: type",
+    )

@@ -17,10 +17,13 @@ from tests.sim.conftest import (
     WIDGETS,
     Kube,
     Obj,
+    WatchReader,
     configmap,
+    install_crd,
     path,
     watching,
     widget,
+    widget_crd,
 )
 
 pytestmark = pytest.mark.anyio
@@ -252,3 +255,49 @@ async def test_watch_of_unknown_resource_is_not_found(kube: Kube) -> None:
     reply = await kube.get("/apis/example.com/v1/namespaces/default/nothings", watch="true")
     assert reply.status == 404
     assert reply.body["reason"] == "NotFound"
+
+
+TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+
+
+async def test_watch_as_table(kube: Kube, session: aiohttp.ClientSession) -> None:
+    """`kubectl get --watch` asks for Tables: each event carries a one-row Table (column definitions only
+    in the first), as kube-apiserver's watch encoder sends them."""
+    crd = widget_crd(plural="gizmos", kind="Gizmo", extra_versions=())
+    crd["spec"]["versions"][0]["additionalPrinterColumns"] = [
+        {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    ]
+    await install_crd(kube, crd)
+    gizmos = f"/apis/{GROUP}/v1/namespaces/{{ns}}/gizmos"
+    first = await kube.create(gizmos, {**widget("g1"), "kind": "Gizmo"})
+    with anyio.fail_after(DEADLINE):
+        resp = await session.get(
+            path(gizmos), params={"watch": "true"}, headers={"Accept": TABLE}, timeout=aiohttp.ClientTimeout()
+        )
+    try:
+        w = WatchReader(resp)
+        added = await w.event()
+        assert added["type"] == "ADDED"
+        table = added["object"]
+        assert (table["kind"], table["apiVersion"]) == ("Table", "meta.k8s.io/v1")
+        assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Size", "Phase", "Age"]
+        assert table["metadata"] == {"resourceVersion": first["metadata"]["resourceVersion"]}
+        [row] = table["rows"]
+        assert row["cells"][:3] == ["g1", 1, None]  # no status.phase: null
+        assert row["object"]["kind"] == "PartialObjectMetadata"
+        assert row["object"]["metadata"]["uid"] == first["metadata"]["uid"]
+
+        patched = await kube.patch(path(gizmos, name="g1"), {"spec": {"size": 7}})
+        modified = await w.event()
+        assert modified["type"] == "MODIFIED"
+        assert modified["object"]["kind"] == "Table"
+        assert modified["object"]["columnDefinitions"] is None  # headers only once
+        assert modified["object"]["metadata"]["resourceVersion"] == patched.rv
+        assert modified["object"]["rows"][0]["cells"][:2] == ["g1", 7]
+    finally:
+        resp.close()
+    # Without the Table media type, the same watch carries the objects themselves.
+    async with watching(session, path(gizmos)) as plain:
+        obj = await plain.expect("ADDED", "g1")
+        assert obj["kind"] == "Gizmo" and obj["spec"]["size"] == 7
