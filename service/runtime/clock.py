@@ -42,12 +42,19 @@ class FakeClock:
         if deadline <= self._now:
             await anyio.lowlevel.checkpoint()
             return
-        event = anyio.Event()
-        heapq.heappush(self._sleepers, (deadline, next(self._seq), event))
-        await event.wait()
+        entry = (deadline, next(self._seq), anyio.Event())
+        heapq.heappush(self._sleepers, entry)
+        try:
+            await entry[2].wait()
+        finally:
+            if not entry[2].is_set():
+                # Cancelled: forget the sleeper, so that ``sleepers`` counts only tasks really asleep.
+                self._sleepers.remove(entry)
+                heapq.heapify(self._sleepers)
 
     @property
     def sleepers(self) -> int:
+        """How many tasks are asleep on this clock right now."""
         return sum(1 for _, _, e in self._sleepers if not e.is_set())
 
     def advance(self, seconds: float) -> None:

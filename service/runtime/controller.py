@@ -264,7 +264,10 @@ class Controller:
                 # the next leader reconciles them anyway from its initial list.
                 self.queue.done(request)
                 continue
-            await self.process(request)
+            try:
+                await self.process(request)
+            except Exception:  # a bug in the outcome handling (a rate limiter, a metric) must not kill us
+                log.exception("worker: handling %s failed", request, extra={"controller": self.name})
 
     async def process(self, request: Request) -> None:
         """Reconcile one request and act on the outcome; never raises (but for cancellation)."""
@@ -272,10 +275,11 @@ class Controller:
         if m:
             m.active_workers.labels(self.name).inc()
         reconcile_id = str(uuid.uuid4())
+        # controller-runtime's keys; ``name_`` prints as ``name`` (see service.runtime.logs).
         fields = {
             "controller": self.name,
             "namespace": request.namespace,
-            "name": request.name,
+            "name_": request.name,
             "reconcileID": reconcile_id,
         }
         started = time.perf_counter()

@@ -139,6 +139,7 @@ class Informer:
         self.handlers: list[Handler] = []
         self.last_sync_rv = ""
         self._synced = anyio.Event()
+        self._rv_unavailable = False  # the last list said Expired: the next one is a consistent read
         self.relists = 0
         self.watches = 0
 
@@ -228,11 +229,24 @@ class Informer:
             await self.clock.sleep_until(self.clock.now() + self.resync_period)
             self.resync()
 
+    async def _relist(self) -> None:
+        """List at client-go's resourceVersion: "0" the first time, then not older than the last synced
+        one (from the last list *or watch event*), and "" (consistent) after that said Expired."""
+        if not self._rv_unavailable:
+            try:
+                await self._list(self.last_sync_rv or "0")
+                return
+            except errors.Expired:
+                self._rv_unavailable = True
+        await self._list("")
+        self._rv_unavailable = False
+
     async def _list(self, resource_version: str) -> None:
         items, rv = await self.client.list_all(
             self.resource,
             self.namespace,
             label_selector=self.label_selector,
+            page_size=PAGE_SIZE,
             resource_version=resource_version,
         )
         self._replace(items, initial=not self.has_synced)
@@ -243,16 +257,11 @@ class Informer:
     async def _reflect(self) -> None:
         backoff = Backoff(self.clock)
         need_list = True
-        list_rv = "0"  # first list: any version, as client-go asks (served from a cache on real servers)
         while True:
             try:
                 if need_list:
-                    try:
-                        await self._list(list_rv)
-                    except errors.Expired:
-                        await self._list("")  # the consistent, most recent read
+                    await self._relist()
                     need_list = False
-                    list_rv = self.last_sync_rv
                 await self._watch_once()
                 continue  # a watch that ended normally is re-opened at once
             except errors.Expired as exc:

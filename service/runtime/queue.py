@@ -52,10 +52,10 @@ class WorkQueue(Generic[K]):
         self._ready_at: dict[K, float] = {}
         self._seq = itertools.count()
         self._shutting_down = False
+        self._drain = False
         self._not_empty = anyio.Event()
         self._waiting_changed = anyio.Event()
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._processing_changed = anyio.Event()
         # Only named queues report, as in client-go.
         self._metrics = metrics if name else None
         if self._metrics:
@@ -95,7 +95,6 @@ class WorkQueue(Generic[K]):
         item = self._queue.popleft()
         self._dirty.discard(item)
         self._processing.add(item)
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
         now = self.clock.now()
         self._started_at[item] = now
         added = self._added_at.pop(item, now)
@@ -115,7 +114,7 @@ class WorkQueue(Generic[K]):
             self._queue.append(item)
             self._wake_getters()
         if not self._processing:
-            self._idle.set()
+            self._signal_drainers()
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -129,19 +128,31 @@ class WorkQueue(Generic[K]):
         return self._shutting_down
 
     def shutdown(self) -> None:
+        """Stop accepting keys; queued keys are still handed out. Releases any drain in progress."""
+        self._shut_down(drain=False)
+
+    async def shutdown_with_drain(self) -> None:
+        """Shut down, then wait until every key handed out has been marked done.
+
+        As client-go: a plain ``shutdown`` meanwhile releases every drain waiter; another drain does not.
+        """
+        self._shut_down(drain=True)
+        while self._processing and self._drain:
+            changed = self._processing_changed
+            await changed.wait()
+
+    def _shut_down(self, *, drain: bool) -> None:
         self._shutting_down = True
+        self._drain = drain
         self._waiting.clear()
         self._ready_at.clear()
         self._wake_getters()
         self._waiting_changed.set()
-        self._idle.set()  # releases a drain in progress, as client-go's ShutDown does
+        self._signal_drainers()
 
-    async def shutdown_with_drain(self) -> None:
-        """Shut down, then wait until every key handed out has been marked done."""
-        self.shutdown()
-        if self._processing:
-            self._idle = anyio.Event()
-            await self._idle.wait()
+    def _signal_drainers(self) -> None:
+        self._processing_changed.set()
+        self._processing_changed = anyio.Event()
 
     # ---------------------------------------------------------------- delaying queue
     def add_after(self, item: K, delay: float) -> None:

@@ -1,0 +1,489 @@
+"""Informers against a live API emulator through a real KubeClient (machinery.md §3).
+
+Changes the informer must discover "while away" are written straight into the emulator's state in the
+same synchronous step as the watch drop, so no re-watch can slip in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+from service.kube.client import KubeClient
+from service.kube.resources import CONFIG_MAP, NAMESPACE, SECRET
+from service.runtime import informer as informer_mod
+from service.runtime.clock import FakeClock
+from service.runtime.informer import Backoff, FuncHandler, Informer, InformerFactory
+from service.runtime.store import Obj, by_label
+from service.sim.faults import FaultRule
+from service.sim.kinds import Kind
+from service.sim.server import RunningApiServer, running_apiserver
+from tests.runtime.conftest import (
+    DEADLINE,
+    Recorder,
+    RecordingBackoff,
+    SpyClient,
+    cm,
+    eventually,
+    fast_client,
+    running,
+)
+
+pytestmark = pytest.mark.anyio
+
+MERGE = "application/merge-patch+json"
+
+
+@pytest.fixture
+async def spy(api: RunningApiServer) -> AsyncIterator[SpyClient]:
+    async with fast_client(api.url, SpyClient) as c:
+        yield c
+
+
+def configmaps(api: RunningApiServer) -> Kind:
+    return api.cluster.lookup("", "v1", "configmaps")
+
+
+def put(api: RunningApiServer, name: str, namespace: str = "default", **extra: Any) -> Obj:
+    """Create a ConfigMap straight in the emulator's state (synchronously, no HTTP)."""
+    return api.cluster.create(configmaps(api), "v1", namespace, cm(name, namespace, **extra))
+
+
+def patch(api: RunningApiServer, name: str, body: Obj, namespace: str = "default") -> Obj:
+    return api.cluster.patch(configmaps(api), "v1", namespace, name, MERGE, orjson.dumps(body))
+
+
+def remove(api: RunningApiServer, name: str, namespace: str = "default") -> None:
+    api.cluster.delete(configmaps(api), "v1", namespace, name)
+
+
+def rv(obj: Obj) -> str:
+    return str(obj["metadata"]["resourceVersion"])
+
+
+async def mark(client: KubeClient, recorder: Recorder, name: str) -> Obj:
+    """Create an object over HTTP and wait until the informer delivered it: proof its watch is live."""
+    created = await client.create(CONFIG_MAP, cm(name))
+    await recorder.wait_event("add", f"default/{name}")
+    return created
+
+
+# ---------------------------------------------------------------------------------------------- listing
+async def test_initial_list_is_paginated_and_delivered_as_initial_adds(
+    api: RunningApiServer, spy: SpyClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(informer_mod, "PAGE_SIZE", 3)
+    for i in range(7):
+        put(api, f"c{i}")
+    informer = Informer(spy, CONFIG_MAP, "default")
+    recorder = Recorder()
+    informer.add_handler(recorder)
+    assert not informer.has_synced
+    async with running(informer):
+        assert informer.has_synced
+        assert sorted(recorder.keys("add")) == [f"default/c{i}" for i in range(7)]
+        assert all(initial is True for _, _, _, initial in recorder.of("add"))
+        assert sorted(informer.store.list_keys()) == [f"default/c{i}" for i in range(7)]
+        assert informer.last_sync_rv == str(api.cluster.rv)
+        # Three pages of 3: the first at resourceVersion "0" (any), the rest pinned by the continue token.
+        assert [p["limit"] for p in spy.pages] == [3, 3, 3]
+        assert spy.pages[0]["resource_version"] == "0" and spy.pages[0]["continue_"] is None
+        assert all(p["continue_"] and p["resource_version"] is None for p in spy.pages[1:])
+        assert informer.relists == 1
+
+
+async def test_watch_delivers_adds_updates_and_deletes(api: RunningApiServer, client: KubeClient) -> None:
+    put(api, "pre")
+    informer = Informer(client, CONFIG_MAP, "default")
+    recorder = Recorder()
+    informer.add_handler(recorder)
+    async with running(informer):
+        created = await client.create(CONFIG_MAP, cm("new"))
+        _, _, added, initial = await recorder.wait_event("add", "default/new")
+        assert initial is False and rv(added) == rv(created)
+        assert informer.store.get("default/new") is added
+
+        updated = await client.merge_patch(CONFIG_MAP, "new", {"data": {"k": "v2"}}, "default")
+        _, _, old, new = await recorder.wait_event("update", "default/new")
+        assert old is added  # the previously cached object
+        assert new["data"] == {"k": "v2"} and rv(new) == rv(updated)
+        assert informer.store.get("default/new") is new
+
+        await client.delete(CONFIG_MAP, "new", "default")
+        _, _, gone, state_unknown = await recorder.wait_event("delete", "default/new")
+        assert state_unknown is False
+        assert gone["data"] == {"k": "v2"}  # the last state of the object
+        assert "default/new" not in informer.store
+        assert "default/pre" in informer.store
+        assert informer.last_sync_rv == rv(gone)
+        assert informer.relists == 1
+
+
+async def test_managed_fields_are_stripped_by_default(api: RunningApiServer, client: KubeClient) -> None:
+    await client.create(CONFIG_MAP, cm("listed"))
+    stripped = Informer(client, CONFIG_MAP, "default")
+    raw = Informer(client, CONFIG_MAP, "default", transform=None)
+    seen, seen_raw = Recorder(), Recorder()
+    stripped.add_handler(seen)
+    raw.add_handler(seen_raw)
+    async with running(stripped, raw):
+        await client.create(CONFIG_MAP, cm("watched"))
+        await seen.wait_event("add", "default/watched")
+        await seen_raw.wait_event("add", "default/watched")
+    # The emulator does send managedFields (the untransformed informer keeps them) ...
+    assert all("managedFields" in e[2]["metadata"] for e in seen_raw.of("add"))
+    # ... and the default transform drops them from both the list and the watch.
+    assert len(seen.of("add")) == 2
+    assert all("managedFields" not in e[2]["metadata"] for e in seen.of("add"))
+    assert all("managedFields" not in o["metadata"] for o in stripped.store.values())
+
+
+async def test_has_synced_and_wait_synced(api: RunningApiServer) -> None:
+    """Synced once the first list is in the cache; waiters are released then (the list is held back here)."""
+    async with fast_client(api.url) as client:
+        slow = api.faults.add(FaultRule(method="GET", path="/configmaps$", status=0, latency=0.3, count=1))
+        informer = Informer(client, CONFIG_MAP, "default")
+        waited = anyio.Event()
+
+        async def waiter() -> None:
+            await informer.wait_synced()
+            waited.set()
+
+        async with running(informer, sync=False) as tg:
+            tg.start_soon(waiter)
+            await eventually(lambda: slow.hits == 1)
+            assert not informer.has_synced and not waited.is_set()
+            with anyio.fail_after(DEADLINE):
+                await waited.wait()
+            assert informer.has_synced
+
+
+# ---------------------------------------------------------------------------------------------- watching
+async def test_resume_after_dropped_watch_without_relist_or_missed_events(
+    api: RunningApiServer, client: KubeClient
+) -> None:
+    put(api, "a")
+    put(api, "b")
+    informer = Informer(client, CONFIG_MAP, "default")
+    recorder = Recorder()
+    informer.add_handler(recorder)
+    async with running(informer):
+        await mark(client, recorder, "marker")
+        watches = informer.watches
+        assert api.cluster.drop_watches() == 1
+        # While the informer is away (nothing can run before the next await):
+        put(api, "c")
+        patch(api, "a", {"data": {"k": "changed"}})
+        remove(api, "b")
+        await recorder.wait_event("add", "default/c")
+        _, _, _, new = await recorder.wait_event("update", "default/a")
+        _, _, _, state_unknown = await recorder.wait_event("delete", "default/b")
+        assert new["data"] == {"k": "changed"}
+        assert state_unknown is False  # replayed from the watch history, not found missing by a relist
+        assert informer.relists == 1
+        assert informer.watches == watches + 1
+        assert sorted(informer.store.list_keys()) == ["default/a", "default/c", "default/marker"]
+
+
+async def test_bookmarks_advance_the_resume_point_in_quiet_periods(
+    api: RunningApiServer, client: KubeClient
+) -> None:
+    informer = Informer(client, CONFIG_MAP, "default")
+    recorder = Recorder()
+    informer.add_handler(recorder)
+    async with running(informer):
+        await mark(client, recorder, "marker")
+        before = informer.last_sync_rv
+        secrets = api.cluster.lookup("", "v1", "secrets")
+        for i in range(3):  # other kinds move the resourceVersion; nothing this informer watches changes
+            api.cluster.create(secrets, "v1", "default", {"metadata": {"name": f"s{i}"}})
+        target = str(api.cluster.rv)
+        assert int(target) > int(before)
+        await eventually(lambda: informer.last_sync_rv == target, what="a bookmark at the latest RV")
+        assert len(recorder.events) == 1  # bookmarks are not delivered to handlers
+        # Because of the bookmark the informer can resume after its history is compacted: no 410, no relist.
+        api.cluster.compact()
+        api.cluster.drop_watches()
+        await mark(client, recorder, "after")
+        assert informer.relists == 1
+
+
+async def test_410_relists_and_reconciles_what_changed_while_away(
+    api: RunningApiServer, spy: SpyClient, backoff: type[RecordingBackoff]
+) -> None:
+    for name in ("a", "b", "c"):
+        put(api, name)
+    informer = Informer(spy, CONFIG_MAP, "default")
+    recorder = Recorder()
+    informer.add_handler(recorder)
+    async with running(informer):
+        list_rv = informer.last_sync_rv
+        await mark(spy, recorder, "marker")
+        cached_a = informer.store.get("default/a")
+        resume_rv = informer.last_sync_rv
+        assert int(resume_rv) > int(list_rv)
+        seen = len(recorder.events)
+        # While away: a is deleted, b changed, d added; then the history is compacted past the resume point.
+        api.cluster.drop_watches()
+        remove(api, "a")
+        patch(api, "b", {"data": {"k": "changed"}})
+        put(api, "d")
+        api.cluster.compact()
+
+        await recorder.wait_for(lambda r: len(r.events) >= seen + 3)
+        missed = recorder.events[seen:]
+        assert [(e[0], e[1]) for e in missed] == [
+            ("delete", "default/a"),  # deletions first, as client-go's atomic Replace delivers them
+            ("update", "default/b"),
+            ("add", "default/d"),
+        ]
+        _, _, last_known, state_unknown = missed[0]
+        assert state_unknown is True
+        assert last_known is cached_a  # the last state the cache knew
+        assert missed[1][3]["data"] == {"k": "changed"}
+        assert missed[2][3] is False  # not in the initial list
+        assert informer.relists == 2
+        assert len(backoff.delays) == 1  # the relist came after a backoff
+        # The relist asked for "not older than" the last RV seen (from the watch), not the old list's RV.
+        relist_page = spy.pages[-1]
+        assert relist_page["resource_version"] == resume_rv
+        assert sorted(informer.store.list_keys()) == ["default/b", "default/c", "default/d", "default/marker"]
+        await mark(spy, recorder, "after")  # and watching goes on
+        assert not any(e[1] == "default/c" for e in recorder.events[seen:])  # unchanged: not redelivered
+
+
+async def test_an_expired_relist_falls_back_to_a_consistent_read(
+    api: RunningApiServer, spy: SpyClient, backoff: type[RecordingBackoff]
+) -> None:
+    informer = Informer(spy, CONFIG_MAP, "default")
+    recorder = Recorder()
+    informer.add_handler(recorder)
+    async with running(informer):
+        await mark(spy, recorder, "marker")
+        resume_rv = informer.last_sync_rv
+        pages = len(spy.pages)
+        # The re-watch fails with a 500 (-> relist); that relist is told its resourceVersion is too old.
+        api.faults.add(FaultRule(method="GET", path="/configmaps$", status=500, count=1))
+        api.faults.add(FaultRule(method="GET", path="/configmaps$", status=410, count=1))
+        api.cluster.drop_watches()
+        await eventually(lambda: informer.relists == 2)
+        assert [p["resource_version"] for p in spy.pages[pages:]] == [resume_rv, ""]
+        await mark(spy, recorder, "after")
+
+
+async def test_a_very_short_empty_watch_means_relist(real_backoff: type[RecordingBackoff]) -> None:
+    async with (
+        running_apiserver(bookmark_interval=0) as api,  # no bookmarks: a fresh watch stays empty
+        fast_client(api.url) as client,
+    ):
+        api.cluster.ensure_namespace("default")
+        clock = FakeClock()  # frozen: any watch is "shorter than a second"
+        informer = Informer(client, CONFIG_MAP, "default", clock=clock)
+        async with running(informer):
+            await eventually(lambda: len(list(api.cluster.open_watches())) == 1)
+            api.cluster.drop_watches()  # closed with zero events
+            await eventually(lambda: clock.sleepers == 1, what="the informer backing off")
+            assert informer.relists == 1
+            clock.advance(real_backoff.delays[-1])
+            await eventually(lambda: informer.relists == 2)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+async def test_list_errors_back_off_with_growing_delays(
+    api: RunningApiServer, real_backoff: type[RecordingBackoff]
+) -> None:
+    async with fast_client(api.url, max_throttle_retries=0) as client:
+        failed = api.faults.add(FaultRule(method="GET", path="/configmaps$", status=500, count=1))
+        throttled = api.faults.add(FaultRule(method="GET", path="/configmaps$", status=429, count=1))
+        clock = FakeClock()
+        informer = Informer(client, CONFIG_MAP, "default", clock=clock)
+        async with running(informer, sync=False):
+            await eventually(lambda: clock.sleepers == 1 and failed.hits == 1)
+            assert not informer.has_synced
+            assert len(real_backoff.delays) == 1 and 0.8 <= real_backoff.delays[0] < 1.6
+            clock.advance(real_backoff.delays[0] - 0.01)
+            assert throttled.hits == 0  # still backing off
+            clock.advance(0.02)
+            await eventually(lambda: throttled.hits == 1 and clock.sleepers == 1)
+            assert not informer.has_synced
+            assert len(real_backoff.delays) == 2 and 1.6 <= real_backoff.delays[1] < 3.2
+            clock.advance(real_backoff.delays[1])
+            with anyio.fail_after(DEADLINE):
+                await informer.wait_synced()
+            assert informer.relists == 1
+
+
+async def test_watch_429_rewatches_after_backoff_but_500_relists(
+    api: RunningApiServer, real_backoff: type[RecordingBackoff]
+) -> None:
+    async with fast_client(api.url, max_throttle_retries=0) as client:
+        clock = FakeClock()
+        informer = Informer(client, CONFIG_MAP, "default", clock=clock)
+        recorder = Recorder()
+        informer.add_handler(recorder)
+        async with running(informer):
+            await mark(client, recorder, "marker")
+
+            throttled = api.faults.add(FaultRule(method="GET", path="/configmaps$", status=429, count=1))
+            api.cluster.drop_watches()
+            await eventually(lambda: throttled.hits == 1 and clock.sleepers == 1)
+            put(api, "while-throttled")
+            clock.advance(real_backoff.delays[-1])
+            await recorder.wait_event("add", "default/while-throttled")
+            assert informer.relists == 1  # re-watched from the same resourceVersion
+
+            failed = api.faults.add(FaultRule(method="GET", path="/configmaps$", status=500, count=1))
+            api.cluster.drop_watches()
+            await eventually(lambda: failed.hits == 1 and clock.sleepers == 1)
+            assert informer.relists == 1
+            clock.advance(real_backoff.delays[-1])
+            await eventually(lambda: informer.relists == 2)
+            await mark(client, recorder, "after")
+            assert len(real_backoff.delays) == 2
+            assert 1.6 <= real_backoff.delays[1] < 3.2  # the second failure in a row waits longer
+
+
+async def test_a_failing_handler_does_not_stall_the_others(
+    api: RunningApiServer, client: KubeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    put(api, "a")
+    calls: list[str] = []
+
+    def boom(*args: Any) -> None:
+        calls.append("call")
+        raise RuntimeError("handler bug")
+
+    informer = Informer(client, CONFIG_MAP, "default")
+    informer.add_handler(FuncHandler(boom, boom, boom))
+    recorder = Recorder()
+    informer.add_handler(recorder)
+    with caplog.at_level(logging.ERROR, logger="service.runtime.informer"):
+        async with running(informer):
+            await client.create(CONFIG_MAP, cm("b"))
+            await client.merge_patch(CONFIG_MAP, "b", {"data": {"k": "2"}}, "default")
+            await client.delete(CONFIG_MAP, "b", "default")
+            await recorder.wait_event("delete", "default/b")
+    assert [e[0] for e in recorder.events] == ["add", "add", "update", "delete"]
+    assert len(calls) == 4  # the failing handler was still called for every event
+    assert sum("event handler failed" in r.getMessage() for r in caplog.records) == 4
+
+
+# ---------------------------------------------------------------------------------------------- resync, handlers
+async def test_resync_redelivers_every_cached_object_as_an_update(
+    api: RunningApiServer, client: KubeClient
+) -> None:
+    put(api, "a")
+    put(api, "b")
+    clock = FakeClock()
+    informer = Informer(client, CONFIG_MAP, "default", resync_period=30.0, clock=clock)
+    recorder = Recorder()
+    informer.add_handler(recorder)
+    async with running(informer):
+        await eventually(lambda: clock.sleepers == 1, what="the resync timer")
+        clock.advance(29.0)
+        assert recorder.of("update") == []
+        clock.advance(1.0)
+        await recorder.wait_for(lambda r: len(r.of("update")) == 2)
+        for _, key, old, new in recorder.of("update"):
+            assert old is new is informer.store.get(key)  # same object, same resourceVersion
+        await eventually(lambda: clock.sleepers == 1)
+        clock.advance(30.0)
+        await recorder.wait_for(lambda r: len(r.of("update")) == 4)
+        assert sorted(recorder.keys("update")) == ["default/a"] * 2 + ["default/b"] * 2
+        assert informer.relists == 1  # resync is local: nothing was listed again
+
+
+async def test_a_handler_added_after_sync_gets_synthetic_adds(
+    api: RunningApiServer, client: KubeClient
+) -> None:
+    put(api, "a")
+    put(api, "b")
+    informer = Informer(client, CONFIG_MAP, "default")
+    async with running(informer):
+        late = Recorder()
+        informer.add_handler(late)
+        assert sorted((e[1], e[3]) for e in late.events) == [("default/a", True), ("default/b", True)]
+        await client.create(CONFIG_MAP, cm("c"))
+        _, _, _, initial = await late.wait_event("add", "default/c")
+        assert initial is False
+
+
+async def test_an_index_added_to_a_running_informer(api: RunningApiServer, client: KubeClient) -> None:
+    put(api, "a", metadata={"labels": {"team": "red"}})
+    informer = Informer(client, CONFIG_MAP, "default")
+    recorder = Recorder()
+    informer.add_handler(recorder)
+    async with running(informer):
+        informer.add_indexer("team", by_label("team"))
+        informer.add_indexer("team", by_label("other"))  # already there: kept as it is
+        assert informer.store.index_keys("team", "red") == ["default/a"]
+        await client.create(CONFIG_MAP, cm("b", metadata={"labels": {"team": "red"}}))
+        await recorder.wait_event("add", "default/b")
+        assert informer.store.index_keys("team", "red") == ["default/a", "default/b"]
+
+
+# ---------------------------------------------------------------------------------------------- factory
+async def test_factory_shares_informers_by_resource_namespace_and_selector(client: KubeClient) -> None:
+    clock = FakeClock()
+    factory = InformerFactory(client, clock=clock, resync_period=60.0)
+    shared = factory.get(CONFIG_MAP)
+    assert factory.get(CONFIG_MAP) is shared
+    assert factory.get(CONFIG_MAP, None, None) is shared
+    assert factory.get(CONFIG_MAP, "ns1") is not shared
+    assert factory.get(CONFIG_MAP, label_selector="app=x") is not shared
+    assert factory.get(SECRET) is not shared
+    assert factory.get(NAMESPACE, "ignored") is factory.get(NAMESPACE)  # cluster-scoped: no namespace
+    assert factory.get(NAMESPACE).namespace is None
+    assert len(factory.informers) == 5
+    assert shared.clock is clock and shared.resync_period == 60.0
+    assert factory.informers_for(CONFIG_MAP) == [shared]  # no namespaces: one informer for all
+    assert not factory.has_synced
+    assert "configmaps@*" in factory.unsynced()
+
+
+async def test_factory_namespaces_scope_the_informers(api: RunningApiServer, client: KubeClient) -> None:
+    for ns in ("a", "b", "c"):
+        api.cluster.ensure_namespace(ns)
+        put(api, f"in-{ns}", ns)
+    factory = InformerFactory(client, namespaces=("a", "b"))
+    scoped = factory.informers_for(CONFIG_MAP)
+    assert [i.namespace for i in scoped] == ["a", "b"]
+    assert factory.informers_for(CONFIG_MAP) == scoped
+    namespaces = factory.informers_for(NAMESPACE)  # cluster-scoped: one, over everything
+    assert [i.namespace for i in namespaces] == [None]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(factory.run)
+        await eventually(lambda: factory.has_synced)
+        assert factory.unsynced() == []
+        assert scoped[0].store.list_keys() == ["a/in-a"]
+        assert scoped[1].store.list_keys() == ["b/in-b"]
+        assert {"a", "b", "c", "default"} <= set(namespaces[0].store.list_keys())
+        with pytest.raises(RuntimeError, match="after the factory started"):
+            factory.get(SECRET)
+        assert factory.get(CONFIG_MAP, "a") is scoped[0]  # existing ones are still handed out
+        tg.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------------------------- backoff
+def test_backoff_doubles_with_full_jitter_up_to_the_cap() -> None:
+    clock = FakeClock()
+    backoff = Backoff(clock, rng=random.Random(7))
+    delays = [backoff.next() for _ in range(10)]
+    for delay, base in zip(delays, [0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30, 30, 30, 30], strict=True):
+        assert base <= delay < 2 * base
+
+
+def test_backoff_without_jitter_and_its_reset_after_two_calm_minutes() -> None:
+    clock = FakeClock()
+    backoff = Backoff(clock, jitter=0.0)
+    assert [backoff.next() for _ in range(8)] == pytest.approx([0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30, 30])
+    clock.advance(120.0)
+    assert backoff.next() == 30  # exactly two minutes is not "more than"
+    clock.advance(120.1)
+    assert [backoff.next() for _ in range(2)] == pytest.approx([0.8, 1.6])
