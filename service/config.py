@@ -87,11 +87,13 @@ def positive_float(value: Any) -> float:
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_PLAIN_NUMBER = re.compile(r"[-+]?(\d+(?:\.\d*)?|\.\d+)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def duration(value: Any) -> float:
-    """Seconds from a Go duration string (``30s``, ``1m30s``, ``-1s``) or a plain number of seconds."""
+    """Seconds from a Go duration string (``30s``, ``1m30s``, ``-1s``) or a plain number of seconds (``30``,
+    from YAML, the environment or a flag alike)."""
     if isinstance(value, bool) or value is None:
         raise ValueError(f"expected a duration such as 30s or 1m30s, got {value!r}")
     if isinstance(value, int | float):
@@ -99,6 +101,8 @@ def duration(value: Any) -> float:
             raise ValueError(f"expected a finite duration, got {value!r}")
         return float(value)
     text = str(value).strip()
+    if _PLAIN_NUMBER.fullmatch(text):  # seconds, as a bare YAML number (and as docs/configuration.md says)
+        return float(text)
     sign = -1.0 if text.startswith("-") else 1.0
     body = text[1:] if text[:1] in ("-", "+") else text  # one sign at most, as Go's ParseDuration
     if body == "0":
@@ -144,6 +148,20 @@ def one_of(*choices: str) -> Parser:
     _CHOICES[parse] = choices
     return parse
 
+
+# zap's levels, as Korifi's logLevel may spell them; the ones above error all print as error here.
+_ZAP_LEVELS = {"dpanic": "error", "panic": "error", "fatal": "error"}
+
+
+def log_level(value: Any) -> str:
+    text = string(value).strip().lower()
+    text = _ZAP_LEVELS.get(text, text)
+    if text not in LEVELS:
+        raise ValueError(f"expected one of {', '.join(LEVELS)}, got {value!r}")
+    return text
+
+
+_CHOICES[log_level] = LEVELS
 
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
@@ -306,7 +324,9 @@ class Config:
         env="KUBE_API_QPS",
     )
     kube_api_burst: int = setting("kubeAPIBurst", 30, positive_int, "client-side request burst to the API")
-    log_level: str = setting("logLevel", "info", one_of(*LEVELS), "least important log level printed")
+    log_level: str = setting(
+        "logLevel", "info", log_level, "least important log level printed (zap's names, any case)"
+    )
     log_format: str = setting("logFormat", "json", one_of(*FORMATS), "json (zap fields) or text")
 
 
@@ -505,7 +525,7 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
 def validate(config: Config, sources: Mapping[str, str] | None = None) -> None:
     """Rules across settings (client-go's leader-election rules: the lease outlives the renew deadline,
     which outlasts a jittered retry)."""
-    if not config.lease_duration > config.renew_deadline > 1.2 * config.retry_period:
+    if config.leader_elect and not config.lease_duration > config.renew_deadline > 1.2 * config.retry_period:
         sources = sources or {}
         got = ", ".join(
             f"{key} {format_duration(getattr(config, SETTINGS[key].name))} ({sources.get(key, 'default')})"

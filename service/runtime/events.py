@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,34 +79,57 @@ class EventRecorder:
         self.client = client
         self.component = component
         self.instance = instance
-        self._send, self._receive = anyio.create_memory_object_stream[_Pending](buffer)
+        # A plain deque, not an anyio memory stream: a recorder that is never run or closed (a manager
+        # built and dropped) must not leave an unclosed stream behind to warn at garbage collection.
+        self._buffer: deque[_Pending] = deque()
+        self._capacity = buffer
+        self._wakeup: anyio.Event | None = None
+        self._closed = False
         self._seen: OrderedDict[tuple[str, ...], _Seen] = OrderedDict()
         self.dropped = 0
         self.written = 0
 
     def record(self, obj: Obj, type_: str, reason: str, message: str) -> None:
         """Queue an event about ``obj`` (``Normal`` or ``Warning``); returns at once."""
+        if type_ not in (NORMAL, WARNING):  # client-go drops these too; the API server would refuse them
+            log.error("dropping event of unsupported type", extra={"type": type_, "reason": reason})
+            return
         if len(message) > MAX_MESSAGE:
             message = message[: MAX_MESSAGE - 3] + "..."
-        try:
-            self._send.send_nowait(_Pending(involved_object(obj), type_, reason, message, time.time()))
-        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+        if self._closed or len(self._buffer) >= self._capacity:
             if self.dropped == 0:
                 log.warning("event buffer full or closed: dropping events", extra={"reason": reason})
             self.dropped += 1
+            return
+        self._buffer.append(_Pending(involved_object(obj), type_, reason, message, time.time()))
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def run(self) -> None:
-        """Write queued events until cancelled."""
-        async with self._receive:
-            async for pending in self._receive:
-                try:
-                    await self._write(pending)
-                    self.written += 1
-                except errors.ApiError as exc:
-                    log.info("could not write event: %s", exc, extra={"reason": pending.reason})
+        """Write queued events until cancelled, or until ``close`` and the buffer is empty."""
+        try:
+            while True:
+                while self._buffer:
+                    pending = self._buffer.popleft()
+                    try:
+                        await self._write(pending)
+                        self.written += 1
+                    except errors.ApiError as exc:
+                        log.info("could not write event: %s", exc, extra={"reason": pending.reason})
+                    except Exception:  # events are advisory: a bug must not stop the writer (and the manager)
+                        log.exception("could not write event", extra={"reason": pending.reason})
+                if self._closed:
+                    return
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+        finally:
+            self._closed = True  # no writer any more: later events are dropped, not queued for no one
 
     def close(self) -> None:
-        self._send.close()
+        """Take no more events; ``run`` returns once it has written those already queued."""
+        self._closed = True
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def _write(self, p: _Pending) -> None:
         seen = self._seen.get(p.key)

@@ -2,7 +2,11 @@
 or aligned text for a human at a terminal.
 
 Context travels as ``extra=`` fields on the standard ``logging`` calls (``controller``, ``namespace``,
-``name``, ``reconcileID``, ...); both formats print every such field.
+``reconcileID``, ...); both formats print every such field. ``logging`` refuses an ``extra`` key that is a
+``LogRecord`` attribute (``name``, ``msg``, ``args``, ``module``, ...: KeyError), so such a field is passed
+with a trailing underscore and printed without it: ``extra={"name_": "w-1"}`` prints ``name``, as
+controller-runtime's ``name`` key. The four zap keys (``level``, ``ts``, ``logger``, ``msg``) always win
+over a field of the same name.
 """
 
 from __future__ import annotations
@@ -31,7 +35,14 @@ def _timestamp(created: float) -> str:
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+    out: dict[str, Any] = {}
+    for key, value in record.__dict__.items():
+        if key in _STANDARD or key.startswith("_"):
+            continue
+        if key.endswith("_") and key[:-1] in _STANDARD:
+            key = key[:-1]  # ``name_`` → ``name``: see the module docstring
+        out[key] = value
+    return out
 
 
 def _level(record: logging.LogRecord) -> str:
@@ -46,11 +57,19 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update(_fields(record))
+        for key, value in _fields(record).items():
+            entry.setdefault(key, value)
         if record.exc_info and record.exc_info[1] is not None:
             entry["error"] = str(record.exc_info[1]) or type(record.exc_info[1]).__name__
             entry["stacktrace"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        elif record.stack_info:
+            entry["stacktrace"] = record.stack_info
+        try:
+            return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # orjson.JSONEncodeError is one
+            # A field orjson cannot write (an int beyond 64 bits, a nested oddity): print it as text rather
+            # than lose the line to logging's "--- Logging error ---".
+            return orjson.dumps({k: v if isinstance(v, str) else repr(v) for k, v in entry.items()}).decode()
 
 
 class TextFormatter(logging.Formatter):
@@ -61,6 +80,8 @@ class TextFormatter(logging.Formatter):
             line += f"  {fields}"
         if record.exc_info and record.exc_info[1] is not None:
             line += "\n" + self.formatException(record.exc_info)
+        elif record.stack_info:
+            line += "\n" + record.stack_info
         return line
 
 
@@ -76,6 +97,7 @@ def setup_logging(level: str = "info", fmt: str = "json", stream: TextIO | None 
     """Route every logger to one handler on stderr (or ``stream``) in the chosen format."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown log format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    python_level(level)  # validate before anything changes
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

@@ -50,6 +50,8 @@ class Checks:
         return {name: why for name in sorted(self.checks) if (why := self.run(name)) is not None}
 
     async def aggregate(self, request: web.Request) -> web.Response:
+        if not self.checks:  # controller-runtime serves a kind of check only once one was added
+            return web.Response(status=404, text="404 page not found\n", headers=TEXT_HEADERS)
         excluded = set(request.query.getall("exclude", []))
         lines, failed = [], False
         for name in sorted(self.checks):
@@ -67,7 +69,7 @@ class Checks:
         if not failed and "verbose" not in request.query:
             return web.Response(status=200, text="ok", headers=TEXT_HEADERS)
         if excluded:
-            quoted = ", ".join(f'"{name}"' for name in sorted(excluded))
+            quoted = ",".join(f'"{name}"' for name in sorted(excluded))  # Go's formatQuoted
             lines.append(f"warn: some health checks cannot be excluded: no matches for {quoted}")
         lines.append("healthz check failed" if failed else "healthz check passed")
         return web.Response(status=500 if failed else 200, text="\n".join(lines) + "\n", headers=TEXT_HEADERS)
@@ -94,11 +96,12 @@ class LoopMonitor:
     come and go between probes, and says how long the last one was.
     """
 
-    def __init__(self, interval: float = 0.5, threshold: float = 5.0, memory: float = 60.0) -> None:
+    def __init__(self, interval: float = 0.5, threshold: float = 5.0, memory: float = 15.0) -> None:
         self.interval, self.threshold, self.memory = interval, threshold, memory
         self.last_tick = time.monotonic()
         self.worst_lag = 0.0
         self._stall_at: float | None = None
+        self._stall_lag = 0.0
 
     async def run(self) -> None:
         while True:
@@ -109,6 +112,7 @@ class LoopMonitor:
             self.worst_lag = max(self.worst_lag, lag)
             if lag > self.threshold:
                 self._stall_at = self.last_tick
+                self._stall_lag = lag
                 log.warning("event loop stalled", extra={"seconds": round(lag, 3)})
 
     def check(self) -> str | None:
@@ -116,7 +120,7 @@ class LoopMonitor:
         if now - self.last_tick > self.threshold + self.interval:
             return f"event loop monitor has not run for {now - self.last_tick:.1f} s"
         if self._stall_at is not None and now - self._stall_at < self.memory:
-            return f"event loop stalled {now - self._stall_at:.0f} s ago (worst lag {self.worst_lag:.1f} s)"
+            return f"event loop stalled for {self._stall_lag:.1f} s, {now - self._stall_at:.0f} s ago"
         return None
 
 
@@ -132,13 +136,23 @@ class BindAddress:
         if value in ("", "0"):
             return None
         host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or int(port) > 65535:
+        bracketed = host.startswith("[") and host.endswith("]")
+        if bracketed:
+            host = host[1:-1]
+        if (
+            not sep
+            or not (port.isascii() and port.isdigit())
+            or int(port) > 65535
+            or "[" in host
+            or "]" in host
+            or (":" in host and not bracketed)  # an IPv6 host needs brackets, as in Go
+        ):
             raise ValueError(f"bind address {value!r} is not host:port (e.g. :8080 or 127.0.0.1:8080)")
-        host = host.strip("[]")
         return cls(host or None, int(port))
 
     def __str__(self) -> str:
-        return f"{self.host or ''}:{self.port}"
+        host = self.host or ""
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
 
 @dataclass
@@ -187,7 +201,8 @@ class Sidecar:
                     ports["probes"] = port
                     roles.append("probes")
                 log.info(
-                    "serving", extra={"address": f"{address.host or ''}:{port}", "serves": "+".join(roles)}
+                    "serving",
+                    extra={"address": str(BindAddress(address.host, port)), "serves": "+".join(roles)},
                 )
             yield ports
         finally:

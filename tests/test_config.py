@@ -1,0 +1,644 @@
+"""The configuration table: value parsers, the file / environment / flag sources and their precedence,
+Korifi's shared config file, one-line errors, and the ``run`` command's exit on a bad configuration."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service import config
+from service.config import Config, ConfigError, Loaded
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="test", exit_on_error=False)
+    config.add_flags(p)
+    return p
+
+
+def load(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Loaded:
+    """Load from flags and an explicit environment only (never the test process's own environment)."""
+    return config.load(parser().parse_args(argv or []), dict(environ or {}))
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(argv, environ)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    return message
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1m30s", 90.0),
+        ("500ms", 0.5),
+        ("30s", 30.0),
+        ("1h", 3600.0),
+        ("1.5h", 5400.0),
+        (".5s", 0.5),
+        ("2h45m", 9900.0),
+        ("1h2m3s4ms5us6ns", 3723.004005006),
+        ("3µs", 3e-6),  # MICRO SIGN
+        ("3μs", 3e-6),  # GREEK SMALL LETTER MU: Go accepts both
+        ("0", 0.0),
+        ("-0", 0.0),
+        ("-1s", -1.0),
+        ("+2s", 2.0),
+        ("-1m30s", -90.0),
+        (" 10s ", 10.0),
+        (30, 30.0),  # a bare number is seconds, from YAML ...
+        (1.5, 1.5),
+        ("30", 30.0),  # ... or as text from the environment or a flag
+        ("-1", -1.0),
+        ("2.5", 2.5),
+    ],
+)
+def test_duration_parses_go_durations(text: Any, seconds: float) -> None:
+    assert config.duration(text) == pytest.approx(seconds, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["abc", "", "-", "s", "1 s", "1.2.3", "--1", "1m 30s", "1x", "1s2", "--1s", "+-1s", "1d", "1e3s", "ms5",
+     True, None, float("nan"), float("inf"), "9" * 400 + "h"],
+)  # fmt: skip
+def test_duration_rejects_what_go_rejects(text: Any) -> None:
+    with pytest.raises(ValueError):
+        config.duration(text)
+
+
+@given(st.integers(0, 100), st.integers(0, 59), st.integers(0, 59), st.integers(0, 999), st.booleans())
+def test_duration_sums_its_parts(hours: int, minutes: int, seconds: int, millis: int, negative: bool) -> None:
+    text = f"{'-' if negative else ''}{hours}h{minutes}m{seconds}s{millis}ms"
+    expected = (hours * 3600 + minutes * 60 + seconds + millis / 1000) * (-1 if negative else 1)
+    assert config.duration(text) == pytest.approx(expected, abs=1e-9)
+    assert config.duration(config.format_duration(expected)) == pytest.approx(expected, abs=1e-9)
+
+
+def test_duration_sign_rules() -> None:
+    assert config.non_negative_duration("0") == 0.0
+    assert config.non_negative_duration("1s") == 1.0
+    with pytest.raises(ValueError, match="negative"):
+        config.non_negative_duration("-1s")
+    assert config.positive_duration("1ms") == 0.001
+    for bad in ("0", "0s", "-1s"):
+        with pytest.raises(ValueError, match="more than 0"):
+            config.positive_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(True, True), (False, False), ("true", True), ("True", True), ("1", True), ("yes", True), ("on", True),
+     ("false", False), ("FALSE", False), ("0", False), ("no", False), ("off", False), (" true ", True)],
+)  # fmt: skip
+def test_boolean(value: Any, expected: bool) -> None:
+    assert config.boolean(value) is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", "", "2", None, "truee"])
+def test_boolean_rejects(value: Any) -> None:
+    with pytest.raises(ValueError, match="expected true or false"):
+        config.boolean(value)
+
+
+def test_numbers() -> None:
+    assert config.positive_int("3") == 3
+    assert config.positive_int(7) == 7
+    assert config.positive_int(" 4 ") == 4
+    for bad in ("0", 0, "-1", "1.5", 2.5, "abc", "", True, None):
+        with pytest.raises(ValueError):
+            config.positive_int(bad)
+    assert config.positive_float("0.5") == 0.5
+    assert config.positive_float(10) == 10.0
+    assert config.positive_float("1e3") == 1000.0
+    for bad in ("0", "-1", "nan", "abc", "", True, None):
+        with pytest.raises(ValueError):
+            config.positive_float(bad)
+
+
+def test_strings_and_choices() -> None:
+    assert config.string("x") == "x"
+    assert config.string(12) == "12"
+    for bad in (None, True, {"a": 1}, [1]):
+        with pytest.raises(ValueError, match="expected a string"):
+            config.string(bad)
+    assert config.optional_string("") is None
+    assert config.optional_string(None) is None
+    assert config.optional_string("k") == "k"
+    level = config.one_of("debug", "info")
+    assert level("info") == "info"
+    with pytest.raises(ValueError, match="expected one of debug, info, got 'loud'"):
+        level("loud")
+
+
+def test_namespace_names() -> None:
+    assert config.names(["a", "b"]) == ("a", "b")
+    assert config.names("a, b,,c ") == ("a", "b", "c")
+    assert config.names("") == ()
+    assert config.names(None) == ()  # `namespaces:` with no value in YAML
+    assert config.names(["a", "a", "b"]) == ("a", "b")
+    for bad in ({"a": 1}, 5, "Not_A_Namespace", "a" * 64, "-a", ["ok", None]):
+        with pytest.raises(ValueError):
+            config.names(bad)
+
+
+def test_bind_address_values() -> None:
+    assert config.bind_address(" :8080 ") == ":8080"
+    assert config.bind_address("0") == "0"
+    assert config.bind_address("") == ""
+    for bad in ("nonsense", ":99999", "8080", ":http"):
+        with pytest.raises(ValueError, match="not host:port"):
+            config.bind_address(bad)
+
+
+def test_every_default_parses_to_itself() -> None:
+    for f in fields(Config):
+        assert f.metadata["parse"](f.default) == f.default, f.metadata["key"]
+
+
+def test_flag_and_environment_names() -> None:
+    flags = [f.metadata["flag"] for f in fields(Config)]
+    envs = [config.env_name(key) for key in config.SETTINGS]
+    assert len(set(flags)) == len(flags) and len(set(envs)) == len(envs)
+    assert config.env_name("metricsBindAddress") == "KPACK_IMAGE_BUILDER_METRICS_BIND_ADDRESS"
+    assert config.env_name("leaderElectionID") == "KPACK_IMAGE_BUILDER_LEADER_ELECTION_ID"
+    assert config.env_name("kubeAPIQPS") == "KPACK_IMAGE_BUILDER_KUBE_API_QPS"
+    assert config.SETTINGS["kubeAPIQPS"].metadata["flag"] == "--kube-api-qps"
+    assert config.SETTINGS["kubeAPIBurst"].metadata["flag"] == "--kube-api-burst"
+    help_text = parser().format_help()
+    assert "--leader-elect [BOOL]" in help_text
+    assert "SETTING_" not in help_text  # every flag has a readable metavar
+    assert "KPACK_IMAGE_BUILDER_WORKERS" in help_text
+
+
+# ---------------------------------------------------------------------------------------------- sources
+def test_defaults_when_nothing_is_given() -> None:
+    loaded = load()
+    assert loaded.config == Config()
+    assert loaded.sources == {}
+    assert loaded.ignored_keys == []
+    assert loaded.config.metrics_bind_address == ":8080"
+    assert loaded.config.health_probe_bind_address == ":8081"
+    assert (loaded.config.lease_duration, loaded.config.renew_deadline, loaded.config.retry_period) == (
+        15.0,
+        10.0,
+        2.0,
+    )
+    assert loaded.config.graceful_shutdown_timeout == 30.0
+
+
+def test_precedence_flags_over_environment_over_file(tmp_path: Path) -> None:
+    file = write(
+        tmp_path / "config.yaml",
+        "workers: 2\nlogLevel: debug\nnamespaces: [from-file]\nleaderElect: true\nsyncPeriod: 1h\n",
+    )
+    environ = {
+        "KPACK_IMAGE_BUILDER_WORKERS": "3",
+        "KPACK_IMAGE_BUILDER_LOG_LEVEL": "warn",
+        "KPACK_IMAGE_BUILDER_NAMESPACES": "env-a,env-b",
+    }
+    argv = ["--config", str(file), "--workers", "4", "--namespace", "flag-ns"]
+
+    loaded = load(argv, environ)
+    c = loaded.config
+    assert c.workers == 4  # flag beats environment and file
+    assert c.namespaces == ("flag-ns",)
+    assert c.log_level == "warn"  # environment beats file
+    assert c.leader_elect is True  # file beats default
+    assert c.sync_period == 3600.0
+    assert c.log_format == "json"  # default
+    assert loaded.sources == {
+        "workers": "flag --workers",
+        "namespaces": "flag --namespace",
+        "logLevel": "environment KPACK_IMAGE_BUILDER_LOG_LEVEL",
+        "leaderElect": f"config {file}",
+        "syncPeriod": f"config {file}",
+    }
+
+    # Peel the layers off one at a time.
+    c = load(["--config", str(file)], environ).config
+    assert (c.workers, c.namespaces, c.log_level) == (3, ("env-a", "env-b"), "warn")
+    c = load(["--config", str(file)]).config
+    assert (c.workers, c.namespaces, c.log_level) == (2, ("from-file",), "debug")
+
+
+def test_config_path_from_environment_and_flag_wins(tmp_path: Path) -> None:
+    env_file = write(tmp_path / "env.yaml", "workers: 6\n")
+    flag_file = write(tmp_path / "flag.yaml", "workers: 7\n")
+    environ = {"KPACK_IMAGE_BUILDER_CONFIG": str(env_file)}
+    assert load([], environ).config.workers == 6
+    assert load(["--config", str(flag_file)], environ).config.workers == 7
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        (["--leader-elect"], {}, True),  # no value: true, as Go's boolean flags
+        (["--leader-elect=false"], {}, False),
+        (["--leader-elect", "false"], {}, False),
+        (["--leader-elect=true"], {}, True),
+        ([], {"KPACK_IMAGE_BUILDER_LEADER_ELECT": "true"}, True),
+        (["--leader-elect=false"], {"KPACK_IMAGE_BUILDER_LEADER_ELECT": "true"}, False),
+        (["--leader-elect"], {"KPACK_IMAGE_BUILDER_LEADER_ELECT": "false"}, True),
+        ([], {}, False),
+    ],
+)
+def test_leader_elect_flag(argv: list[str], environ: dict[str, str], expected: bool) -> None:
+    assert load(argv, environ).config.leader_elect is expected
+
+
+def test_leader_elect_followed_by_another_flag() -> None:
+    c = load(["--leader-elect", "--namespace", "a"]).config
+    assert c.leader_elect is True
+    assert c.namespaces == ("a",)
+
+
+def test_repeatable_namespace_flag_and_comma_separated_environment() -> None:
+    assert load(["--namespace", "a", "--namespace", "b"]).config.namespaces == ("a", "b")
+    assert load([], {"KPACK_IMAGE_BUILDER_NAMESPACES": "x, y,,z"}).config.namespaces == ("x", "y", "z")
+    assert load([], {"KPACK_IMAGE_BUILDER_NAMESPACES": ""}).config.namespaces == ()
+
+
+def test_durations_read_alike_from_every_source(tmp_path: Path) -> None:
+    for text in ("syncPeriod: 30\n", 'syncPeriod: "30"\n', "syncPeriod: 30s\n", "syncPeriod: 0.5m\n"):
+        file = write(tmp_path / "c.yaml", text)
+        assert load(["--config", str(file)]).config.sync_period == 30.0, text
+    assert load([], {"KPACK_IMAGE_BUILDER_SYNC_PERIOD": "30"}).config.sync_period == 30.0
+    assert load(["--sync-period", "30"]).config.sync_period == 30.0
+    assert load(["--sync-period", "1m30s"]).config.sync_period == 90.0
+
+
+def test_negative_graceful_shutdown_timeout_means_no_limit() -> None:
+    # argparse takes "-1s" after a space for a flag of its own; the = form is how to pass it.
+    assert load(["--graceful-shutdown-timeout=-1s"]).config.graceful_shutdown_timeout == -1.0
+    environ = {"KPACK_IMAGE_BUILDER_GRACEFUL_SHUTDOWN_TIMEOUT": "-1s"}
+    assert load([], environ).config.graceful_shutdown_timeout == -1.0
+    assert load(["--graceful-shutdown-timeout", "1m30s"]).config.graceful_shutdown_timeout == 90.0
+
+
+def test_every_setting_from_every_source(tmp_path: Path) -> None:
+    """One value per setting, set once through each source: all of them reach the Config."""
+    values = {
+        "kubeconfig": ("/tmp/kc", "/tmp/kc"),
+        "metricsBindAddress": ("127.0.0.1:9090", "127.0.0.1:9090"),
+        "healthProbeBindAddress": ("0", "0"),
+        "leaderElect": ("true", True),
+        "leaderElectionID": ("my-lease", "my-lease"),
+        "leaderElectionNamespace": ("kube-system", "kube-system"),
+        "leaseDuration": ("30s", 30.0),
+        "renewDeadline": ("20s", 20.0),
+        "retryPeriod": ("5s", 5.0),
+        "workers": ("8", 8),
+        "gracefulShutdownTimeout": ("1m", 60.0),
+        "reconcileTimeout": ("500ms", 0.5),
+        "rateLimiter": ("classic", "classic"),
+        "syncPeriod": ("0", 0.0),
+        "kubeAPIQPS": ("50", 50.0),
+        "kubeAPIBurst": ("100", 100),
+        "logLevel": ("error", "error"),
+        "logFormat": ("text", "text"),
+    }
+    flag_argv: list[str] = ["--namespace", "ns-a"]
+    environ = {config.env_name("namespaces"): "ns-a"}
+    yaml_lines = ["namespaces: [ns-a]"]
+    for key, (text, _) in values.items():
+        flag_argv.append(f"{config.SETTINGS[key].metadata['flag']}={text}")
+        environ[config.env_name(key)] = text
+        yaml_lines.append(f"{key}: {text!r}")
+    file = write(tmp_path / "all.yaml", "\n".join(yaml_lines) + "\n")
+    assert set(values) | {"namespaces"} == set(config.SETTINGS)
+
+    for loaded in (load(flag_argv), load([], environ), load(["--config", str(file)])):
+        for key, (_, expected) in values.items():
+            assert getattr(loaded.config, config.SETTINGS[key].name) == expected, key
+        assert loaded.config.namespaces == ("ns-a",)
+        assert set(loaded.sources) == set(config.SETTINGS)
+
+
+# ---------------------------------------------------------------------------------------------- files
+def test_folder_is_merged_in_name_order_skipping_hidden_files(tmp_path: Path) -> None:
+    folder = tmp_path / "cfg"
+    write(folder / "20-override.yaml", "workers: 5\n")
+    write(folder / "10-base.yaml", "workers: 2\nlogLevel: debug\nrateLimiter: classic\n")
+    write(folder / ".hidden.yaml", "workers: [this is not valid\n")  # would fail if read
+    write(folder / "..2024_01_01/config.yaml", "workers: 99\n")  # a ConfigMap mount's hidden data dir
+    write(folder / "sub" / "nested.yaml", "workers: 98\n")  # folders are not descended into
+    loaded = load(["--config", str(folder)])
+    assert loaded.config.workers == 5
+    assert loaded.config.log_level == "debug"
+    assert loaded.config.rate_limiter == "classic"
+    assert loaded.sources["workers"] == f"config {folder / '20-override.yaml'}"
+    assert loaded.sources["logLevel"] == f"config {folder / '10-base.yaml'}"
+    assert config.read_config_files(folder) == {"workers": 5, "logLevel": "debug", "rateLimiter": "classic"}
+
+
+def test_folder_error_names_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "cfg"
+    write(folder / "a.yaml", "workers: 2\n")
+    write(folder / "b.yaml", "workers: 0\n")
+    message = config_error(["--config", str(folder)])
+    assert message == f"workers (from config {folder / 'b.yaml'}): must be at least 1, got 0"
+
+
+KORIFI_CONFIG = """\
+includeKpackImageBuilder: true
+includeJobTaskRunner: true
+includeStatefulsetRunner: true
+builderName: kpack-image-builder
+runnerName: statefulset-runner
+cfProcessDefaults:
+  memoryMB: 1024
+  diskQuotaMB: 1024
+cfStagingResources:
+  buildCacheMB: 2048
+  diskMB: 4096
+  memoryMB: 1024
+cfRootNamespace: cf
+containerRegistrySecrets:
+- image-registry-credentials
+containerRepositoryPrefix: index.docker.io/korifi/
+containerRegistryType: ""
+clusterBuilderName: cf-kpack-cluster-builder
+builderServiceAccount: kpack-service-account
+builderReadinessTimeout: 30s
+taskTTL: 30d
+workloads_tls_secret_name: korifi-workloads-ingress-cert
+workloads_tls_secret_namespace: korifi
+namespaceLabels: {}
+extraVCAPApplicationValues: {}
+maxRetainedPackagesPerApp: 5
+maxRetainedBuildsPerApp: 5
+spaceFinalizerAppDeletionTimeout: 60
+networking:
+  gatewayNamespace: korifi-gateway
+  gatewayName: korifi
+experimental:
+  managedServices:
+    enabled: false
+logLevel: debug
+"""
+
+
+def test_korifi_controllers_config_loads_with_its_keys_ignored(tmp_path: Path, caplog: Any) -> None:
+    file = write(tmp_path / "korifi-controllers-config.yaml", KORIFI_CONFIG)
+    loaded = load(["--config", str(file)])
+    assert loaded.config.log_level == "debug"  # the one key the file shares with this service
+    assert loaded.sources == {"logLevel": f"config {file}"}
+    assert loaded.ignored_keys == sorted(
+        [
+            "includeKpackImageBuilder",
+            "includeJobTaskRunner",
+            "includeStatefulsetRunner",
+            "builderName",
+            "runnerName",
+            "cfProcessDefaults",
+            "cfStagingResources",
+            "cfRootNamespace",
+            "containerRegistrySecrets",
+            "containerRepositoryPrefix",
+            "containerRegistryType",
+            "clusterBuilderName",
+            "builderServiceAccount",
+            "builderReadinessTimeout",
+            "taskTTL",
+            "workloads_tls_secret_name",
+            "workloads_tls_secret_namespace",
+            "namespaceLabels",
+            "extraVCAPApplicationValues",
+            "maxRetainedPackagesPerApp",
+            "maxRetainedBuildsPerApp",
+            "spaceFinalizerAppDeletionTimeout",
+            "networking",
+            "experimental",
+        ]
+    )
+    with caplog.at_level("INFO", logger="service.config"):
+        loaded.log_ignored()
+    [record] = caplog.records
+    assert record.keys == loaded.ignored_keys  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("metricBindAddress", "metricsBindAddress"),
+        ("healthProbeBindAdress", "healthProbeBindAddress"),
+        ("Workers", "workers"),
+        ("logFromat", "logFormat"),
+    ],
+)
+def test_misspelt_key_is_an_error_with_a_suggestion(tmp_path: Path, key: str, suggestion: str) -> None:
+    file = write(tmp_path / "c.yaml", f"{key}: ':9090'\n")
+    message = config_error(["--config", str(file)])
+    assert message == f"config {file}: unknown key {key!r} (did you mean {suggestion!r}?)"
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    file = write(tmp_path / "c.yaml", "workers: 2\nnamespaces: [a, b\n")
+    message = config_error(["--config", str(file)])
+    assert message.startswith(f"config {file}: line ")
+    assert "not valid YAML" in message
+
+
+@pytest.mark.parametrize(("text", "kind"), [("- a\n- b\n", "list"), ("hello\n", "str"), ("42\n", "int")])
+def test_file_that_is_not_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
+    file = write(tmp_path / "c.yaml", text)
+    assert config_error(["--config", str(file)]) == (
+        f"config {file}: expected a mapping of keys to values, got {kind}"
+    )
+
+
+def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
+    file = write(tmp_path / "c.yaml", "# nothing here\n")
+    assert load(["--config", str(file)]).config == Config()
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert config_error(["--config", str(missing)]) == f"config {missing}: No such file or directory"
+    environ = {"KPACK_IMAGE_BUILDER_CONFIG": str(missing)}
+    assert config_error([], environ) == f"config {missing}: No such file or directory"
+
+
+def test_file_that_is_not_text(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_bytes(b"workers: \xff\xfe\n")
+    assert config_error(["--config", str(file)]) == f"config {file}: not UTF-8 text (byte 9)"
+
+
+def test_bad_values_name_the_setting_and_its_source(tmp_path: Path) -> None:
+    file = write(tmp_path / "c.yaml", "syncPeriod: abc\n")
+    assert config_error(["--config", str(file)]) == (
+        f"syncPeriod (from config {file}): expected a duration such as 30s or 1m30s, got 'abc'"
+    )
+    assert config_error([], {"KPACK_IMAGE_BUILDER_WORKERS": "zero"}) == (
+        "workers (from environment KPACK_IMAGE_BUILDER_WORKERS): expected a whole number, got 'zero'"
+    )
+    assert config_error(["--workers", "0"]) == "workers (from flag --workers): must be at least 1, got 0"
+    assert config_error(["--log-level", "loud"]) == (
+        "logLevel (from flag --log-level): expected one of debug, info, warn, error, got 'loud'"
+    )
+    assert config_error(["--metrics-bind-address", "nonsense"]).startswith(
+        "metricsBindAddress (from flag --metrics-bind-address): bind address 'nonsense' is not host:port"
+    )
+    assert config_error(["--reconcile-timeout=-1s"]) == (
+        "reconcileTimeout (from flag --reconcile-timeout): must not be negative, got '-1s'"
+    )
+    mapping = write(tmp_path / "m.yaml", "leaderElectionID: {a: 1}\n")
+    assert config_error(["--config", str(mapping)]) == (
+        f"leaderElectionID (from config {mapping}): expected a string, got {{'a': 1}}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- environment
+def test_unknown_environment_variable_is_an_error() -> None:
+    assert config_error([], {"KPACK_IMAGE_BUILDER_WORKER": "2"}) == (
+        "environment: unknown variable KPACK_IMAGE_BUILDER_WORKER (did you mean KPACK_IMAGE_BUILDER_WORKERS?)"
+    )
+    assert config_error([], {"KPACK_IMAGE_BUILDER_FROBNICATE": "1"}) == (
+        "environment: unknown variable KPACK_IMAGE_BUILDER_FROBNICATE"
+    )
+
+
+def test_other_environment_variables_are_not_ours() -> None:
+    environ = {
+        "HOME": "/root",
+        "KPACK_OTHER": "x",
+        "KUBECONFIG": "/nowhere",
+        "kpack_image_builder_workers": "0",
+    }
+    assert load([], environ).config == Config()
+
+
+def test_kubernetes_service_links_are_not_settings() -> None:
+    """A Service named kpack-image-builder(-...) in the pod's namespace injects these into the pod."""
+    environ = {
+        "KPACK_IMAGE_BUILDER_SERVICE_HOST": "10.0.0.7",
+        "KPACK_IMAGE_BUILDER_SERVICE_PORT": "8080",
+        "KPACK_IMAGE_BUILDER_SERVICE_PORT_METRICS": "8080",
+        "KPACK_IMAGE_BUILDER_PORT": "tcp://10.0.0.7:8080",
+        "KPACK_IMAGE_BUILDER_PORT_8080_TCP": "tcp://10.0.0.7:8080",
+        "KPACK_IMAGE_BUILDER_PORT_8080_TCP_PROTO": "tcp",
+        "KPACK_IMAGE_BUILDER_PORT_8080_TCP_PORT": "8080",
+        "KPACK_IMAGE_BUILDER_PORT_8080_TCP_ADDR": "10.0.0.7",
+        "KPACK_IMAGE_BUILDER_METRICS_SERVICE_HOST": "10.0.0.8",
+        "KPACK_IMAGE_BUILDER_METRICS_PORT_8443_UDP_ADDR": "10.0.0.8",
+        "KPACK_IMAGE_BUILDER_WORKERS": "3",
+    }
+    assert load([], environ).config.workers == 3
+
+
+# ---------------------------------------------------------------------------------------------- cross-setting rule
+@pytest.mark.parametrize(
+    ("lease", "renew", "retry", "ok"),
+    [
+        ("15s", "10s", "2s", True),
+        ("10s", "10s", "2s", False),  # lease must outlive the renew deadline
+        ("9s", "10s", "2s", False),
+        ("15s", "6s", "5s", False),  # renew deadline must outlast 1.2 x retry period
+        ("15s", "6.1s", "5s", True),
+        ("15s", "2.4s", "2s", False),  # exactly 1.2 x is not enough
+        ("15s", "2401ms", "2s", True),
+        ("1m", "30s", "3s", True),
+    ],
+)
+def test_leader_election_timing_rule(lease: str, renew: str, retry: str, ok: bool) -> None:
+    argv = [
+        "--leader-elect",
+        f"--lease-duration={lease}",
+        f"--renew-deadline={renew}",
+        f"--retry-period={retry}",
+    ]
+    if ok:
+        assert load(argv).config.renew_deadline == config.duration(renew)
+    else:
+        message = config_error(argv)
+        assert message.startswith(
+            "leaseDuration, renewDeadline, retryPeriod: need leaseDuration > renewDeadline > 1.2 x retryPeriod"
+        )
+
+
+def test_leader_election_timing_error_names_sources() -> None:
+    message = config_error(
+        ["--leader-elect", "--lease-duration", "10s"], {"KPACK_IMAGE_BUILDER_RETRY_PERIOD": "1s"}
+    )
+    assert message.endswith(
+        "got leaseDuration 10s (flag --lease-duration), renewDeadline 10s (default), "
+        "retryPeriod 1s (environment KPACK_IMAGE_BUILDER_RETRY_PERIOD)"
+    )
+
+
+def test_leader_election_timing_is_only_checked_when_electing() -> None:
+    """As controller-runtime: the timings are the elector's, so without one they are not judged."""
+    assert load(["--lease-duration=10s", "--renew-deadline=10s"]).config.lease_duration == 10.0
+
+
+def test_log_level_accepts_korifi_spellings() -> None:
+    assert load(["--log-level=INFO"]).config.log_level == "info"
+    assert load(["--log-level=dpanic"]).config.log_level == "error"
+    assert "expected one of debug, info, warn, error" in config_error(["--log-level=verbose"])
+
+
+# ---------------------------------------------------------------------------------------------- the command
+def _run_command(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(config.ENV_PREFIX)}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "service", "run", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--workers", "0"), "kpack-image-builder: workers (from flag --workers): must be at least 1, got 0"),
+        (("--config", "{missing}"), "kpack-image-builder: config {missing}: No such file or directory"),
+    ],
+)
+def test_run_exits_2_with_one_line_on_a_bad_configuration(
+    tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
+    missing = str(tmp_path / "missing.yaml")
+    result = _run_command(*(a.format(missing=missing) for a in args))
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [expected.format(missing=missing)]
+
+
+def test_format_duration() -> None:
+    assert config.format_duration(0) == "0s"
+    assert config.format_duration(36000) == "10h"
+    assert config.format_duration(90) == "1m30s"
+    assert config.format_duration(0.5) == "500ms"
+    assert config.format_duration(-1) == "-1s"
+    assert config.format_duration(3723.5) == "1h2m3.5s"
+    assert not math.isnan(config.duration(config.format_duration(1e-3)))
