@@ -29,7 +29,7 @@ import anyio
 from service.kube.errors import ApiError
 from service.runtime.clock import REAL_CLOCK, Clock
 from service.runtime.informer import FuncHandler, Informer
-from service.runtime.metrics import RuntimeMetrics
+from service.runtime.metrics import RESULTS, RuntimeMetrics
 from service.runtime.queue import ShutDown, WorkQueue
 from service.runtime.ratelimiters import RateLimiter
 from service.runtime.store import Obj
@@ -184,6 +184,7 @@ class Controller:
         self.informers: list[Informer] = []
         self._stopping = False
         self.started = anyio.Event()
+        self._series = _Series.of(metrics, name) if metrics else None
         if metrics:
             metrics.init_controller(name, max_concurrent)
 
@@ -269,11 +270,17 @@ class Controller:
             except Exception:  # a bug in the outcome handling (a rate limiter, a metric) must not kill us
                 log.exception("worker: handling %s failed", request, extra={"controller": self.name})
 
+    async def _call(self, request: Request) -> tuple[Result | None, Exception | None]:
+        try:
+            return await self.reconcile(request), None
+        except Exception as exc:  # TerminalError included: the caller sorts them out
+            return None, exc
+
     async def process(self, request: Request) -> None:
         """Reconcile one request and act on the outcome; never raises (but for cancellation)."""
-        m = self.metrics
-        if m:
-            m.active_workers.labels(self.name).inc()
+        series = self._series
+        if series:
+            series.active.inc()
         reconcile_id = str(uuid.uuid4())
         # controller-runtime's keys; ``name_`` prints as ``name`` (see service.runtime.logs).
         fields = {
@@ -285,25 +292,21 @@ class Controller:
         started = time.perf_counter()
         outcome = "error"
         try:
-            result: Result | None = None
-            error: BaseException | None = None
             timed_out = False
-            with anyio.CancelScope() as scope:
-                if self.reconcile_timeout:
-                    scope.deadline = anyio.current_time() + self.reconcile_timeout
-                try:
-                    result = await self.reconcile(request)
-                except TerminalError as exc:
-                    error = exc
-                except Exception as exc:
-                    error = exc
-            if scope.cancelled_caught:
-                timed_out = True
-                error = TimeoutError(f"reconcile exceeded its {self.reconcile_timeout} s timeout")
+            if self.reconcile_timeout:
+                result: Result | None = None
+                error: BaseException | None = None
+                with anyio.move_on_after(self.reconcile_timeout) as scope:
+                    result, error = await self._call(request)
+                if scope.cancelled_caught:
+                    timed_out = True
+                    error = TimeoutError(f"reconcile exceeded its {self.reconcile_timeout} s timeout")
+            else:
+                result, error = await self._call(request)
             if isinstance(error, TerminalError):
                 log.error("reconcile failed permanently: %s", error, extra=fields)
-                if m:
-                    m.terminal_errors.labels(self.name).inc()
+                if series:
+                    series.terminal.inc()
             elif error is not None:
                 log.error(
                     "reconcile failed: %s",
@@ -311,8 +314,8 @@ class Controller:
                     extra=fields,
                     exc_info=not timed_out and not _expected(error),
                 )
-                if timed_out and m:
-                    m.timeouts.labels(self.name).inc()
+                if timed_out and series:
+                    series.timeouts.inc()
                 self.queue.add_rate_limited(request)
             elif result is not None and result.requeue_after > 0:
                 outcome = "requeue_after"
@@ -324,14 +327,37 @@ class Controller:
             else:
                 outcome = "success"
                 self.queue.forget(request)
-            if error is not None and m:
-                m.reconcile_errors.labels(self.name).inc()
+            if error is not None and series:
+                series.errors.inc()
         finally:
-            if m:
-                m.reconcile_total.labels(self.name, outcome).inc()
-                m.reconcile_time.labels(self.name).observe(time.perf_counter() - started)
-                m.active_workers.labels(self.name).dec()
+            if series:
+                series.total[outcome].inc()
+                series.time.observe(time.perf_counter() - started)
+                series.active.dec()
             self.queue.done(request)
+
+
+@dataclass(frozen=True)
+class _Series:
+    """One controller's metric children, looked up once: ``labels()`` costs microseconds per call."""
+
+    active: Any
+    errors: Any
+    terminal: Any
+    timeouts: Any
+    time: Any
+    total: dict[str, Any]
+
+    @classmethod
+    def of(cls, m: RuntimeMetrics, name: str) -> _Series:
+        return cls(
+            m.active_workers.labels(name),
+            m.reconcile_errors.labels(name),
+            m.terminal_errors.labels(name),
+            m.timeouts.labels(name),
+            m.reconcile_time.labels(name),
+            {result: m.reconcile_total.labels(name, result) for result in RESULTS},
+        )
 
 
 def _expected(error: BaseException) -> bool:

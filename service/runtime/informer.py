@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -306,6 +306,35 @@ class _VeryShortWatch(Exception):
     pass
 
 
+class Lister:
+    """Reads across the informers of one resource (one per watched namespace, or one for all), so callers
+    need not know how the watch was scoped. Lookups never hit the API."""
+
+    def __init__(self, informers: Sequence[Informer]) -> None:
+        self.informers = list(informers)
+
+    def get(self, namespace: str | None, name: str) -> Obj | None:
+        for informer in self.informers:
+            obj = informer.store.get_by(namespace, name)
+            if obj is not None:
+                return obj
+        return None
+
+    def by_index(self, index: str, value: str) -> list[Obj]:
+        return [obj for informer in self.informers for obj in informer.store.by_index(index, value)]
+
+    def list(self) -> list[Obj]:
+        return [obj for informer in self.informers for obj in informer.store.values()]
+
+    def add_indexer(self, name: str, func: IndexFunc) -> None:
+        for informer in self.informers:
+            informer.add_indexer(name, func)
+
+    @property
+    def synced(self) -> bool:
+        return all(i.has_synced for i in self.informers)
+
+
 class InformerFactory:
     """One informer per (resource, namespace, label selector), shared by every controller that asks."""
 
@@ -330,6 +359,9 @@ class InformerFactory:
             self.namespaces if (resource.namespaced and self.namespaces) else (None,)
         )
         return [self.get(resource, ns, label_selector) for ns in scopes]
+
+    def lister(self, resource: Resource, label_selector: str | None = None) -> Lister:
+        return Lister(self.informers_for(resource, label_selector))
 
     def get(
         self, resource: Resource, namespace: str | None = None, label_selector: str | None = None

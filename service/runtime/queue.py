@@ -53,9 +53,12 @@ class WorkQueue(Generic[K]):
         self._seq = itertools.count()
         self._shutting_down = False
         self._drain = False
-        self._not_empty = anyio.Event()
+        # One event per blocked getter, woken one at a time: waking every idle worker for each key would
+        # make K-1 of them loop back to sleep.
+        self._getters: deque[anyio.Event] = deque()
         self._waiting_changed = anyio.Event()
         self._processing_changed = anyio.Event()
+        self._drainers = 0
         # Only named queues report, as in client-go.
         self._metrics = metrics if name else None
         if self._metrics:
@@ -83,15 +86,36 @@ class WorkQueue(Generic[K]):
         self._wake_getters()
 
     def _wake_getters(self) -> None:
-        self._not_empty.set()
-        self._not_empty = anyio.Event()
+        """Wake one blocked getter (the queue gained one key)."""
+        while self._getters:
+            event = self._getters.popleft()
+            if not event.is_set():
+                event.set()
+                return
+
+    def _wake_all_getters(self) -> None:
+        while self._getters:
+            self._getters.popleft().set()
 
     async def get(self) -> K:
-        """The next key to process; waits while the queue is empty. Raises ``ShutDown`` when done."""
+        """The next key to process; waits while the queue is empty. Raises ``ShutDown`` when done.
+
+        Always yields to the event loop first: a worker whose reconciles never await would otherwise take
+        every queued key in one step and starve the watches, probes and lease renewals meanwhile."""
+        await anyio.lowlevel.checkpoint()
         while not self._queue:
             if self._shutting_down:
                 raise ShutDown
-            await self._not_empty.wait()
+            event = anyio.Event()
+            self._getters.append(event)
+            try:
+                await event.wait()
+            except BaseException:
+                if event.is_set():
+                    self._wake_getters()  # woken for a key, but cancelled: pass the key on
+                else:
+                    self._getters.remove(event)
+                raise
         item = self._queue.popleft()
         self._dirty.discard(item)
         self._processing.add(item)
@@ -137,22 +161,27 @@ class WorkQueue(Generic[K]):
         As client-go: a plain ``shutdown`` meanwhile releases every drain waiter; another drain does not.
         """
         self._shut_down(drain=True)
-        while self._processing and self._drain:
-            changed = self._processing_changed
-            await changed.wait()
+        self._drainers += 1
+        try:
+            while self._processing and self._drain:
+                changed = self._processing_changed
+                await changed.wait()
+        finally:
+            self._drainers -= 1
 
     def _shut_down(self, *, drain: bool) -> None:
         self._shutting_down = True
         self._drain = drain
         self._waiting.clear()
         self._ready_at.clear()
-        self._wake_getters()
+        self._wake_all_getters()
         self._waiting_changed.set()
         self._signal_drainers()
 
     def _signal_drainers(self) -> None:
-        self._processing_changed.set()
-        self._processing_changed = anyio.Event()
+        if self._drainers:  # an Event costs microseconds: make one only when someone waits
+            self._processing_changed.set()
+            self._processing_changed = anyio.Event()
 
     # ---------------------------------------------------------------- delaying queue
     def add_after(self, item: K, delay: float) -> None:

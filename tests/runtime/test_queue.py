@@ -90,6 +90,35 @@ async def test_get_waits_for_an_add() -> None:
         assert q.processing == {"x"}
 
 
+async def test_one_add_wakes_one_getter_and_cancelled_getters_leave_no_trace() -> None:
+    queue: WorkQueue[str] = WorkQueue(clock=FakeClock())
+    got: list[tuple[int, str]] = []
+    async with anyio.create_task_group() as tg:
+        scopes = [anyio.CancelScope() for _ in range(3)]
+        for i, scope in enumerate(scopes):
+
+            async def getter(i: int = i, scope: anyio.CancelScope = scope) -> None:
+                with scope:
+                    got.append((i, await queue.get()))
+
+            tg.start_soon(getter)
+        await settle()
+        assert len(queue._getters) == 3
+        queue.add("a")
+        assert len(queue._getters) == 2  # one add wakes one getter, not all three
+        await settle()
+        assert [key for _, key in got] == ["a"]
+        waiting = [i for i in range(3) if i not in {g for g, _ in got}]
+        scopes[waiting[0]].cancel()  # a blocked getter goes away without taking anything
+        await settle()
+        assert len(queue._getters) == 1
+        queue.add("b")
+        await settle()
+        assert got[-1] == (waiting[1], "b")
+        queue.shutdown()
+    assert sorted(key for _, key in got) == ["a", "b"]
+
+
 async def test_add_during_processing_is_requeued_only_after_done() -> None:
     q: WorkQueue[str] = WorkQueue()
     q.add("a")
