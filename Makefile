@@ -16,9 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# Debian packages the tests use: kubectl (an independent client of the emulator) and promtool (from
-# prometheus, lints the /metrics exposition). Tests that need a missing one skip and say why.
-SYSTEM_DEPS = kubectl:kubernetes-client promtool:prometheus
+# Debian packages the tests use: kubectl (an independent client of the emulator), promtool (from
+# prometheus, lints the /metrics exposition) and docker-registry (the real OCI registry the registry client
+# is tested against). Tests that need a missing one skip and say why.
+SYSTEM_DEPS = kubectl:kubernetes-client promtool:prometheus docker-registry:docker-registry
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do \
 	  command -v "$${dep%%:*}" >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \
@@ -45,6 +46,7 @@ devcluster: venv
 
 bench: venv
 	$(BIN)/python benchmarks/emulator.py
+	$(BIN)/python benchmarks/runtime.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
