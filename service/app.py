@@ -14,11 +14,14 @@ import anyio
 from anyio.abc import TaskStatus
 
 from service import __version__
-from service.config import Config, ConfigError
+from service.config import Config, ConfigError, require_builder_settings
 from service.kube import config as kube_config
 from service.kube.client import KubeClient
 from service.kube.metrics import RestClientMetrics
-from service.reconcilers import buildworkload
+from service.reconcilers import builderinfo, buildworkload, kpackbuild
+from service.reconcilers.buildworkload import BuilderSettings
+from service.reconcilers.images import RegistryImages
+from service.registry.client import RegistryClient
 from service.runtime.leader import LeaderElectionConfig, default_identity
 from service.runtime.manager import Manager, ManagerOptions
 from service.runtime.metrics import new_registry
@@ -61,6 +64,27 @@ def manager_options(config: Config, identity: str, pod_namespace: str | None) ->
     )
 
 
+def builder_settings(config: Config) -> BuilderSettings:
+    return BuilderSettings(
+        cluster_builder_name=config.cluster_builder_name,
+        builder_service_account=config.builder_service_account,
+        builder_readiness_timeout=config.builder_readiness_timeout,
+        container_repository_prefix=config.container_repository_prefix or "",
+        build_cache_mb=config.build_cache_mb,
+        disk_mb=config.disk_mb,
+        memory_mb=config.memory_mb,
+        cf_root_namespace=config.cf_root_namespace,
+    )
+
+
+def register_controllers(manager: Manager, config: Config, registry: RegistryClient) -> None:
+    settings = builder_settings(config)
+    images = RegistryImages(registry)
+    buildworkload.register(manager, settings, images)
+    builderinfo.register(manager, settings)
+    kpackbuild.register(manager, settings, images)
+
+
 async def _handle_signals(manager: Manager) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
@@ -73,6 +97,7 @@ async def _handle_signals(manager: Manager) -> None:
 
 async def serve(config: Config, *, task_status: TaskStatus[Manager] = anyio.TASK_STATUS_IGNORED) -> int:
     """Run the service until a signal stops it; returns the exit code."""
+    require_builder_settings(config)
     cluster = await kube_config.load(config.kubeconfig)
     identity = default_identity()
     options = manager_options(config, identity, kube_config.incluster_namespace())
@@ -91,9 +116,12 @@ async def serve(config: Config, *, task_status: TaskStatus[Manager] = anyio.TASK
             user_agent=agent,
         ) as client,
         KubeClient(cluster, qps=0, metrics=rest_metrics, timeout=le_timeout, user_agent=agent) as le_client,
+        RegistryClient(
+            insecure_registries=config.insecure_registries, timeout=config.registry_timeout, user_agent=agent
+        ) as images,
     ):
         manager = Manager(client, options, registry=registry, leader_client=le_client)
-        buildworkload.register(manager)
+        register_controllers(manager, config, images)
         log.info(
             "starting",
             extra={

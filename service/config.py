@@ -74,6 +74,18 @@ def positive_int(value: Any) -> int:
     return number
 
 
+def non_negative_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number, got {value!r}")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"must not be negative, got {number}")
+    return number
+
+
 def positive_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")
@@ -185,6 +197,38 @@ def names(value: Any) -> tuple[str, ...]:
             raise ValueError(f"{name!r} is not a namespace name (lower-case letters, digits and '-')")
         if name not in out:
             out.append(name)
+    return tuple(out)
+
+
+# Korifi's values.schema.json pattern for containerRepositoryPrefix: a registry host (with a port) and
+# path, concatenated verbatim with repository names, so it normally ends with "/".
+_REPOSITORY_PREFIX = re.compile(r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*/?")
+
+
+def repository_prefix(value: Any) -> str | None:
+    if value in (None, ""):
+        return None  # unset here; ``run`` requires it (require_builder_settings)
+    text = string(value).strip()
+    if not _REPOSITORY_PREFIX.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a registry host and path such as registry.example.com/cf/ (lower case; "
+            "repository names are appended to it as they are)"
+        )
+    return text
+
+
+def hosts(value: Any) -> tuple[str, ...]:
+    """Registry hosts (``host`` or ``host:port``): a YAML list, or a comma-separated string."""
+    if value is None:
+        return ()
+    items = [string(v) for v in value] if isinstance(value, list | tuple) else string(value).split(",")
+    out = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        if "/" in item or " " in item:
+            raise ValueError(f"{item!r} is not a registry host (host or host:port)")
+        out.append(item)
     return tuple(out)
 
 
@@ -328,6 +372,75 @@ class Config:
         "logLevel", "info", log_level, "least important log level printed (zap's names, any case)"
     )
     log_format: str = setting("logFormat", "json", one_of(*FORMATS), "json (zap fields) or text")
+
+    # ---- the builder (Korifi's keys)
+    cluster_builder_name: str = setting(
+        "clusterBuilderName", "cf-kpack-cluster-builder", string, "the default kpack ClusterBuilder"
+    )
+    builder_service_account: str = setting(
+        "builderServiceAccount",
+        "kpack-service-account",
+        string,
+        "service account of kpack Images and Builders; its imagePullSecrets read droplets and go into them",
+    )
+    builder_readiness_timeout: float = setting(
+        "builderReadinessTimeout",
+        30.0,
+        non_negative_duration,
+        "how long after a workload's creation a builder that is not ready fails it",
+    )
+    container_repository_prefix: str | None = setting(
+        "containerRepositoryPrefix",
+        None,
+        repository_prefix,
+        "registry and path for droplets and builders, e.g. registry.example.com/cf/ (required)",
+        metavar="PREFIX",
+    )
+    container_registry_type: str = setting(
+        "containerRegistryType",
+        "",
+        one_of("", "ECR"),
+        "repository creation before pushes: empty for none (registries that create on push)",
+    )
+    cf_root_namespace: str = setting(
+        "cfRootNamespace", "cf", string, "namespace of the BuilderInfo kpack-image-builder"
+    )
+    build_cache_mb: int = setting(
+        "cfStagingResources.buildCacheMB",
+        2048,
+        non_negative_int,
+        "size of each app's kpack build cache volume, in MiB",
+        flag="--build-cache-mb",
+        metavar="MB",
+    )
+    disk_mb: int = setting(
+        "cfStagingResources.diskMB",
+        0,
+        non_negative_int,
+        "ephemeral storage requested by build pods, in MB (0: none)",
+        flag="--disk-mb",
+        metavar="MB",
+    )
+    memory_mb: int = setting(
+        "cfStagingResources.memoryMB",
+        0,
+        non_negative_int,
+        "memory requested by build pods, in MB (0: none)",
+        flag="--memory-mb",
+        metavar="MB",
+    )
+    insecure_registries: tuple[str, ...] = setting(
+        "insecureRegistries",
+        (),
+        hosts,
+        "registries read over plain HTTP besides loopback and private addresses (repeatable)",
+        flag="--insecure-registry",
+        repeatable=True,
+        metavar="HOST",
+    )
+    registry_timeout: float = setting(
+        "registryTimeout", 30.0, positive_duration, "time limit of each call to a container registry"
+    )
 
 
 SETTINGS = {f.metadata["key"]: f for f in fields(Config)}
@@ -520,6 +633,20 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     config = Config(**parsed)
     validate(config, sources)
     return Loaded(config, sources, ignored)
+
+
+def require_builder_settings(config: Config) -> None:
+    """What ``run`` needs beyond a valid file: checked at start, not at load (other commands load too)."""
+    if not config.container_repository_prefix:
+        raise ConfigError(
+            "containerRepositoryPrefix: required (the registry and path droplets are pushed to, "
+            "e.g. registry.example.com/cf/)"
+        )
+    if config.container_registry_type == "ECR":
+        raise ConfigError(
+            "containerRegistryType: ECR repository creation is not supported by this service yet; "
+            "use a registry that creates repositories on push"
+        )
 
 
 def validate(config: Config, sources: Mapping[str, str] | None = None) -> None:

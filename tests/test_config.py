@@ -319,6 +319,17 @@ def test_every_setting_from_every_source(tmp_path: Path) -> None:
         "kubeAPIBurst": ("100", 100),
         "logLevel": ("error", "error"),
         "logFormat": ("text", "text"),
+        "clusterBuilderName": ("my-builder", "my-builder"),
+        "builderServiceAccount": ("my-account", "my-account"),
+        "builderReadinessTimeout": ("1m", 60.0),
+        "containerRepositoryPrefix": ("registry.example.com:5000/cf/", "registry.example.com:5000/cf/"),
+        "containerRegistryType": ("ECR", "ECR"),
+        "cfRootNamespace": ("root", "root"),
+        "cfStagingResources.buildCacheMB": ("4096", 4096),
+        "cfStagingResources.diskMB": ("100", 100),
+        "cfStagingResources.memoryMB": ("0", 0),
+        "insecureRegistries": ("registry.local:5000", ("registry.local:5000",)),
+        "registryTimeout": ("5s", 5.0),
     }
     flag_argv: list[str] = ["--namespace", "ns-a"]
     environ = {config.env_name("namespaces"): "ns-a"}
@@ -404,8 +415,27 @@ logLevel: debug
 def test_korifi_controllers_config_loads_with_its_keys_ignored(tmp_path: Path, caplog: Any) -> None:
     file = write(tmp_path / "korifi-controllers-config.yaml", KORIFI_CONFIG)
     loaded = load(["--config", str(file)])
-    assert loaded.config.log_level == "debug"  # the one key the file shares with this service
-    assert loaded.sources == {"logLevel": f"config {file}"}
+    assert loaded.config.log_level == "debug"
+    assert loaded.config.container_repository_prefix == "index.docker.io/korifi/"
+    assert loaded.config.builder_readiness_timeout == 30.0
+    assert (loaded.config.build_cache_mb, loaded.config.disk_mb, loaded.config.memory_mb) == (
+        2048,
+        4096,
+        1024,
+    )
+    shared = {
+        "logLevel",
+        "cfStagingResources.buildCacheMB",
+        "cfStagingResources.diskMB",
+        "cfStagingResources.memoryMB",
+        "cfRootNamespace",
+        "containerRepositoryPrefix",
+        "containerRegistryType",
+        "clusterBuilderName",
+        "builderServiceAccount",
+        "builderReadinessTimeout",
+    }
+    assert loaded.sources == dict.fromkeys(shared, f"config {file}")
     assert loaded.ignored_keys == sorted(
         [
             "includeKpackImageBuilder",
@@ -414,14 +444,7 @@ def test_korifi_controllers_config_loads_with_its_keys_ignored(tmp_path: Path, c
             "builderName",
             "runnerName",
             "cfProcessDefaults",
-            "cfStagingResources",
-            "cfRootNamespace",
             "containerRegistrySecrets",
-            "containerRepositoryPrefix",
-            "containerRegistryType",
-            "clusterBuilderName",
-            "builderServiceAccount",
-            "builderReadinessTimeout",
             "taskTTL",
             "workloads_tls_secret_name",
             "workloads_tls_secret_namespace",
@@ -621,6 +644,17 @@ def _run_command(*args: str) -> subprocess.CompletedProcess[str]:
     [
         (("--workers", "0"), "kpack-image-builder: workers (from flag --workers): must be at least 1, got 0"),
         (("--config", "{missing}"), "kpack-image-builder: config {missing}: No such file or directory"),
+        (
+            (),
+            "kpack-image-builder: containerRepositoryPrefix: required (the registry and path droplets are "
+            "pushed to, e.g. registry.example.com/cf/)",
+        ),
+        (
+            ("--container-repository-prefix", "Registry.Example.com/CF/"),
+            "kpack-image-builder: containerRepositoryPrefix (from flag --container-repository-prefix): "
+            "'Registry.Example.com/CF/' is not a registry host and path such as registry.example.com/cf/ "
+            "(lower case; repository names are appended to it as they are)",
+        ),
     ],
 )
 def test_run_exits_2_with_one_line_on_a_bad_configuration(
@@ -632,6 +666,13 @@ def test_run_exits_2_with_one_line_on_a_bad_configuration(
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [expected.format(missing=missing)]
+
+
+def test_an_unknown_key_in_a_section_of_ours_is_an_error(tmp_path: Path) -> None:
+    file = write(tmp_path / "c.yaml", "cfStagingResources:\n  buildCacheGB: 2\n")
+    assert "unknown key 'cfStagingResources.buildCacheGB' in section 'cfStagingResources'" in config_error(
+        ["--config", str(file)]
+    )
 
 
 def test_format_duration() -> None:

@@ -140,6 +140,7 @@ async def replicas(kubeconfig_path: Path) -> AsyncIterator[Callable[..., Awaitab
                     "--health-probe-bind-address=127.0.0.1:0",
                     "--log-level=debug",
                     "--graceful-shutdown-timeout=5s",
+                    "--container-repository-prefix=registry.example.com/cf/",
                     *flags,
                 ],
                 stdin=subprocess.DEVNULL,
@@ -180,7 +181,11 @@ async def eventually(condition: Callable[[], Awaitable[bool]], within: float, wh
 WORKLOAD = {
     "apiVersion": "korifi.cloudfoundry.org/v1alpha1",
     "kind": "BuildWorkload",
-    "metadata": {"name": "wl-1", "namespace": "default"},
+    "metadata": {
+        "name": "wl-1",
+        "namespace": "default",
+        "labels": {"korifi.cloudfoundry.org/app-guid": "app-1"},
+    },
     "spec": {"buildRef": {"name": "wl-1-build"}, "builderName": "kpack-image-builder"},
 }
 

@@ -1,51 +1,749 @@
-"""The BuildWorkload controller's wiring.
+"""The BuildWorkload controller: Korifi's build request in, kpack Image (and custom Builder) out, droplet
+back (reference: korifi.md §4.1.3).
 
-PLACEHOLDER: until the reconciler issue lands, ``reconcile`` only records that it ran (a count per
-workload and a debug log line). It writes nothing to the cluster. The wiring is real: the informers for
-every kind the service will watch are started, and workloads and the Images they own are queued.
+A workload passes through three phases, decided from its ``Succeeded`` condition:
+
+- none yet → **begin**: validate buildpacks and make the custom Builder, check pull secrets, create or
+  patch the kpack Image, mark ``Succeeded=Unknown/BuildRunning`` with the Image generation label;
+- ``Unknown`` → **track**: recover builds kpack skipped, wait for the builder (woken by its events; the
+  readiness timeout is a delayed requeue), find the latest Build of this workload's Image generation, fail
+  older siblings kpack skipped, then write ``BuildFailed`` or the droplet and ``BuildSucceeded``;
+- ``True``/``False`` → done: the droplet is frozen.
+
+Deletion: the last workload of an Image generation deletes that generation's Builds, then lets go.
+
+Reads come from informer caches; Secrets and ServiceAccounts are read from the API when needed (a
+cluster-wide Secret cache would cost memory for every secret in the cluster). Writes are merge patches
+guarded by the cached resourceVersion, so a stale view is refused (409) and retried from fresh state
+instead of overwriting someone else's change. Where Korifi has known defects this does better; each
+difference is listed in docs/differences-from-korifi.md.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
+from service.kube import errors
+from service.kube.client import KubeClient
+from service.kube.patches import merge_diff
 from service.kube.resources import (
     BUILD,
     BUILD_WORKLOAD,
     BUILDER,
-    BUILDER_INFO,
     CLUSTER_BUILDER,
     IMAGE,
     KORIFI,
-    Resource,
+    SECRET,
+    STORAGE_CLASS,
 )
-from service.runtime.controller import Request, Result, enqueue_owner
+from service.reconcilers import korifi as k
+from service.reconcilers.conditions import find, is_true, set_condition, status_of
+from service.reconcilers.droplet import DropletError, droplet
+from service.reconcilers.images import (
+    ImageConfigReader,
+    NoRepositoryCreator,
+    RepositoryCreator,
+    builder_credentials,
+)
+from service.runtime.controller import Funcs, Request, Result, enqueue_owner
+from service.runtime.informer import Lister
 from service.runtime.manager import Manager
+from service.runtime.store import Obj
 
 log = logging.getLogger("service.reconcilers.buildworkload")
 
 CONTROLLER = "buildworkload"
-WATCHED: tuple[Resource, ...] = (BUILD_WORKLOAD, IMAGE, BUILD, BUILDER, CLUSTER_BUILDER, BUILDER_INFO)
+
+# Informer indexes (values are namespaced, since the informers may watch every namespace).
+BY_APP = "app-guid"
+BY_APP_GENERATION = "app-guid/generation"
+BY_IMAGE_GENERATION = "image/generation"
+BY_BUILDER = "builder"
+
+FINALIZE_RETRY = 1.0  # seconds between checks that a finalized generation's Builds are gone
 
 
-class BuildWorkloadReconciler:
-    def __init__(self, manager: Manager) -> None:
-        self.workloads = manager.informers.informers_for(BUILD_WORKLOAD)
-        self.runs: Counter[Request] = Counter()
+@dataclass(frozen=True)
+class BuilderSettings:
+    """What the builder needs from the configuration (Korifi's keys)."""
 
-    async def reconcile(self, request: Request) -> Result | None:
-        found = any(i.store.get_by(request.namespace, request.name) for i in self.workloads)
-        self.runs[request] += 1
-        log.debug("reconciled (placeholder: nothing written)", extra={"found": found})
+    cluster_builder_name: str = "cf-kpack-cluster-builder"
+    builder_service_account: str = "kpack-service-account"
+    builder_readiness_timeout: float = 30.0
+    container_repository_prefix: str = ""
+    build_cache_mb: int = 2048
+    disk_mb: int = 0
+    memory_mb: int = 0
+    cf_root_namespace: str = "cf"
+
+
+class NotReady(Exception):
+    """A reconcile that cannot finish yet: becomes ``Ready=False`` with this reason and message."""
+
+    def __init__(self, reason: str, message: str, *, requeue_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.requeue_after = requeue_after
+
+
+# --------------------------------------------------------------------------- small accessors
+def _meta(obj: Obj) -> Obj:
+    meta: Obj = obj.setdefault("metadata", {})
+    return meta
+
+
+def _labels(obj: Obj) -> dict[str, str]:
+    return dict(obj.get("metadata", {}).get("labels") or {})
+
+
+def _generation(obj: Obj) -> int:
+    return int(obj.get("metadata", {}).get("generation") or 0)
+
+
+def _conditions(obj: Obj) -> list[Obj]:
+    conditions: list[Obj] = obj.setdefault("status", {}).setdefault("conditions", [])
+    return conditions
+
+
+def _ns_key(namespace: str, *parts: str) -> str:
+    return "/".join((namespace, *parts))
+
+
+def _app_index(obj: Obj) -> Iterable[str]:
+    app = _labels(obj).get(k.APP_GUID_LABEL)
+    return () if app is None else (_ns_key(obj["metadata"].get("namespace", ""), app),)
+
+
+def _app_generation_index(obj: Obj) -> Iterable[str]:
+    labels = _labels(obj)
+    app, gen = labels.get(k.APP_GUID_LABEL), labels.get(k.IMAGE_GENERATION_LABEL)
+    if app is None or gen is None:
+        return ()
+    return (_ns_key(obj["metadata"].get("namespace", ""), app, gen),)
+
+
+def _image_generation_index(obj: Obj) -> Iterable[str]:
+    labels = _labels(obj)
+    image, gen = labels.get(k.KPACK_IMAGE_LABEL), labels.get(k.KPACK_IMAGE_GENERATION_LABEL)
+    if image is None or gen is None:
+        return ()
+    return (_ns_key(obj["metadata"].get("namespace", ""), image, gen),)
+
+
+def _image_builder_index(obj: Obj) -> Iterable[str]:
+    builder = (obj.get("spec") or {}).get("builder") or {}
+    kind, name = builder.get("kind"), builder.get("name")
+    if not kind or not name:
+        return ()
+    namespace = obj["metadata"].get("namespace", "") if kind == k.BUILDER_KIND else ""
+    return (f"{kind}/{namespace}/{name}",)
+
+
+def is_ours(workload: Obj) -> bool:
+    return (workload.get("spec") or {}).get("builderName") == k.BUILDER_NAME
+
+
+def _completed(workload: Obj) -> bool:
+    return status_of(workload, k.SUCCEEDED) in ("True", "False")
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
         return None
 
 
-def register(manager: Manager) -> BuildWorkloadReconciler:
-    for resource in WATCHED:
-        manager.informers.informers_for(resource)
-    reconciler = BuildWorkloadReconciler(manager)
+def _quantity_bytes(value: Any) -> float | None:
+    """A Kubernetes quantity (``1024Mi``, ``2G``, ``1.5Gi``) in bytes; None if unparsable."""
+    text = str(value).strip()
+    units = {
+        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+        "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "m": 10**-3,
+    }  # fmt: skip
+    for suffix in sorted(units, key=len, reverse=True):
+        if text.endswith(suffix):
+            number, scale = text[: -len(suffix)], units[suffix]
+            break
+    else:
+        number, scale = text, 1
+    try:
+        return float(number) * scale
+    except ValueError:
+        return None
+
+
+def build_resources(settings: BuilderSettings) -> Obj:
+    """Build pod requests (never limits): decimal megabytes, each only when configured."""
+    requests: Obj = {}
+    if settings.disk_mb:
+        requests["ephemeral-storage"] = f"{settings.disk_mb}M"
+    if settings.memory_mb:
+        requests["memory"] = f"{settings.memory_mb}M"
+    return {"requests": requests} if requests else {}
+
+
+def add_owner(obj: Obj, owner: Obj) -> None:
+    """A non-controller owner reference to ``owner``, kept alongside existing ones (by uid)."""
+    refs: list[Obj] = _meta(obj).setdefault("ownerReferences", [])
+    uid = owner["metadata"]["uid"]
+    if not any(ref.get("uid") == uid for ref in refs):
+        refs.append(
+            {
+                "apiVersion": owner.get("apiVersion", k.KORIFI_API_VERSION),
+                "kind": owner.get("kind", "BuildWorkload"),
+                "name": owner["metadata"]["name"],
+                "uid": uid,
+            }
+        )
+
+
+def admission_message(exc: errors.ApiError) -> str | None:
+    """The text of a kpack admission webhook refusal, or None for other errors."""
+    if isinstance(exc, errors.BadRequest) and "admission webhook" in exc.message:
+        return exc.message
+    return None
+
+
+# --------------------------------------------------------------------------- the reconciler
+class BuildWorkloadReconciler:
+    def __init__(
+        self,
+        manager: Manager,
+        settings: BuilderSettings,
+        images: ImageConfigReader,
+        repositories: RepositoryCreator | None = None,
+    ) -> None:
+        self.client: KubeClient = manager.client
+        self.settings = settings
+        self.image_configs = images
+        self.repositories = repositories or NoRepositoryCreator()
+        factory = manager.informers
+        self.workloads: Lister = factory.lister(BUILD_WORKLOAD)
+        self.images: Lister = factory.lister(IMAGE)
+        self.builds: Lister = factory.lister(BUILD)
+        self.builders: Lister = factory.lister(BUILDER)
+        self.cluster_builders: Lister = factory.lister(CLUSTER_BUILDER)
+        self.workloads.add_indexer(BY_APP, _app_index)
+        self.workloads.add_indexer(BY_APP_GENERATION, _app_generation_index)
+        self.builds.add_indexer(BY_IMAGE_GENERATION, _image_generation_index)
+        self.images.add_indexer(BY_BUILDER, _image_builder_index)
+        self.events = manager.events
+
+    # ------------------------------------------------------------------ event mapping
+    def workloads_for_build(self, build: Obj) -> list[Request]:
+        """A Build concerns the workloads of its Image generation (Korifi's Build → workload map)."""
+        keys = list(_image_generation_index(build))
+        return [
+            Request.for_object(w) for key in keys for w in self.workloads.by_index(BY_APP_GENERATION, key)
+        ]
+
+    def workloads_waiting_for_builder(self, builder: Obj) -> list[Request]:
+        """Running workloads whose Image uses this Builder or ClusterBuilder: woken when it changes."""
+        kind = builder.get("kind") or (
+            k.BUILDER_KIND if builder["metadata"].get("namespace") else "ClusterBuilder"
+        )
+        key = f"{kind}/{builder['metadata'].get('namespace', '')}/{builder['metadata']['name']}"
+        out = []
+        for image in self.images.by_index(BY_BUILDER, key):
+            app_key = _ns_key(image["metadata"].get("namespace", ""), image["metadata"]["name"])
+            for workload in self.workloads.by_index(BY_APP, app_key):
+                if status_of(workload, k.SUCCEEDED) == "Unknown":
+                    out.append(Request.for_object(workload))
+        return out
+
+    # ------------------------------------------------------------------ reconcile
+    async def reconcile(self, request: Request) -> Result | None:
+        cached = self.workloads.get(request.namespace, request.name)
+        if cached is None or not is_ours(cached):
+            return None
+        work = copy.deepcopy(cached)
+        result: Result | None = None
+        failure: Exception | None = None
+        try:
+            result = await self._reconcile(work)
+            ready = ("True", k.READY_REASON, k.READY_MESSAGE)
+        except NotReady as exc:
+            ready = ("False", exc.reason, exc.message)
+            if exc.requeue_after is not None:
+                result = Result(requeue_after=exc.requeue_after)
+        except (errors.ApiError, DropletError, RegistryFailure) as exc:
+            ready = (
+                "False",
+                k.UNKNOWN_REASON,
+                str(exc) if not isinstance(exc, errors.ApiError) else exc.message,
+            )
+            failure = exc
+        set_condition(_conditions(work), k.READY, *ready, _generation(cached))
+        await self._write(cached, work)
+        if failure is not None:
+            raise failure
+        return result
+
+    async def _reconcile(self, work: Obj) -> Result | None:
+        work.setdefault("status", {})["observedGeneration"] = _generation(work)
+        if _meta(work).get("deletionTimestamp"):
+            return await self._finalize(work)
+        finalizers: list[str] = _meta(work).setdefault("finalizers", [])
+        if k.BUILD_WORKLOAD_FINALIZER not in finalizers:
+            finalizers.append(k.BUILD_WORKLOAD_FINALIZER)
+        if _completed(work):
+            return None
+        if find(_conditions(work), k.SUCCEEDED) is None:
+            await self._begin(work)
+            return None
+        return await self._track(work)
+
+    # ------------------------------------------------------------------ writes
+    async def _write(self, cached: Obj, work: Obj) -> None:
+        """Persist metadata, then status, each only if it changed, each guarded by resourceVersion."""
+        meta, ns, name = cached["metadata"], cached["metadata"].get("namespace"), cached["metadata"]["name"]
+        rv = meta.get("resourceVersion")
+        meta_patch: Obj = {}
+        labels = merge_diff(meta.get("labels") or {}, _meta(work).get("labels") or {})
+        if labels:
+            meta_patch["labels"] = labels
+        finalizers = _meta(work).get("finalizers") or None
+        if (meta.get("finalizers") or None) != finalizers:
+            meta_patch["finalizers"] = finalizers
+        if meta_patch:
+            written = await self.client.merge_patch(
+                BUILD_WORKLOAD, name, {"metadata": {**meta_patch, "resourceVersion": rv}}, ns
+            )
+            rv = written["metadata"].get("resourceVersion")
+            if meta.get("deletionTimestamp") and not written["metadata"].get("finalizers"):
+                return  # the last finalizer is gone, and with it the object: nothing left to write status to
+        status_patch = merge_diff(cached.get("status") or {}, work.get("status") or {})
+        if status_patch:
+            await self.client.patch_status(
+                BUILD_WORKLOAD, name, {"metadata": {"resourceVersion": rv}, "status": status_patch}, ns
+            )
+
+    def _succeeded(self, work: Obj, status: str, reason: str, message: str) -> None:
+        set_condition(_conditions(work), k.SUCCEEDED, status, reason, message, _generation(work))
+
+    # ------------------------------------------------------------------ begin
+    async def _begin(self, work: Obj) -> None:
+        spec = work.get("spec") or {}
+        namespace = work["metadata"]["namespace"]
+        builder_ref: Obj = {
+            "kind": k.CLUSTER_BUILDER_KIND,
+            "name": self.settings.cluster_builder_name,
+            "apiVersion": k.KPACK_API_VERSION,
+        }
+        if spec.get("buildpacks"):
+            custom = await self._ensure_custom_builder(work)
+            if custom is None:
+                return  # Succeeded=False says why; retrying cannot help
+            builder_ref = {
+                "kind": k.BUILDER_KIND,
+                "name": custom,
+                "namespace": namespace,
+                "apiVersion": k.KPACK_API_VERSION,
+            }
+        for ref in ((spec.get("source") or {}).get("registry") or {}).get("imagePullSecrets") or ():
+            await self._get_named(SECRET, "Secret", namespace, ref.get("name", ""))
+        image = await self._reconcile_image(work, builder_ref)
+        if image is None:
+            return
+        self._succeeded(work, "Unknown", k.BUILD_RUNNING, k.BUILD_RUNNING_MESSAGE)
+        _meta(work).setdefault("labels", {})[k.IMAGE_GENERATION_LABEL] = str(_generation(image))
+        self.events.record(
+            work, "Normal", k.BUILD_RUNNING, f"kpack Image {image['metadata']['name']} ready to build"
+        )
+
+    async def _get_named(self, resource: Any, kind: str, namespace: str, name: str) -> Obj:
+        """A direct read whose NotFound reads as Korifi's cached client words it (``Secret "x" not found``)."""
+        try:
+            return await self.client.get(resource, name, namespace)
+        except errors.NotFound:
+            raise errors.NotFound(f'{kind} "{name}" not found') from None
+
+    async def _ensure_custom_builder(self, work: Obj) -> str | None:
+        """The Builder for this workload's buildpacks; None after failing the workload (Succeeded=False)."""
+        buildpacks: list[str] = list(work["spec"]["buildpacks"])
+        cluster_builder = self.cluster_builders.get(None, self.settings.cluster_builder_name)
+        if cluster_builder is None:
+            self._succeeded(work, "False", k.BUILDER_NOT_READY, k.DEFAULT_CLUSTER_BUILDER_NOT_FOUND)
+            return None
+        valid = {
+            (entry.get("group") or [{}])[0].get("id")
+            for entry in (cluster_builder.get("status") or {}).get("order") or ()
+            if entry.get("group")
+        }
+        for buildpack in buildpacks:
+            if buildpack not in valid:
+                self._succeeded(work, "False", k.INVALID_BUILDPACKS, k.invalid_buildpack_message(buildpack))
+                return None
+        name = k.builder_name(buildpacks)
+        repository = k.builder_repository(self.settings.container_repository_prefix, name)
+        try:
+            await self.repositories.create_repository(repository)
+        except Exception as exc:
+            raise RegistryFailure(
+                f"failed ensuring custom builder: failed to create builder repo: {exc}"
+            ) from exc
+        namespace = work["metadata"]["namespace"]
+        cb_spec = cluster_builder.get("spec") or {}
+        desired_spec = {
+            "tag": repository,
+            "stack": cb_spec.get("stack"),
+            "store": cb_spec.get("store"),
+            "serviceAccountName": self.settings.builder_service_account,
+            "order": [{"group": [{"id": bp}]} for bp in buildpacks],
+        }
+        existing = self.builders.get(namespace, name)
+        try:
+            if existing is None:
+                builder: Obj = {
+                    "apiVersion": k.KPACK_API_VERSION,
+                    "kind": k.BUILDER_KIND,
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": desired_spec,
+                }
+                add_owner(builder, work)
+                try:
+                    await self.client.create(BUILDER, builder, namespace)
+                except errors.AlreadyExists:
+                    raise errors.Conflict(f'Builder "{name}" was created concurrently; retrying') from None
+            else:
+                updated = copy.deepcopy(existing)
+                updated["spec"] = {**(existing.get("spec") or {}), **desired_spec}
+                add_owner(updated, work)
+                patch = merge_diff(existing, updated)
+                if patch:
+                    patch.setdefault("metadata", {})["resourceVersion"] = existing["metadata"][
+                        "resourceVersion"
+                    ]
+                    await self.client.merge_patch(BUILDER, name, patch, namespace)
+        except errors.ApiError as exc:
+            refused = admission_message(exc)
+            if refused is not None:
+                self._succeeded(work, "False", "BuilderRejected", refused)
+                return None
+            raise errors.ApiError(
+                f"failed ensuring custom builder: failed creating or updating kpack Builder: {exc.message}"
+            ) from exc
+        return name
+
+    def _desired_image(self, work: Obj, builder_ref: Obj, existing: Obj | None) -> Obj:
+        spec = work.get("spec") or {}
+        app_guid = _labels(work)[k.APP_GUID_LABEL]
+        registry = (spec.get("source") or {}).get("registry") or {}
+        source_registry: Obj = {"image": registry.get("image", "")}
+        if registry.get("imagePullSecrets"):
+            source_registry["imagePullSecrets"] = registry["imagePullSecrets"]
+        build: Obj = {"resources": build_resources(self.settings)}
+        if spec.get("services"):
+            build["services"] = spec["services"]
+        if spec.get("env"):
+            build["env"] = spec["env"]
+        volume: Obj = {"size": f"{self.settings.build_cache_mb}Mi"}
+        old_volume = (((existing or {}).get("spec") or {}).get("cache") or {}).get("volume") or {}
+        if old_volume.get("storageClassName"):
+            # kpack refuses any change of the class; Korifi's patch would clear it and be refused forever.
+            volume["storageClassName"] = old_volume["storageClassName"]
+        image = {
+            "apiVersion": k.KPACK_API_VERSION,
+            "kind": "Image",
+            "metadata": {
+                **(copy.deepcopy(existing["metadata"]) if existing else {}),
+                "name": app_guid,
+                "namespace": work["metadata"]["namespace"],
+                "labels": {k.BUILD_WORKLOAD_LABEL: work["metadata"]["name"]},
+            },
+            "spec": {
+                "tag": k.droplet_repository(self.settings.container_repository_prefix, app_guid),
+                "builder": builder_ref,
+                "serviceAccountName": self.settings.builder_service_account,
+                "source": {"registry": source_registry},
+                "build": build,
+                "cache": {"volume": volume},
+            },
+        }
+        add_owner(image, work)
+        return image
+
+    async def _resizable(self, storage_class: str | None) -> bool:
+        """Whether a cache volume of this class (None: the default class) can grow in place."""
+        classes, _ = await self.client.list_all(STORAGE_CLASS)
+        for sc in classes:
+            annotations = sc["metadata"].get("annotations") or {}
+            named = storage_class and sc["metadata"]["name"] == storage_class
+            default = not storage_class and annotations.get(k.DEFAULT_STORAGE_CLASS_ANNOTATION) == "true"
+            if named or default:
+                return sc.get("allowVolumeExpansion") is True
+        return False
+
+    async def _reconcile_image(self, work: Obj, builder_ref: Obj) -> Obj | None:
+        """Create or patch the app's kpack Image; the written Image, or None when it must be recreated or
+        kpack refuses it (then Succeeded=False says why)."""
+        namespace = work["metadata"]["namespace"]
+        app_guid = _labels(work).get(k.APP_GUID_LABEL)
+        if not app_guid:
+            raise errors.Invalid(
+                f"BuildWorkload has no {k.APP_GUID_LABEL} label: cannot name its kpack Image"
+            )
+        repository = k.droplet_repository(self.settings.container_repository_prefix, app_guid)
+        try:
+            await self.repositories.create_repository(repository)
+        except Exception as exc:
+            raise RegistryFailure(f"failed to create droplet repo: {exc}") from exc
+        existing = self.images.get(namespace, app_guid)
+        desired = self._desired_image(work, builder_ref, existing)
+        try:
+            if existing is None:
+                return await self.client.create(IMAGE, desired, namespace)
+            old_volume = ((existing.get("spec") or {}).get("cache") or {}).get("volume") or {}
+            new_size = desired["spec"]["cache"]["volume"]["size"]
+            old_bytes, new_bytes = _quantity_bytes(old_volume.get("size")), _quantity_bytes(new_size)
+            if old_volume.get("size") and old_bytes != new_bytes:
+                if not await self._resizable(old_volume.get("storageClassName")):
+                    # As Korifi: a cache that cannot grow in place means a new Image. Its deletion event
+                    # requeues this workload, which then creates the new one.
+                    await self.client.delete(
+                        IMAGE, app_guid, namespace, preconditions={"uid": existing["metadata"]["uid"]}
+                    )
+                    log.info("recreating kpack Image for a new cache size", extra={"image": app_guid})
+                    return None
+                if new_bytes is not None and old_bytes is not None and new_bytes < old_bytes:
+                    # kpack refuses to shrink a volume; keep the larger cache rather than fail every build.
+                    desired["spec"]["cache"]["volume"]["size"] = old_volume["size"]
+            patch = merge_diff(
+                {"metadata": existing["metadata"], "spec": existing.get("spec")},
+                {"metadata": desired["metadata"], "spec": desired["spec"]},
+            )
+            if not patch:
+                return existing
+            patch.setdefault("metadata", {})["resourceVersion"] = existing["metadata"]["resourceVersion"]
+            return await self.client.merge_patch(IMAGE, app_guid, patch, namespace)
+        except errors.ApiError as exc:
+            refused = admission_message(exc)
+            if refused is None:
+                raise
+            self._succeeded(work, "False", "ImageRejected", refused)
+            return None
+
+    # ------------------------------------------------------------------ track
+    async def _track(self, work: Obj) -> Result | None:
+        namespace = work["metadata"]["namespace"]
+        labels = _labels(work)
+        app_guid = labels.get(k.APP_GUID_LABEL, "")
+        image = self.images.get(namespace, app_guid)
+        if image is None:
+            raise errors.NotFound(f'failed getting kpack Image: Image.kpack.io "{app_guid}" not found')
+        try:
+            generation = int(labels.get(k.IMAGE_GENERATION_LABEL, ""))
+        except ValueError as exc:
+            raise NotReady(
+                k.UNKNOWN_REASON, f"couldn't parse image generation on buildworkload label: {exc}"
+            ) from None
+        await self._recover_skipped_build(image, generation)
+        waiting = self._wait_for_builder(work, image)
+        if waiting is not None:
+            return waiting
+        builds = self.builds.by_index(BY_IMAGE_GENERATION, _ns_key(namespace, app_guid, str(generation)))
+        if not builds:
+            return None  # the Build's creation will wake this workload
+        latest = max(builds, key=_build_number)
+        await self._fail_skipped_siblings(work, namespace, app_guid, generation)
+        outcome = status_of(latest, k.SUCCEEDED)
+        if outcome == "False":
+            self._succeeded(work, "False", k.BUILD_FAILED, k.BUILD_FAILED_MESSAGE)
+            # Korifi's message is fixed ("Check build log output"); the Event says what kpack said.
+            why = (find((latest.get("status") or {}).get("conditions"), k.SUCCEEDED) or {}).get("message")
+            self.events.record(
+                work,
+                "Warning",
+                k.BUILD_FAILED,
+                f"kpack Build {latest['metadata']['name']} failed: {why or 'no reason given'}",
+            )
+        elif outcome == "True":
+            work["status"]["droplet"] = await self._droplet(work, latest)
+            self._succeeded(work, "True", k.BUILD_SUCCEEDED, k.BUILD_SUCCEEDED_MESSAGE)
+            self.events.record(
+                work, "Normal", k.BUILD_SUCCEEDED, f"droplet {work['status']['droplet']['registry']['image']}"
+            )
+        return None
+
+    async def _recover_skipped_build(self, image: Obj, generation: int) -> None:
+        """kpack builds nothing when only a non-build field of the Image changed (kpack issue #1198): ask it
+        for one more build on top of its latest (Korifi's recovery)."""
+        status = image.get("status") or {}
+        ready = status_of(image, k.READY)
+        if ready in (None, "Unknown"):
+            return
+        if int(status.get("observedGeneration") or 0) < generation:
+            return
+        if int(status.get("latestBuildImageGeneration") or 0) >= generation:
+            return
+        latest_ref = status.get("latestBuildRef")
+        if not latest_ref:
+            return  # never built: kpack's first build is on its way (Korifi asks for a Build named "")
+        build = self.builds.get(image["metadata"]["namespace"], latest_ref)
+        if build is None:
+            try:
+                build = await self.client.get(BUILD, latest_ref, image["metadata"]["namespace"])
+            except errors.ApiError as exc:
+                raise errors.ApiError(
+                    f'failed to get latest kpack build "{latest_ref}": {exc.message}'
+                ) from exc
+        if (build["metadata"].get("annotations") or {}).get(k.BUILD_NEEDED_ANNOTATION) == "true":
+            return
+        try:
+            await self.client.merge_patch(
+                BUILD,
+                latest_ref,
+                {"metadata": {"annotations": {k.BUILD_NEEDED_ANNOTATION: "true"}}},
+                image["metadata"]["namespace"],
+            )
+        except errors.ApiError as exc:
+            raise errors.ApiError(
+                f'failed to request additional build for build "{latest_ref}": {exc.message}'
+            ) from exc
+
+    def _wait_for_builder(self, work: Obj, image: Obj) -> Result | None:
+        """None when the Image's builder is ready; else a requeue at the readiness deadline (builder events
+        wake the workload sooner), or Succeeded=False once the deadline has passed."""
+        ref = (image.get("spec") or {}).get("builder") or {}
+        kind, name = ref.get("kind"), ref.get("name", "")
+        if kind == k.CLUSTER_BUILDER_KIND:
+            builder = self.cluster_builders.get(None, name)
+            missing = k.CLUSTER_BUILDER_NOT_FOUND
+        elif kind == k.BUILDER_KIND:
+            builder = self.builders.get(work["metadata"]["namespace"], name)
+            missing = k.CUSTOM_BUILDER_NOT_FOUND
+        else:
+            raise NotReady(
+                k.UNKNOWN_REASON, f"failed getting builder readiness condition: unknown kind {kind!r}"
+            )
+        if builder is None:
+            self._succeeded(work, "False", k.BUILDER_NOT_READY, missing)
+            return Result()
+        if is_true(builder, k.READY):
+            return None
+        created = _parse_time(work["metadata"].get("creationTimestamp"))
+        # The timestamp has whole seconds: count from the end of that second, so that a builder always
+        # gets at least the whole timeout (Korifi's count can fall up to a second short).
+        waited = (datetime.now(UTC) - created).total_seconds() - 1.0 if created else float("inf")
+        remaining = self.settings.builder_readiness_timeout - waited
+        if remaining > 0:
+            return Result(requeue_after=remaining)
+        self._succeeded(work, "False", k.BUILDER_NOT_READY, f'Check {kind} "{name}"')
+        return Result()
+
+    async def _fail_skipped_siblings(self, work: Obj, namespace: str, app_guid: str, generation: int) -> None:
+        """Older workloads of the same app that kpack will never build for (a newer generation superseded
+        theirs before a Build was made) are failed with KpackMissedBuild. Errors are logged, not raised."""
+        for sibling in self.workloads.by_index(BY_APP, _ns_key(namespace, app_guid)):
+            if sibling["metadata"]["name"] == work["metadata"]["name"] or not is_ours(sibling):
+                continue
+            try:
+                theirs = int(_labels(sibling).get(k.IMAGE_GENERATION_LABEL, ""))
+            except ValueError:
+                continue  # not started yet, or failed before its Image: not skipped by kpack
+            if theirs >= generation or status_of(sibling, k.SUCCEEDED) != "Unknown":
+                continue
+            if self.builds.by_index(BY_IMAGE_GENERATION, _ns_key(namespace, app_guid, str(theirs))):
+                continue
+            status = copy.deepcopy(sibling.get("status") or {})
+            conditions = status.setdefault("conditions", [])
+            set_condition(
+                conditions,
+                k.SUCCEEDED,
+                "False",
+                k.KPACK_MISSED_BUILD,
+                k.KPACK_MISSED_BUILD_MESSAGE,
+                _generation(sibling),
+            )
+            try:
+                await self.client.patch_status(
+                    BUILD_WORKLOAD,
+                    sibling["metadata"]["name"],
+                    {
+                        "metadata": {"resourceVersion": sibling["metadata"]["resourceVersion"]},
+                        "status": {"conditions": conditions},
+                    },
+                    namespace,
+                )
+            except errors.ApiError as exc:
+                log.warning(
+                    "failed to patch older build workload: %s",
+                    exc.message,
+                    extra={"sibling": sibling["metadata"]["name"]},
+                )
+
+    async def _droplet(self, work: Obj, build: Obj) -> Obj:
+        refs, secrets = await builder_credentials(
+            self.client, work["metadata"]["namespace"], self.settings.builder_service_account
+        )
+        status = build.get("status") or {}
+        image = status.get("latestImage", "")
+        try:
+            config = await self.image_configs.image_config(image, secrets)
+        except Exception as exc:
+            raise RegistryFailure(f"failed getting image config: {exc}") from exc
+        return droplet(image, (status.get("stack") or {}).get("id", ""), config.labels, config.ports, refs)
+
+    # ------------------------------------------------------------------ finalize
+    async def _finalize(self, work: Obj) -> Result | None:
+        finalizers: list[str] = list(_meta(work).get("finalizers") or [])
+        if k.BUILD_WORKLOAD_FINALIZER not in finalizers:
+            return None
+        labels = _labels(work)
+        namespace = work["metadata"]["namespace"]
+        app_guid, generation = labels.get(k.APP_GUID_LABEL), labels.get(k.IMAGE_GENERATION_LABEL)
+        if app_guid is not None and generation is not None:
+            same = self.workloads.by_index(BY_APP_GENERATION, _ns_key(namespace, app_guid, generation))
+            if len(same) == 1:
+                selector = f"{k.KPACK_IMAGE_LABEL}={app_guid},{k.KPACK_IMAGE_GENERATION_LABEL}={generation}"
+                try:
+                    await self.client.delete_collection(BUILD, namespace, label_selector=selector)
+                except errors.ApiError as exc:
+                    raise errors.ApiError(f"failed to delete builds: {exc.message}") from exc
+                if self.builds.by_index(BY_IMAGE_GENERATION, _ns_key(namespace, app_guid, generation)):
+                    return Result(requeue_after=FINALIZE_RETRY)
+        _meta(work)["finalizers"] = [f for f in finalizers if f != k.BUILD_WORKLOAD_FINALIZER]
+        return None
+
+
+class RegistryFailure(Exception):
+    """A registry call failed; the message is the Ready condition's."""
+
+
+def _build_number(build: Obj) -> int:
+    value = _labels(build).get(k.KPACK_BUILD_NUMBER_LABEL, "")
+    try:
+        return int(value)
+    except ValueError:
+        raise NotReady(
+            k.UNKNOWN_REASON,
+            f'failed to parse build number for build "{build["metadata"]["name"]}": invalid number {value!r}',
+        ) from None
+
+
+def register(
+    manager: Manager,
+    settings: BuilderSettings,
+    images: ImageConfigReader,
+    repositories: RepositoryCreator | None = None,
+) -> BuildWorkloadReconciler:
+    reconciler = BuildWorkloadReconciler(manager, settings, images, repositories)
     controller = manager.new_controller(CONTROLLER, reconciler.reconcile)
-    controller.watch(reconciler.workloads)
-    controller.watch(manager.informers.informers_for(IMAGE), enqueue_owner(KORIFI, "BuildWorkload"))
+    ours = Funcs(create=is_ours, update=lambda _old, new: is_ours(new), delete=is_ours)
+    controller.watch(reconciler.workloads.informers, predicates=[ours])
+    controller.watch(
+        reconciler.images.informers, enqueue_owner(KORIFI, "BuildWorkload", only_controller=False)
+    )
+    controller.watch(reconciler.builds.informers, reconciler.workloads_for_build)
+    controller.watch(reconciler.builders.informers, reconciler.workloads_waiting_for_builder)
+    controller.watch(reconciler.cluster_builders.informers, reconciler.workloads_waiting_for_builder)
     return reconciler

@@ -1,0 +1,69 @@
+"""Status conditions: ``metav1.Condition`` lists as Korifi writes them, and kpack's knative-style ones as
+it reads them.
+
+``set_condition`` follows apimachinery's ``meta.SetStatusCondition``: ``lastTransitionTime`` moves only
+when the status flips, so a condition rewritten with the same status keeps the time it first took it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+Obj = dict[str, Any]
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def find(conditions: list[Obj] | None, type_: str) -> Obj | None:
+    for condition in conditions or ():
+        if condition.get("type") == type_:
+            return condition
+    return None
+
+
+def status_of(obj: Obj, type_: str) -> str | None:
+    """The status (``True``/``False``/``Unknown``) of ``obj``'s condition ``type_``, or None if absent."""
+    condition = find((obj.get("status") or {}).get("conditions"), type_)
+    return None if condition is None else str(condition.get("status"))
+
+
+def is_true(obj: Obj, type_: str) -> bool:
+    return status_of(obj, type_) == "True"
+
+
+def set_condition(
+    conditions: list[Obj],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    observed_generation: int | None,
+    *,
+    now: str | None = None,
+) -> bool:
+    """Add or update one condition in place; True if anything changed."""
+    existing = find(conditions, type_)
+    if existing is None:
+        condition: Obj = {
+            "type": type_,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now or now_rfc3339(),
+        }
+        if observed_generation is not None:
+            condition["observedGeneration"] = observed_generation
+        conditions.append(condition)
+        return True
+    before = dict(existing)
+    if existing.get("status") != status:
+        existing["status"] = status
+        existing["lastTransitionTime"] = now or now_rfc3339()
+    existing["reason"] = reason
+    existing["message"] = message
+    if observed_generation is not None:
+        existing["observedGeneration"] = observed_generation
+    return existing != before

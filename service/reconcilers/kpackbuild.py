@@ -1,0 +1,90 @@
+"""The kpack Build controller: a Build made for a workload holds the ``korifi.cloudfoundry.org/kpackBuild``
+finalizer until its droplet's tags are deleted from the registry (reference: korifi.md §4.1.5).
+
+Korifi adds that finalizer with a fail-closed mutating webhook on every kpack Build in the cluster; here
+this controller adds it to Builds carrying the ``build-workload-name`` label as soon as it sees them, so
+that kpack keeps working when this service is down. A registry failure is logged and never holds the
+deletion: a leaked image is cheaper than a Build that cannot be deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from service.kube import errors
+from service.kube.client import KubeClient
+from service.kube.resources import BUILD
+from service.reconcilers import korifi as k
+from service.reconcilers.buildworkload import BuilderSettings
+from service.reconcilers.images import ImageDeleter, builder_credentials
+from service.registry.reference import tags_of_build_tags
+from service.runtime.controller import Funcs, Request, Result
+from service.runtime.informer import Lister
+from service.runtime.manager import Manager
+from service.runtime.store import Obj
+
+log = logging.getLogger("service.reconcilers.kpackbuild")
+
+CONTROLLER = "kpackbuild"
+
+
+def for_a_workload(build: Obj) -> bool:
+    return k.BUILD_WORKLOAD_LABEL in (build.get("metadata", {}).get("labels") or {})
+
+
+class KpackBuildReconciler:
+    def __init__(self, manager: Manager, settings: BuilderSettings, images: ImageDeleter) -> None:
+        self.client: KubeClient = manager.client
+        self.settings = settings
+        self.images = images
+        self.builds: Lister = manager.informers.lister(BUILD)
+
+    async def reconcile(self, request: Request) -> Result | None:
+        build = self.builds.get(request.namespace, request.name)
+        if build is None or not for_a_workload(build):
+            return None
+        meta = build["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if not meta.get("deletionTimestamp"):
+            if k.KPACK_BUILD_FINALIZER not in finalizers:
+                await self._set_finalizers(build, [*finalizers, k.KPACK_BUILD_FINALIZER])
+            return None
+        if k.KPACK_BUILD_FINALIZER not in finalizers:
+            return None
+        image = (build.get("status") or {}).get("latestImage")
+        if image:
+            await self._delete_droplet(build, image)
+        await self._set_finalizers(build, [f for f in finalizers if f != k.KPACK_BUILD_FINALIZER])
+        return None
+
+    async def _delete_droplet(self, build: Obj, image: str) -> None:
+        tags = tags_of_build_tags((build.get("spec") or {}).get("tags") or ())
+        namespace = build["metadata"]["namespace"]
+        try:
+            _, secrets = await builder_credentials(
+                self.client, namespace, self.settings.builder_service_account
+            )
+            await self.images.delete_image(image, tags, secrets)
+        except Exception as exc:  # never hold the Build: log and let go
+            log.warning(
+                "could not delete the droplet image of a deleted kpack Build: %s",
+                exc,
+                extra={"namespace": namespace, "build": build["metadata"]["name"], "image": image},
+            )
+
+    async def _set_finalizers(self, build: Obj, finalizers: list[str]) -> None:
+        meta = build["metadata"]
+        patch = {"metadata": {"finalizers": finalizers or None, "resourceVersion": meta["resourceVersion"]}}
+        with contextlib.suppress(errors.NotFound):  # gone already: nothing to hold or release
+            await self.client.merge_patch(BUILD, meta["name"], patch, meta["namespace"])
+
+
+def register(manager: Manager, settings: BuilderSettings, images: ImageDeleter) -> KpackBuildReconciler:
+    reconciler = KpackBuildReconciler(manager, settings, images)
+    controller = manager.new_controller(CONTROLLER, reconciler.reconcile)
+    labelled = Funcs(
+        create=for_a_workload, update=lambda _old, new: for_a_workload(new), delete=for_a_workload
+    )
+    controller.watch(reconciler.builds.informers, predicates=[labelled])
+    return reconciler

@@ -1,0 +1,293 @@
+"""The reconcilers against the API emulator and an in-process OCI registry, with kpack's side played by
+the test (objects and statuses set by hand), as Korifi's own envtest suite does (korifi.md §4.2).
+
+``env`` runs a manager with the three controllers; ``standard`` creates Korifi's "standard setup": a
+namespace, a registry-credentials Secret, the builder ServiceAccount, a Ready ClusterBuilder with two
+buildpacks, and (not yet created) a workload."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+from service.kube import errors
+from service.kube import resources as r
+from service.kube.client import KubeClient
+from service.kube.config import explicit
+from service.reconcilers import builderinfo, buildworkload, kpackbuild
+from service.reconcilers import korifi as k
+from service.reconcilers.buildworkload import BuilderSettings
+from service.reconcilers.images import RegistryImages
+from service.registry.client import RegistryClient
+from service.runtime.manager import Manager, ManagerOptions
+from service.sim.crds import new_cluster
+from service.sim.registry import RunningRegistry, running_registry
+from service.sim.server import RunningApiServer, running_apiserver
+from tests.helpers import eventually
+
+Obj = dict[str, Any]
+
+SERVICE_ACCOUNT = "builder-service-account"
+PULL_SECRET = "image-registry-credentials"
+PREFIX = "my.repository/my-prefix/"
+READINESS_TIMEOUT = 1.5
+APP_GUID = "app-guid"
+BUILD_METADATA = {
+    "processes": [
+        {"type": "web", "command": "my-command", "args": ["foo", "bar"]},
+        {"type": "db", "command": "my-command2"},
+    ]
+}
+
+
+class RecordingRepositories:
+    """The repository-creator seam (a no-op in production but for ECR): records what it was asked."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    async def create_repository(self, repository: str) -> None:
+        self.created.append(repository)
+
+
+@dataclass
+class Env:
+    api: RunningApiServer
+    client: KubeClient
+    registry: RunningRegistry
+    images: RegistryClient
+    manager: Manager
+    settings: BuilderSettings
+    repositories: RecordingRepositories
+    namespace: str = field(default_factory=lambda: f"namespace-{uuid.uuid4().hex[:8]}")
+
+    # ------------------------------------------------------------------ object helpers
+    async def create(self, resource: r.Resource, obj: Obj) -> Obj:
+        return await self.client.create(resource, obj, obj["metadata"].get("namespace"))
+
+    async def get(self, resource: r.Resource, name: str, namespace: str | None = None) -> Obj | None:
+        try:
+            return await self.client.get(
+                resource, name, (namespace or self.namespace) if resource.namespaced else None
+            )
+        except errors.NotFound:
+            return None
+
+    async def set_status(
+        self, resource: r.Resource, name: str, status: Obj, namespace: str | None = None
+    ) -> Obj:
+        ns = (namespace or self.namespace) if resource.namespaced else None
+        return await self.client.patch_status(resource, name, {"status": status}, ns)
+
+    async def workload(self, name: str) -> Obj:
+        obj = await self.get(r.BUILD_WORKLOAD, name)
+        assert obj is not None, f"workload {name} is gone"
+        return obj
+
+    async def succeeded(self, name: str) -> Obj | None:
+        """The workload's Succeeded condition (None while it has none)."""
+        obj = await self.get(r.BUILD_WORKLOAD, name)
+        for condition in ((obj or {}).get("status") or {}).get("conditions") or ():
+            if condition["type"] == k.SUCCEEDED:
+                return dict(condition)
+        return None
+
+    async def condition(self, name: str, type_: str) -> Obj | None:
+        obj = await self.get(r.BUILD_WORKLOAD, name)
+        for condition in ((obj or {}).get("status") or {}).get("conditions") or ():
+            if condition["type"] == type_:
+                return dict(condition)
+        return None
+
+    async def wait_succeeded(self, name: str, status: str, within: float = 10.0) -> Obj:
+        async def check() -> Obj | None:
+            condition = await self.succeeded(name)
+            return condition if condition and condition["status"] == status else None
+
+        return await eventually(check, within, f"workload {name} Succeeded={status}")
+
+    async def generation_label(self, name: str) -> str:
+        async def check() -> str | None:
+            labels = (await self.workload(name))["metadata"].get("labels") or {}
+            return labels.get(k.IMAGE_GENERATION_LABEL)
+
+        return await eventually(check, what=f"workload {name} labelled with its Image generation")
+
+    # ------------------------------------------------------------------ kpack's side
+    async def cluster_builder(
+        self,
+        name: str | None = None,
+        *,
+        ready: str | None = "True",
+        message: str = "",
+        order: list[str] | None = None,
+    ) -> Obj:
+        name = name or self.settings.cluster_builder_name
+        await self.create(
+            r.CLUSTER_BUILDER,
+            {
+                "apiVersion": k.KPACK_API_VERSION,
+                "kind": "ClusterBuilder",
+                "metadata": {"name": name},
+                "spec": {
+                    "tag": "my.repository/builder",
+                    "stack": {"kind": "ClusterStack", "name": "my-cluster-stack"},
+                    "store": {"kind": "ClusterStore", "name": "my-cluster-store"},
+                    "serviceAccountRef": {"name": "kpack-service-account", "namespace": "cf"},
+                },
+            },
+        )
+        status: Obj = {
+            "order": [
+                {"group": [{"id": bp}]} for bp in (order or ["repo/my-buildpack", "repo/another-buildpack"])
+            ],
+            "stack": {"id": "io.buildpacks.stacks.jammy"},
+        }
+        if ready is not None:
+            status["conditions"] = [{"type": "Ready", "status": ready, "message": message}]
+        return await self.set_status(r.CLUSTER_BUILDER, name, status)
+
+    async def build(
+        self,
+        name: str,
+        generation: str,
+        number: str | None = "1",
+        *,
+        image: str = APP_GUID,
+        labels: Obj | None = None,
+        status: Obj | None = None,
+    ) -> Obj:
+        build_labels = {
+            k.KPACK_IMAGE_LABEL: image,
+            k.KPACK_IMAGE_GENERATION_LABEL: generation,
+            **(labels or {}),
+        }
+        if number is not None:
+            build_labels[k.KPACK_BUILD_NUMBER_LABEL] = number
+        created = await self.create(
+            r.BUILD,
+            {
+                "apiVersion": k.KPACK_API_VERSION,
+                "kind": "Build",
+                "metadata": {"name": name, "namespace": self.namespace, "labels": build_labels},
+                "spec": {"tags": [f"{PREFIX}{image}-droplets"]},
+            },
+        )
+        if status is not None:
+            created = await self.set_status(r.BUILD, name, status)
+        return created
+
+    async def push_droplet(
+        self, metadata: Obj | None = None, ports: tuple[str, ...] = ("8080/tcp", "8443/tcp")
+    ) -> str:
+        """Push a built app image to the registry; its digest reference, as kpack's latestImage."""
+        repo = f"{self.registry.host}/droplets/{APP_GUID}"
+        config = {
+            "config": {
+                "Labels": {k.BUILD_METADATA_LABEL: orjson.dumps(metadata or BUILD_METADATA).decode()},
+                "ExposedPorts": {p: {} for p in ports},
+            }
+        }
+        digest = await self.images.push_image(f"{repo}:latest", config, [uuid.uuid4().bytes])
+        return f"{repo}@{digest}"
+
+    # ------------------------------------------------------------------ Korifi's standard setup
+    async def standard(self) -> None:
+        await self.create(
+            r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
+        )
+        auth = base64.b64encode(b"user:password").decode()
+        config = {
+            "auths": {
+                "https://index.docker.io/v1/": {"username": "user", "password": "password", "auth": auth}
+            }
+        }
+        await self.create(
+            r.SECRET,
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/dockerconfigjson",
+                "metadata": {"name": PULL_SECRET, "namespace": self.namespace},
+                "data": {".dockerconfigjson": base64.b64encode(orjson.dumps(config)).decode()},
+            },
+        )
+        await self.create(
+            r.SERVICE_ACCOUNT,
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": SERVICE_ACCOUNT, "namespace": self.namespace},
+                "secrets": [{"name": PULL_SECRET}],
+                "imagePullSecrets": [{"name": PULL_SECRET}],
+            },
+        )
+        await self.cluster_builder()
+
+    def workload_body(self, name: str | None = None, *, source: str = "PACKAGE_IMAGE", **spec: Any) -> Obj:
+        name = name or f"build-workload-{uuid.uuid4().hex[:8]}"
+        return {
+            "apiVersion": k.KORIFI_API_VERSION,
+            "kind": "BuildWorkload",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": {k.APP_GUID_LABEL: APP_GUID}},
+            "spec": {
+                "buildRef": {"name": name},
+                "source": {"registry": {"image": source, "imagePullSecrets": [{"name": PULL_SECRET}]}},
+                "env": [
+                    {
+                        "name": "VCAP_SERVICES",
+                        "valueFrom": {
+                            "secretKeyRef": {"name": "some-vcap-services-secret", "key": "VCAP_SERVICES"}
+                        },
+                    }
+                ],
+                "services": [{"kind": "Secret", "name": "some-services-secret", "apiVersion": "v1"}],
+                "builderName": k.BUILDER_NAME,
+                **spec,
+            },
+        }
+
+    async def create_workload(self, body: Obj) -> Obj:
+        return await self.create(r.BUILD_WORKLOAD, copy.deepcopy(body))
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    settings = BuilderSettings(
+        cluster_builder_name=f"cluster-builder-{uuid.uuid4().hex[:6]}",
+        builder_service_account=SERVICE_ACCOUNT,
+        builder_readiness_timeout=READINESS_TIMEOUT,
+        container_repository_prefix=PREFIX,
+        build_cache_mb=1024,
+        disk_mb=2048,
+        memory_mb=1234,
+        cf_root_namespace="cf",
+    )
+    async with (
+        running_apiserver(new_cluster()) as api,
+        running_registry() as registry,
+        KubeClient(explicit(api.url), timeout=5.0) as client,
+        KubeClient(explicit(api.url), timeout=5.0) as manager_client,
+        RegistryClient(timeout=5.0) as images,
+    ):
+        manager = Manager(
+            manager_client, ManagerOptions(name="test", metrics_address=None, probe_address=None)
+        )
+        repositories = RecordingRepositories()
+        buildworkload.register(manager, settings, RegistryImages(images), repositories)
+        builderinfo.register(manager, settings)
+        kpackbuild.register(manager, settings, RegistryImages(images))
+        environment = Env(api, client, registry, images, manager, settings, repositories)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(manager.run)
+            await environment.standard()
+            yield environment
+            manager.shutdown()

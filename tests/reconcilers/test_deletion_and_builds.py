@@ -1,0 +1,160 @@
+"""Deletion of workloads and kpack Builds, and the finalizers the controllers add in place of Korifi's
+webhook (korifi.md §4.3 G, J, K: behaviours 41-42, 56-62; untested path U5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.kube import resources as r
+from service.reconcilers import korifi as k
+from service.registry.errors import NotFound as ImageNotFound
+from tests.helpers import consistently, eventually
+from tests.reconcilers.conftest import APP_GUID, Env
+
+pytestmark = pytest.mark.anyio
+
+Obj = dict[str, Any]
+
+
+async def finalizers(env: Env, resource: r.Resource, name: str) -> list[str]:
+    obj = await env.get(resource, name)
+    return list(((obj or {}).get("metadata") or {}).get("finalizers") or [])
+
+
+async def labelled_workload(env: Env) -> Obj:
+    workload = await env.create_workload(env.workload_body())
+    await env.generation_label(workload["metadata"]["name"])
+    return await env.workload(workload["metadata"]["name"])
+
+
+# ------------------------------------------------------------------------------ K: finalizers
+async def test_our_workloads_get_the_finalizer_and_foreign_ones_do_not(env: Env) -> None:
+    """Behaviours 59-60."""
+    ours = await env.create_workload(env.workload_body())
+    foreign = await env.create_workload(env.workload_body(builderName="another-image-builder"))
+    assert await eventually(lambda: finalizers(env, r.BUILD_WORKLOAD, ours["metadata"]["name"])) == [
+        k.BUILD_WORKLOAD_FINALIZER
+    ]
+    assert await finalizers(env, r.BUILD_WORKLOAD, foreign["metadata"]["name"]) == []
+
+
+async def test_builds_for_a_workload_get_the_finalizer_and_others_do_not(env: Env) -> None:
+    """Behaviours 61-62."""
+    await env.build("ours", "1", labels={k.BUILD_WORKLOAD_LABEL: "my-build-workload"})
+    await env.build("theirs", "1", image="someone-elses-image")
+    assert await eventually(lambda: finalizers(env, r.BUILD, "ours")) == [k.KPACK_BUILD_FINALIZER]
+    await consistently(lambda: _equals(finalizers(env, r.BUILD, "theirs"), []), 0.5, "no finalizer")
+
+
+async def _equals(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+# ------------------------------------------------------------------------------ G: workload deletion
+async def test_deleting_the_last_workload_of_a_generation_deletes_its_builds(env: Env) -> None:
+    """Behaviour 41."""
+    workload = await labelled_workload(env)
+    name = workload["metadata"]["name"]
+    await env.build("build", "1", labels={k.APP_GUID_LABEL: APP_GUID, k.BUILD_WORKLOAD_LABEL: name})
+    await eventually(lambda: finalizers(env, r.BUILD, "build"), what="the Build holds its finalizer")
+    await env.client.delete(r.BUILD_WORKLOAD, name, env.namespace)
+    await eventually(lambda: _gone(env, r.BUILD, "build"), what="the Build is deleted")
+    await eventually(lambda: _gone(env, r.BUILD_WORKLOAD, name), what="then the workload")
+
+
+async def _gone(env: Env, resource: r.Resource, name: str) -> bool:
+    return await env.get(resource, name) is None
+
+
+async def test_builds_shared_with_another_workload_of_the_generation_are_kept(env: Env) -> None:
+    """Behaviour 42."""
+    workload = await labelled_workload(env)
+    other = await env.create_workload(env.workload_body())
+    assert await env.generation_label(other["metadata"]["name"]) == "1"  # same spec, same Image generation
+    await env.build("build", "1")
+    await env.client.delete(r.BUILD_WORKLOAD, workload["metadata"]["name"], env.namespace)
+    await eventually(lambda: _gone(env, r.BUILD_WORKLOAD, workload["metadata"]["name"]), what="workload gone")
+    await consistently(lambda: _present(env, r.BUILD, "build"), 1.0, "the shared Build stays")
+
+
+async def _present(env: Env, resource: r.Resource, name: str) -> bool:
+    return await env.get(resource, name) is not None
+
+
+async def test_finalizing_waits_for_builds_held_by_someone_else(env: Env) -> None:
+    """U5: Builds still present after the delete-collection keep the workload until they are gone."""
+    workload = await labelled_workload(env)
+    name = workload["metadata"]["name"]
+    await env.build("build", "1")
+    held = await env.get(r.BUILD, "build")
+    assert held is not None
+    await env.client.merge_patch(
+        r.BUILD, "build", {"metadata": {"finalizers": ["example.com/hold"]}}, env.namespace
+    )
+    await env.client.delete(r.BUILD_WORKLOAD, name, env.namespace)
+
+    async def build_deleting() -> bool:
+        build = await env.get(r.BUILD, "build")
+        return bool(build and build["metadata"].get("deletionTimestamp"))
+
+    await eventually(build_deleting, what="the Build is being deleted")
+    await consistently(lambda: _present(env, r.BUILD_WORKLOAD, name), 1.0, "the workload waits")
+    await env.client.merge_patch(r.BUILD, "build", {"metadata": {"finalizers": None}}, env.namespace)
+    await eventually(
+        lambda: _gone(env, r.BUILD_WORKLOAD, name), what="the workload goes once the Build is gone"
+    )
+
+
+# ------------------------------------------------------------------------------ J: Build deletion
+async def pushed_build(env: Env, tags: list[str]) -> tuple[str, str]:
+    """A Build labelled for a workload whose droplet was pushed under ``tags``; (Build name, image)."""
+    repo = f"{env.registry.host}/droplets/{APP_GUID}"
+    digest = await env.images.push_image(f"{repo}:{tags[0]}", {"config": {}}, [b"droplet"])
+    for tag in tags[1:]:
+        await env.images.push_image(f"{repo}:{tag}", {"config": {}}, [b"droplet"])
+    image = f"{repo}@{digest}"
+    build = {
+        "apiVersion": k.KPACK_API_VERSION,
+        "kind": "Build",
+        "metadata": {
+            "name": "foo",
+            "namespace": env.namespace,
+            "labels": {k.BUILD_WORKLOAD_LABEL: "anything"},
+        },
+        "spec": {"tags": [repo, f"{repo}:{tags[-1]}"]},
+    }
+    await env.create(r.BUILD, build)
+    await env.set_status(r.BUILD, "foo", {"latestImage": image})
+    await eventually(lambda: finalizers(env, r.BUILD, "foo"), what="the Build holds its finalizer")
+    return "foo", image
+
+
+async def test_deleting_a_build_deletes_its_droplet_tags(env: Env) -> None:
+    """Behaviour 56, with a registry host that has a port (§6.15 done right)."""
+    name, image = await pushed_build(env, ["latest", "bob"])
+    assert ":" in env.registry.host  # 127.0.0.1:<port>: Korifi's split on ":" would get this wrong
+    await env.client.delete(r.BUILD, name, env.namespace)
+    await eventually(lambda: _gone(env, r.BUILD, name), what="the Build is released")
+    with pytest.raises(ImageNotFound):
+        await env.images.get_manifest(image)
+
+
+async def test_a_build_without_an_image_is_released_without_registry_calls(env: Env) -> None:
+    """Behaviour 57."""
+    await env.build("foo", "1", labels={k.BUILD_WORKLOAD_LABEL: "anything"})
+    await eventually(lambda: finalizers(env, r.BUILD, "foo"), what="finalizer")
+    before = sum(env.registry.registry.requests.values())
+    await env.client.delete(r.BUILD, "foo", env.namespace)
+    await eventually(lambda: _gone(env, r.BUILD, "foo"), what="the Build is released")
+    assert sum(env.registry.registry.requests.values()) == before
+
+
+async def test_a_registry_failure_never_holds_the_build(env: Env) -> None:
+    """Behaviour 58: the registry refuses deletions; the Build goes anyway."""
+    name, image = await pushed_build(env, ["latest", "bob"])
+    env.registry.registry.delete_enabled = False
+    await env.client.delete(r.BUILD, name, env.namespace)
+    await eventually(lambda: _gone(env, r.BUILD, name), what="the Build is released")
+    assert await env.images.get_manifest(image)  # still there: only logged
