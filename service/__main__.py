@@ -20,6 +20,12 @@ def _devcluster(args: argparse.Namespace) -> int:
     if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
         print("devcluster: --tls-cert-file and --tls-private-key-file go together", file=sys.stderr)
         return 2
+    if not 0.0 <= args.kpack_failure_rate <= 1.0 or args.kpack_build_seconds < 0:
+        print(
+            "devcluster: --kpack-failure-rate must be within [0, 1] and --kpack-build-seconds not negative",
+            file=sys.stderr,
+        )
+        return 2
     try:
         anyio.run(
             lambda: serve(
@@ -31,6 +37,11 @@ def _devcluster(args: argparse.Namespace) -> int:
                 token=args.token,
                 tls_cert=args.tls_cert_file,
                 tls_key=args.tls_private_key_file,
+                kpack=args.kpack,
+                kpack_build_seconds=args.kpack_build_seconds,
+                kpack_failure_rate=args.kpack_failure_rate,
+                kpack_seed=args.kpack_seed,
+                kpack_registry=args.kpack_registry,
             )
         )
     except OSError as exc:
@@ -95,6 +106,34 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--token", help="require this bearer token from clients")
     dev.add_argument("--tls-cert-file", type=Path, help="serve HTTPS with this certificate")
     dev.add_argument("--tls-private-key-file", type=Path, help="the certificate's private key")
+    dev.add_argument(
+        "--kpack",
+        action="store_true",
+        help="also run the kpack simulator (webhooks and controllers) and create the default ClusterStack, "
+        "ClusterStore, ClusterBuilder and cf namespace (docs/kpack-simulator.md)",
+    )
+    dev.add_argument(
+        "--kpack-build-seconds",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="how long a simulated build runs (default 2)",
+    )
+    dev.add_argument(
+        "--kpack-failure-rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="share of builds that fail, 0 to 1, the same builds on every run (default 0)",
+    )
+    dev.add_argument(
+        "--kpack-seed", type=int, default=0, metavar="N", help="seed that picks which builds fail (default 0)"
+    )
+    dev.add_argument(
+        "--kpack-registry",
+        metavar="URL",
+        help="registry builds push to (http://host:port or host:port); default: an in-process registry",
+    )
     dev.set_defaults(func=_devcluster)
 
     run = sub.add_parser(

@@ -3,17 +3,26 @@
 Every method is synchronous, so each call is atomic on the event loop, as one etcd transaction is.
 Stored objects are never mutated: a write stores a new dict, which lets lists, paginated snapshots
 and the watch history share objects by reference.
+
+Admission webhooks are in-process hooks (``AdmissionHook``), called where kube-apiserver calls webhooks:
+after the NamespaceLifecycle check, mutating hooks in registration order on the request object; then
+name generation, system fields, the status/spec split of the subresource, metadata and schema validation
+(pruning, defaults); then validating hooks on the final object (with its uid, creationTimestamp and
+generation), before the resourceVersion precondition of a create and the store. Mutating hooks on an
+update run before the optimistic-lock check, validating hooks after it, as in kube-apiserver's
+``Store.Update``; deletes get validating hooks after their preconditions.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import logging
 import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +43,8 @@ from service.sim import schema as schemas
 from service.sim.kinds import Kind, Obj, built_in_kinds, kind_from_crd
 from service.sim.watch import Event, Watcher
 
+log = logging.getLogger("service.sim.cluster")
+
 ObjKey = tuple[str, str, str, str]  # group, plural, namespace ("" if cluster-scoped), name
 
 FOREGROUND = "foregroundDeletion"
@@ -42,6 +53,16 @@ CRD_CLEANUP = "customresourcecleanup.apiextensions.k8s.io"
 NAMESPACE_FINALIZER = "kubernetes"
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 _SYSTEM_META = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation")
+
+
+# Who a request is from, when the caller does not say (in-process calls: tests, start-up loading).
+SYSTEM_USER = "system:admin"
+# The identities kube-controller-manager's controllers (and the apiextensions finalizer) write as.
+_CONTROLLER_USERS = {
+    "garbage-collector": "system:serviceaccount:kube-system:generic-garbage-collector",
+    "namespace-controller": "system:serviceaccount:kube-system:namespace-controller",
+    "apiextensions-controller": "system:apiserver",
+}
 
 
 def now_rfc3339() -> str:
@@ -130,6 +151,40 @@ class DeleteOptions:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class AdmissionRequest:
+    """What an admission hook is told about a write: the fields of an ``AdmissionReview`` request."""
+
+    operation: str  # CREATE, UPDATE or DELETE
+    kind: Kind
+    version: str  # the API version of the request (a hook with matchPolicy Exact checks it)
+    namespace: str  # "" for cluster-scoped kinds
+    name: str  # "" on a create that asks for generateName (names are generated after mutation)
+    subresource: str | None  # None or "status"
+    user: str  # the authenticated (or impersonated) user
+    dry_run: bool
+    old: (
+        Obj | None
+    )  # the stored object on UPDATE and DELETE, as seen through ``version`` (a copy; do not modify)
+
+
+MutateFunc = Callable[[AdmissionRequest, Obj], None]
+ValidateFunc = Callable[[AdmissionRequest, Obj | None], None]
+
+
+@dataclass(frozen=True, eq=False)
+class AdmissionHook:
+    """An admission webhook, in process. ``mutate`` may change the request object in place (CREATE and
+    UPDATE); ``validate`` sees a copy of the final object (``None`` on DELETE). Either refuses by raising an
+    ``errors.ApiError``, which the client receives as is; any other exception is a failed webhook call
+    (failurePolicy Fail): 500 ``InternalError``. Hooks decide for themselves which kinds, versions and
+    operations they handle."""
+
+    name: str
+    mutate: MutateFunc | None = None
+    validate: ValidateFunc | None = None
+
+
 class Cluster:
     """Objects, the global resourceVersion, the event history and the open watches."""
 
@@ -151,8 +206,42 @@ class Cluster:
         # Work for the background controllers (garbage collector, namespace and CRD finalizers).
         self.gc_pending: set[ObjKey] = set()
         self.work = anyio.Event()
+        self.admission: list[AdmissionHook] = []
         for kind in built_in_kinds():
             self.register(kind)
+
+    # ----------------------------------------------------------------- admission
+    def add_admission_hook(self, hook: AdmissionHook) -> None:
+        """Install a webhook; mutating hooks run in the order they were added."""
+        self.admission.append(hook)
+
+    def remove_admission_hook(self, hook: AdmissionHook) -> None:
+        if hook in self.admission:
+            self.admission.remove(hook)
+
+    @staticmethod
+    def _call_hook(hook: AdmissionHook, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except errors.ApiError:
+            raise
+        except Exception as exc:
+            log.exception("admission webhook %s failed", hook.name)
+            raise errors.InternalError(
+                f'Internal error occurred: failed calling webhook "{hook.name}": {exc}'
+            ) from exc
+
+    def _mutating_admission(self, request: AdmissionRequest, obj: Obj) -> None:
+        for hook in list(self.admission):
+            if hook.mutate is not None:
+                self._call_hook(hook, hook.mutate, request, obj)
+        if not isinstance(obj.get("metadata"), dict):
+            raise errors.BadRequest("metadata must be an object")
+
+    def _validating_admission(self, request: AdmissionRequest, obj: Obj | None) -> None:
+        for hook in list(self.admission):
+            if hook.validate is not None:
+                self._call_hook(hook, hook.validate, request, None if obj is None else _fresh(obj))
 
     # ----------------------------------------------------------------- kinds
     def register(self, kind: Kind) -> None:
@@ -512,6 +601,7 @@ class Cluster:
         *,
         manager: str = "unknown",
         dry_run: bool = False,
+        user: str = SYSTEM_USER,
     ) -> Obj:
         obj = self._check_body(kind, version, _fresh(body) if isinstance(body, dict) else body)
         meta = obj["metadata"]
@@ -523,6 +613,22 @@ class Cluster:
             meta["namespace"] = self._admit_create(kind, namespace or meta.get("namespace"), meta)
         else:
             meta.pop("namespace", None)
+        if self.admission:
+            self._mutating_admission(
+                AdmissionRequest(
+                    "CREATE",
+                    kind,
+                    version,
+                    meta.get("namespace", ""),
+                    meta.get("name") or "",
+                    None,
+                    user,
+                    dry_run,
+                    None,
+                ),
+                obj,
+            )
+            meta = obj["metadata"]
         if not meta.get("name"):
             prefix = meta.get("generateName")
             if not prefix:
@@ -556,6 +662,17 @@ class Cluster:
             causes += self._crd_causes(obj)
         if causes:
             raise self._invalid(kind, name, causes)
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now_rfc3339()
+        if kind.uses_generation:
+            meta["generation"] = 1
+        if self.admission:
+            self._validating_admission(
+                AdmissionRequest(
+                    "CREATE", kind, version, meta.get("namespace", ""), name, None, user, dry_run, None
+                ),
+                obj,
+            )
         if _parse_rv(meta.get("resourceVersion")):
             # etcd3 storage refuses it with a plain error: 500 and no reason
             raise UnclassifiedError("resourceVersion should not be set on objects to be created")
@@ -565,10 +682,6 @@ class Cluster:
             raise errors.AlreadyExists(
                 f'{kind.qualified} "{name}" already exists', details=_details(kind, name)
             )
-        meta["uid"] = str(uuid.uuid4())
-        meta["creationTimestamp"] = now_rfc3339()
-        if kind.uses_generation:
-            meta["generation"] = 1
         meta["managedFields"] = self._managed(
             None, obj, manager, "Update", kind.api_version(version), None, body
         )
@@ -642,6 +755,7 @@ class Cluster:
         dry_run: bool = False,
         operation: str = "Update",
         raw_body: Obj | None = None,
+        user: str = SYSTEM_USER,
     ) -> Obj:
         """PUT semantics; patches end here too, with the patched object as ``body``."""
         if subresource not in (None, "status"):
@@ -660,6 +774,13 @@ class Cluster:
             raise errors.BadRequest(
                 "the namespace of the provided object does not match the namespace sent on the request"
             )
+        old_view: Obj | None = None
+        if self.admission:
+            old_view = _fresh(self.view(kind, version, old))
+            self._mutating_admission(
+                AdmissionRequest("UPDATE", kind, version, ns, name, subresource, user, dry_run, old_view), obj
+            )
+            meta = obj["metadata"]
         given_rv = meta.get("resourceVersion")
         if given_rv:
             if given_rv != old["metadata"]["resourceVersion"]:
@@ -720,10 +841,16 @@ class Cluster:
         obj["apiVersion"] = kind.api_version(kind.storage_version)
         obj["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         obj["metadata"]["managedFields"] = old["metadata"].get("managedFields", [])
-        if obj == old:
-            return self.view(kind, version, old)  # nothing changed: no write, no event, same resourceVersion
-        if kind.uses_generation and _spec_changed(old, obj, has_status):
+        unchanged = obj == old
+        if not unchanged and kind.uses_generation and _spec_changed(old, obj, has_status):
             obj["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+        if old_view is not None:
+            self._validating_admission(
+                AdmissionRequest("UPDATE", kind, version, ns, name, subresource, user, dry_run, old_view),
+                self.view(kind, version, obj),
+            )
+        if unchanged:
+            return self.view(kind, version, old)  # nothing changed: no write, no event, same resourceVersion
         obj["metadata"]["managedFields"] = self._managed(
             old,
             obj,
@@ -776,6 +903,7 @@ class Cluster:
         subresource: str | None = None,
         manager: str = "unknown",
         dry_run: bool = False,
+        user: str = SYSTEM_USER,
     ) -> Obj:
         ns = self._key_namespace(kind, namespace)
         old = self.view(kind, version, self.get(kind, ns, name))
@@ -831,11 +959,19 @@ class Cluster:
             manager=manager,
             dry_run=dry_run,
             raw_body=raw_body if isinstance(raw_body, dict) else {},
+            user=user,
         )
 
     # ----------------------------------------------------------------- deletion
     def delete(
-        self, kind: Kind, version: str, namespace: str | None, name: str, options: DeleteOptions | None = None
+        self,
+        kind: Kind,
+        version: str,
+        namespace: str | None,
+        name: str,
+        options: DeleteOptions | None = None,
+        *,
+        user: str = SYSTEM_USER,
     ) -> tuple[bool, Obj]:
         """Delete one object; returns (removed now?, the object as it is after the call)."""
         options = options or DeleteOptions()
@@ -856,6 +992,21 @@ class Cluster:
                 f"Precondition failed: ResourceVersion in precondition: "
                 f"{options.precondition_rv}, ResourceVersion in object meta: "
                 f"{meta['resourceVersion']}",
+            )
+        if self.admission:
+            self._validating_admission(
+                AdmissionRequest(
+                    "DELETE",
+                    kind,
+                    version,
+                    ns,
+                    name,
+                    None,
+                    user,
+                    options.dry_run,
+                    _fresh(self.view(kind, version, old)),
+                ),
+                None,
             )
         finalizers = _gc_finalizers(list(meta.get("finalizers") or []), options.propagation_policy)
         if (
@@ -905,12 +1056,13 @@ class Cluster:
         labels: LabelSelector = EVERYTHING,
         fields: FieldSelector = FieldSelector(),  # noqa: B008 - immutable
         options: DeleteOptions | None = None,
+        user: str = SYSTEM_USER,
     ) -> Obj:
         items = []
         for obj in self._select(kind, namespace if kind.namespaced else None, labels, fields):
             m = obj["metadata"]
             try:
-                _, after = self.delete(kind, version, m.get("namespace"), m["name"], options)
+                _, after = self.delete(kind, version, m.get("namespace"), m["name"], options, user=user)
             except errors.NotFound:
                 continue
             items.append(after)
@@ -928,7 +1080,10 @@ class Cluster:
         pending, self.gc_pending = self.gc_pending, set()
         changed = False
         for okey in sorted(pending):
-            changed |= self._gc_one(okey)
+            try:
+                changed |= self._gc_one(okey)
+            except errors.ApiError as exc:  # e.g. an admission webhook refused the controller's write
+                log.warning("emulated controllers: %s: %s", "/".join(okey), exc)
         return changed
 
     def _obj_at(self, okey: ObjKey) -> tuple[Kind, Obj] | None:
@@ -981,6 +1136,7 @@ class Cluster:
                     meta.get("namespace"),
                     meta["name"],
                     DeleteOptions(policy, precondition_uid=meta["uid"]),
+                    user=_CONTROLLER_USERS["garbage-collector"],
                 )
             except errors.ApiError:
                 return changed
@@ -1066,7 +1222,9 @@ class Cluster:
         for kind in [k for k in self.kinds.values() if k.namespaced]:
             for (ons, oname), obj in list(self.objects[kind.key].items()):
                 if ons == ns and not obj["metadata"].get("deletionTimestamp"):
-                    self.delete(kind, kind.storage_version, ns, oname)
+                    self.delete(
+                        kind, kind.storage_version, ns, oname, user=_CONTROLLER_USERS["namespace-controller"]
+                    )
                     deleted = True
         if any(o == ns for k in self.kinds.values() if k.namespaced for (o, _) in self.objects[k.key]):
             return deleted  # objects with finalizers of their own hold the namespace until they go
@@ -1082,7 +1240,13 @@ class Cluster:
         if kind is not None and self.objects[kind.key]:
             for (ons, oname), obj in list(self.objects[kind.key].items()):
                 if not obj["metadata"].get("deletionTimestamp"):
-                    self.delete(kind, kind.storage_version, ons or None, oname)
+                    self.delete(
+                        kind,
+                        kind.storage_version,
+                        ons or None,
+                        oname,
+                        user=_CONTROLLER_USERS["apiextensions-controller"],
+                    )
             if self.objects[kind.key]:
                 return True
         if kind is not None:
@@ -1095,6 +1259,7 @@ class Cluster:
         return True
 
     def _system_patch(self, kind: Kind, obj: Obj, patch: Obj, manager: str) -> None:
+        user = _CONTROLLER_USERS.get(manager, f"system:serviceaccount:kube-system:{manager}")
         meta = obj["metadata"]
         current = self.find(kind, meta.get("namespace"), meta["name"])
         if current is None:
@@ -1110,6 +1275,7 @@ class Cluster:
                 subresource="status",
                 manager=manager,
                 raw_body=patch,
+                user=user,
             )
             patch = {k: v for k, v in patch.items() if k != "status"}
             if not patch:
@@ -1126,6 +1292,7 @@ class Cluster:
             patched,
             manager=manager,
             raw_body=patch,
+            user=user,
         )
 
     # ----------------------------------------------------------------- CRDs

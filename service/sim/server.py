@@ -41,6 +41,8 @@ _NAMESPACE_SUBRESOURCES = ("status", "finalize")
 _NAMESPACES = ("", "namespaces")
 _VERBS_COLLECTION = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 MAX_BODY = 3 * 1024 * 1024 + 64 * 1024  # kube-apiserver accepts 3 MiB request bodies
+ANONYMOUS = "system:anonymous"
+ADMIN_USER = "kubernetes-admin"  # who ``--token`` authenticates as
 
 
 def query_bool(value: str | None) -> bool:
@@ -121,12 +123,15 @@ class ApiServer:
         bookmark_interval: float = 60.0,
         token: str | None = None,
         default_watch_timeout: float = 1800.0,
+        users: dict[str, str] | None = None,
     ) -> None:
         self.cluster = cluster
         self.faults = faults
         self.bookmark_interval = bookmark_interval
         self.token = token
         self.default_watch_timeout = default_watch_timeout
+        # More bearer tokens, each naming the user it authenticates (as kube-apiserver's token file does).
+        self.users: dict[str, str] = dict(users or {})
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
@@ -145,6 +150,7 @@ class ApiServer:
             self.token is not None
             and path not in ("/healthz", "/livez", "/readyz")
             and request.headers.get("Authorization") != f"Bearer {self.token}"
+            and self._bearer(request) not in self.users
         ):
             return _error(errors.Unauthorized("Unauthorized"))
         rule = self.faults.pick(request.method, path)
@@ -163,6 +169,24 @@ class ApiServer:
             return _error(exc)
         except SelectorError as exc:
             return _error(errors.BadRequest(str(exc)))
+
+    @staticmethod
+    def _bearer(request: web.Request) -> str | None:
+        header = request.headers.get("Authorization", "")
+        return header[len("Bearer ") :] if header.startswith("Bearer ") else None
+
+    def user(self, request: web.Request) -> str:
+        """Who the request is from, for admission: an ``Impersonate-User`` header (any client may
+        impersonate: there is no RBAC), else the user its bearer token names, else ``system:anonymous``."""
+        impersonated = request.headers.get("Impersonate-User")
+        if impersonated:
+            return impersonated
+        token = self._bearer(request)
+        if token is not None and token in self.users:
+            return self.users[token]
+        if token is not None and token == self.token:
+            return ADMIN_USER
+        return ANONYMOUS
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
@@ -230,6 +254,7 @@ class ApiServer:
             q.get("fieldManager") or request.headers.get("User-Agent", "unknown").split("/")[0] or "unknown"
         )
         dry_run = q.get("dryRun") == "All"
+        user = self.user(request)
         if t.name is None:
             if method == "GET":
                 labels = parse_label_selector(q.get("labelSelector"))
@@ -257,7 +282,7 @@ class ApiServer:
                 body = await self._body(request)
                 return _json(
                     self.cluster.create(
-                        t.kind, t.version, t.namespace, body, manager=manager, dry_run=dry_run
+                        t.kind, t.version, t.namespace, body, manager=manager, dry_run=dry_run, user=user
                     ),
                     201,
                 )
@@ -273,7 +298,13 @@ class ApiServer:
                 )
                 return _json(
                     self.cluster.delete_collection(
-                        t.kind, t.version, t.namespace, labels=labels, fields=fields, options=options
+                        t.kind,
+                        t.version,
+                        t.namespace,
+                        labels=labels,
+                        fields=fields,
+                        options=options,
+                        user=user,
                     )
                 )
             raise errors.MethodNotAllowed(
@@ -307,6 +338,7 @@ class ApiServer:
                     subresource=sub,
                     manager=manager,
                     dry_run=dry_run,
+                    user=user,
                 )
             )
         if method == "PATCH":
@@ -327,6 +359,7 @@ class ApiServer:
                     subresource=t.subresource,
                     manager=manager,
                     dry_run=dry_run,
+                    user=user,
                 )
             )
         if method == "DELETE":
@@ -338,7 +371,7 @@ class ApiServer:
                 and not q["gracePeriodSeconds"].lstrip("-").isdigit()
             ):
                 raise errors.BadRequest("gracePeriodSeconds must be an integer")
-            removed, obj = self.cluster.delete(t.kind, t.version, t.namespace, t.name, options)
+            removed, obj = self.cluster.delete(t.kind, t.version, t.namespace, t.name, options, user=user)
             if removed and not t.kind.returns_deleted_object:
                 return _json(
                     errors.success_status(
@@ -395,13 +428,16 @@ class ApiServer:
                 if bookmarks and self.bookmark_interval > 0:
                     tg.start_soon(self._bookmarks, t, w)
                 with anyio.move_on_after(timeout):
-                    while True:
-                        lines = await w.take()
-                        if not lines:
-                            break
-                        if tables is not None:
-                            lines = [tables.line(line) for line in lines]
-                        await resp.write(b"".join(lines))
+                    try:
+                        while True:
+                            lines = await w.take()
+                            if not lines:
+                                break
+                            if tables is not None:
+                                lines = [tables.line(line) for line in lines]
+                            await resp.write(b"".join(lines))
+                    except (ConnectionResetError, OSError):
+                        pass  # the client went away (caught here: the task group would wrap it in a group)
                 tg.cancel_scope.cancel()
         except (ConnectionResetError, OSError):
             pass  # the client went away
@@ -543,11 +579,13 @@ async def running_apiserver(
     token: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     faults: Faults | None = None,
+    users: dict[str, str] | None = None,
 ) -> AsyncIterator[RunningApiServer]:
-    """Serve the emulator on ``host:port`` (0: a free port) for the duration of the block."""
+    """Serve the emulator on ``host:port`` (0: a free port) for the duration of the block. ``users`` maps
+    more bearer tokens to the users they authenticate (``api.server.users`` can be extended later)."""
     cluster = cluster or Cluster()
     faults = faults or Faults()
-    api = ApiServer(cluster, faults, bookmark_interval=bookmark_interval, token=token)
+    api = ApiServer(cluster, faults, bookmark_interval=bookmark_interval, token=token, users=users)
     runner = web.AppRunner(api.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
     await runner.setup()
     try:

@@ -1,0 +1,367 @@
+"""Wiring of the simulated kpack, and the objects Korifi's Helm chart creates next to kpack.
+
+The controllers run on the project's own runtime (shared informers, work queues, workers) and reach the API
+over HTTP with a ``KubeClient``, as kpack's controller does with client-go, so the service under test meets
+the same caches, conflicts and event timing as against kpack. The webhooks live in the API server instead
+(in process), which is why they are installed separately from the controllers.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+
+from service.kube import errors
+from service.kube import resources as r
+from service.kube.client import KubeClient
+from service.kube.config import explicit
+from service.kube.resources import KPACK, Resource
+from service.registry.client import RegistryClient
+from service.runtime.controller import Controller, Funcs, Request, Result, enqueue_owner
+from service.runtime.informer import InformerFactory
+from service.sim.kpack import apis, gotypes
+from service.sim.kpack.base import Obj, Shared, log
+from service.sim.kpack.builders import BuilderControllers
+from service.sim.kpack.builds import BuildController
+from service.sim.kpack.images import ImageController
+from service.sim.kpack.options import KpackOptions
+from service.sim.kpack.stores import StoreControllers
+from service.sim.kpack.validation import KPACK_CONTROLLER
+from service.sim.kpack.webhooks import install_webhooks
+from service.sim.server import RunningApiServer
+
+RESOURCES: tuple[Resource, ...] = (
+    r.IMAGE,
+    r.BUILD,
+    r.BUILDER,
+    r.CLUSTER_BUILDER,
+    r.CLUSTER_STACK,
+    r.CLUSTER_STORE,
+    r.CLUSTER_BUILDPACK,
+    r.BUILDPACK,
+    apis.CLUSTER_LIFECYCLE_RESOURCE,
+    apis.SOURCE_RESOLVER_RESOURCE,
+)
+
+Reconcile = Callable[[Request], Awaitable[Result | None]]
+
+
+def _not_deleting(obj: Obj) -> bool:
+    return not obj["metadata"].get("deletionTimestamp")
+
+
+SKIP_DELETING = Funcs(create=_not_deleting, update=lambda old, new: _not_deleting(new), delete=_not_deleting)
+
+
+def _quiet_conflicts(reconcile: Reconcile) -> Reconcile:
+    """A write from a stale cache gets 409 and is retried, as kpack does: not worth an error log."""
+
+    async def wrapped(request: Request) -> Result | None:
+        try:
+            return await reconcile(request)
+        except errors.Conflict as exc:
+            log.debug("%s: %s; retrying", request, exc.message)
+            return Result(requeue=True)
+        except gotypes.DecodeError as exc:
+            # kpack's typed informers cannot decode such an object (one written without the webhooks): it
+            # stays invisible to kpack's controllers.
+            log.warning("%s: cannot decode: %s", request, exc)
+            return None
+
+    return wrapped
+
+
+class KpackSimulator:
+    """kpack's controllers, simulated. ``run()`` until cancelled; the webhooks are separate
+    (``install_webhooks``), because they live in the API server, not in the controller."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        options: KpackOptions | None = None,
+        *,
+        registry: RegistryClient | None = None,
+    ) -> None:
+        self.options = options or KpackOptions()
+        self.client = client
+        self.registry = registry
+        self.shared = Shared(client, self.options)
+        self.factory = InformerFactory(client)
+        for res in RESOURCES:
+            self.shared.informers[res.plural] = self.factory.get(res)
+        self.stores = StoreControllers(self.shared)
+        self.builders = BuilderControllers(self.shared)
+        self.images = ImageController(self.shared)
+        self.builds = BuildController(self.shared, registry)
+        self.controllers: list[Controller] = []
+        self._wire()
+
+    def _controller(self, name: str, reconcile: Reconcile, plural: str) -> Controller:
+        controller = Controller(
+            f"kpack-sim-{name}", _quiet_conflicts(reconcile), max_concurrent=max(1, self.options.workers)
+        )
+        controller.watch(self.shared.informers[plural])
+        self.controllers.append(controller)
+        return controller
+
+    def _wire(self) -> None:
+        inf = self.shared.informers
+        self._controller("clusterlifecycles", self.stores.cluster_lifecycle, "clusterlifecycles")
+        self._controller("clusterstacks", self.stores.cluster_stack, "clusterstacks")
+        self._controller("clusterstores", self.stores.cluster_store, "clusterstores")
+        self._controller("clusterbuildpacks", self.stores.cluster_buildpack, "clusterbuildpacks")
+        self._controller("buildpacks", self.stores.buildpack, "buildpacks")
+        self._controller("sourceresolvers", self.stores.source_resolver, "sourceresolvers")
+
+        b = self.builders
+        for plural, reconcile in (("clusterbuilders", b.cluster_builder), ("builders", b.builder)):
+            c = self._controller(plural, reconcile, plural)
+
+            def using(field: str, default: str = "", plural: str = plural) -> Callable[[Obj], list[Request]]:
+                return lambda obj: b.builders_using(plural, field, obj["metadata"]["name"], default)
+
+            c.watch(inf["clusterstacks"], using("stack"))
+            c.watch(inf["clusterstores"], using("store"))
+            c.watch(inf["clusterlifecycles"], using("lifecycle", "default-lifecycle"))
+            c.watch(inf["clusterbuildpacks"], self._all(plural))
+            if plural == "builders":
+                c.watch(
+                    inf["buildpacks"], lambda obj: b.all_builders("builders", obj["metadata"]["namespace"])
+                )
+
+        images = Controller(
+            "kpack-sim-images",
+            _quiet_conflicts(self.images.reconcile),
+            max_concurrent=max(1, self.options.workers),
+        )
+        images.watch(inf["images"], predicates=[SKIP_DELETING])
+        images.watch([inf["builds"], inf["sourceresolvers"]], enqueue_owner(KPACK, "Image"))
+        images.watch([inf["builders"], inf["clusterbuilders"]], self.images.images_using)
+        self.controllers.append(images)
+        self._controller("builds", self.builds.reconcile, "builds")
+
+    def _all(self, plural: str) -> Callable[[Obj], list[Request]]:
+        return lambda obj: self.builders.all_builders(plural)
+
+    # ------------------------------------------------------------------ knobs at run time
+    def skip_next_build(self, namespace: str, name: str) -> None:
+        """See ``ImageController.skip_next_build``."""
+        self.images.skip_next_build(namespace, name)
+
+    async def update_stack(self, name: str, run_image: str, build_image: str | None = None) -> Obj:
+        """A stack update: point ClusterStack ``name`` at another run (and build) image. Builders pick up
+        the new run image, and Images whose last build succeeded get a ``STACK`` rebuild."""
+        spec: Obj = {"runImage": {"image": run_image}}
+        if build_image is not None:
+            spec["buildImage"] = {"image": build_image}
+        return await self.client.merge_patch(r.CLUSTER_STACK, name, {"spec": spec})
+
+    async def wait_synced(self) -> None:
+        for informer in self.shared.informers.values():
+            await informer.wait_synced()
+
+    # ------------------------------------------------------------------ running
+    async def run(self) -> None:
+        async with AsyncExitStack() as stack:
+            if self.registry is None and self.options.registry:
+                self.registry = await stack.enter_async_context(
+                    RegistryClient(insecure_registries=[self.options.registry], timeout=10.0)
+                )
+                self.builds.registry = self.registry
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.factory.run, name="kpack-sim informers")
+                for controller in self.controllers:
+                    tg.start_soon(controller.run, name=controller.name)
+                log.info("kpack simulator running (%d controllers)", len(self.controllers))
+
+
+async def run_kpack_simulator(
+    client: KubeClient,
+    options: KpackOptions | None = None,
+    *,
+    registry: RegistryClient | None = None,
+    seed: bool = False,
+    registry_host: str | None = None,
+) -> None:
+    """Run the simulated kpack controllers against the API ``client`` talks to, until cancelled. With
+    ``seed``, first create what Korifi's Helm chart creates next to kpack (``seed_defaults``)."""
+    simulator = KpackSimulator(client, options, registry=registry)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(simulator.run)
+        if seed:
+            await seed_defaults(client, registry_host=registry_host or simulator.options.registry)
+
+
+@asynccontextmanager
+async def running_kpack(
+    api: RunningApiServer,
+    options: KpackOptions | None = None,
+    *,
+    seed: bool = False,
+    registry: RegistryClient | None = None,
+    qps: float = 0.0,
+) -> AsyncIterator[KpackSimulator]:
+    """kpack in an in-process emulator for the duration of the block: its webhooks installed in the
+    cluster, its controllers running with their own client, authenticated as kpack's service account."""
+    webhooks = install_webhooks(
+        api.cluster, reject_env_secret_key_refs=(options or KpackOptions()).reject_env_secret_key_refs
+    )
+    token = secrets.token_hex(16)
+    api.server.users[token] = KPACK_CONTROLLER
+    try:
+        async with KubeClient(
+            explicit(api.url, token=token), qps=qps, burst=1000, user_agent="kpack-sim"
+        ) as client:
+            simulator = KpackSimulator(client, options, registry=registry)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(simulator.run)
+                with anyio.fail_after(30):
+                    await simulator.wait_synced()
+                if seed:
+                    await seed_defaults(client, registry_host=simulator.options.registry)
+                yield simulator
+                tg.cancel_scope.cancel()
+    finally:
+        api.server.users.pop(token, None)
+        webhooks.uninstall()
+
+
+# ---------------------------------------------------------------------- the objects around kpack
+ROOT_NAMESPACE = "cf"
+CLUSTER_BUILDER = "cf-kpack-cluster-builder"
+CLUSTER_STACK = "cf-default-stack"
+CLUSTER_STORE = "cf-default-buildpacks"
+LIFECYCLE = "default-lifecycle"
+SERVICE_ACCOUNT = "kpack-service-account"
+REGISTRY_SECRET = "image-registry-credentials"
+STACK_ID = "io.buildpacks.stacks.jammy"
+LIFECYCLE_IMAGE = "ghcr.io/buildpacks-community/kpack/lifecycle@sha256:85b41ff08a1a6d1d0f5a0fb0c3a3e6f7d7b8e9a1c2d3e4f5a6b7c8d9e0f1a2b3"
+
+
+def default_objects(registry_host: str | None = None) -> list[tuple[Resource, Obj]]:
+    """What Korifi's Helm chart (korifi.md §3.3) and kpack's release manifest create: the ``cf`` root
+    namespace, a default StorageClass, the builder service account with its registry secret, the
+    ``kpack-image-builder`` BuilderInfo, the ``default-lifecycle``, and the ClusterStack, ClusterStore
+    and ClusterBuilder Korifi builds with."""
+    host = registry_host or "registry.example.com"
+    auth = base64.b64encode(b"user:password").decode()
+    dockerconfig = (
+        '{"auths":{"' + host + '":{"username":"user","password":"password","auth":"' + auth + '"}}}'
+    ).encode()
+    kpack = "kpack.io/v1alpha2"
+    return [
+        (r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ROOT_NAMESPACE}}),
+        (
+            r.STORAGE_CLASS,
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {
+                    "name": "standard",
+                    "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+                },
+                "provisioner": "rancher.io/local-path",
+                "allowVolumeExpansion": True,
+            },
+        ),
+        (
+            r.SECRET,
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": REGISTRY_SECRET, "namespace": ROOT_NAMESPACE},
+                "type": "kubernetes.io/dockerconfigjson",
+                "data": {".dockerconfigjson": base64.b64encode(dockerconfig).decode()},
+            },
+        ),
+        (
+            r.SERVICE_ACCOUNT,
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": SERVICE_ACCOUNT, "namespace": ROOT_NAMESPACE},
+                "secrets": [{"name": REGISTRY_SECRET}],
+                "imagePullSecrets": [{"name": REGISTRY_SECRET}],
+            },
+        ),
+        (
+            r.BUILDER_INFO,
+            {
+                "apiVersion": "korifi.cloudfoundry.org/v1alpha1",
+                "kind": "BuilderInfo",
+                "metadata": {"name": "kpack-image-builder", "namespace": ROOT_NAMESPACE},
+                "spec": {},
+            },
+        ),
+        (
+            apis.CLUSTER_LIFECYCLE_RESOURCE,
+            {
+                "apiVersion": kpack,
+                "kind": "ClusterLifecycle",
+                "metadata": {"name": LIFECYCLE},
+                "spec": {"image": LIFECYCLE_IMAGE},
+            },
+        ),
+        (
+            r.CLUSTER_STACK,
+            {
+                "apiVersion": kpack,
+                "kind": "ClusterStack",
+                "metadata": {"name": CLUSTER_STACK},
+                "spec": {
+                    "id": STACK_ID,
+                    "buildImage": {"image": "paketobuildpacks/build-jammy-full"},
+                    "runImage": {"image": "paketobuildpacks/run-jammy-full"},
+                },
+            },
+        ),
+        (
+            r.CLUSTER_STORE,
+            {
+                "apiVersion": kpack,
+                "kind": "ClusterStore",
+                "metadata": {"name": CLUSTER_STORE},
+                "spec": {
+                    "sources": [
+                        {"image": f"paketobuildpacks/{n}"}
+                        for n in ("java", "nodejs", "ruby", "procfile", "go")
+                    ]
+                },
+            },
+        ),
+        (
+            r.CLUSTER_BUILDER,
+            {
+                "apiVersion": kpack,
+                "kind": "ClusterBuilder",
+                "metadata": {"name": CLUSTER_BUILDER},
+                "spec": {
+                    "tag": f"{host}/cf/kpack-builder",
+                    "serviceAccountRef": {"name": SERVICE_ACCOUNT, "namespace": ROOT_NAMESPACE},
+                    "stack": {"kind": "ClusterStack", "name": CLUSTER_STACK},
+                    "store": {"kind": "ClusterStore", "name": CLUSTER_STORE},
+                    "order": [
+                        {"group": [{"id": f"paketo-buildpacks/{n}"}]}
+                        for n in ("java", "go", "nodejs", "ruby", "procfile")
+                    ],
+                },
+            },
+        ),
+    ]
+
+
+async def seed_defaults(client: KubeClient, *, registry_host: str | None = None) -> list[Obj]:
+    """Create ``default_objects`` (those that exist already are left alone); returns what was created."""
+    created = []
+    for res, obj in default_objects(registry_host):
+        namespace: Any = obj["metadata"].get("namespace")
+        try:
+            created.append(await client.create(res, obj, namespace))
+        except errors.AlreadyExists:
+            continue
+    return created
