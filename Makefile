@@ -41,8 +41,11 @@ typecheck: venv
 pytest: venv
 	$(BIN)/pytest
 
+demo: venv
+	$(BIN)/kpack-image-builder demo
+
 devcluster: venv
-	$(BIN)/kpack-image-builder devcluster --port 8443 --kubeconfig-out devcluster.kubeconfig
+	$(BIN)/kpack-image-builder devcluster --port 8443 --kubeconfig-out devcluster.kubeconfig --kpack
 
 bench: venv
 	$(BIN)/python benchmarks/emulator.py

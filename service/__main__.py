@@ -74,6 +74,22 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from service.demo import DemoOptions, main
+    from service.runtime.logs import setup_logging
+
+    # The live view owns the terminal: only errors are logged, to stderr.
+    setup_logging("error", "text")
+    options = DemoOptions(
+        build_seconds=args.build_seconds,
+        metrics_bind_address=args.metrics_bind_address,
+        health_probe_bind_address=args.health_probe_bind_address,
+        exit_when_done=args.exit_when_done,
+        timeout=args.timeout,
+    )
+    return main(options, lambda message: print(message, file=sys.stderr))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kpack-image-builder", description="Korifi's kpack image builder, and its simulated cluster."
@@ -136,6 +152,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.set_defaults(func=_devcluster)
 
+    demo = sub.add_parser(
+        "demo",
+        help="the whole system on a simulated cluster, with sample workloads shown live",
+        description="Start the API emulator, an OCI registry, the kpack simulator and the service in one "
+        "process, create sample spaces and BuildWorkloads, and show their progress until Ctrl-C.",
+    )
+    demo.add_argument(
+        "--build-seconds",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="how long a simulated build runs (default 3)",
+    )
+    demo.add_argument(
+        "--metrics-bind-address", default="127.0.0.1:8080", metavar="ADDR", help="default 127.0.0.1:8080"
+    )
+    demo.add_argument(
+        "--health-probe-bind-address", default="127.0.0.1:8081", metavar="ADDR", help="default 127.0.0.1:8081"
+    )
+    demo.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="exit once every sample finished: 0 if each ended as expected, else 1 (for scripts and tests)",
+    )
+    demo.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="with --exit-when-done, give up after S seconds",
+    )
+    demo.set_defaults(func=_demo)
+
     run = sub.add_parser(
         "run",
         help="run the controllers against a cluster",
@@ -152,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "run":  # run sets up logging from its configuration
+    if args.command not in ("run", "demo"):  # those set up logging themselves
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code: int = args.func(args)
     return code

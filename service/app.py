@@ -17,6 +17,7 @@ from service import __version__
 from service.config import Config, ConfigError, require_builder_settings
 from service.kube import config as kube_config
 from service.kube.client import KubeClient
+from service.kube.config import ClusterConfig
 from service.kube.metrics import RestClientMetrics
 from service.reconcilers import builderinfo, buildworkload, kpackbuild
 from service.reconcilers.buildworkload import BuilderSettings
@@ -99,6 +100,14 @@ async def serve(config: Config, *, task_status: TaskStatus[Manager] = anyio.TASK
     """Run the service until a signal stops it; returns the exit code."""
     require_builder_settings(config)
     cluster = await kube_config.load(config.kubeconfig)
+    return await serve_cluster(cluster, config, task_status=task_status)
+
+
+async def serve_cluster(
+    cluster: ClusterConfig, config: Config, *, task_status: TaskStatus[Manager] = anyio.TASK_STATUS_IGNORED
+) -> int:
+    """Run the service against ``cluster`` until a signal (or ``Manager.shutdown``) stops it."""
+    require_builder_settings(config)
     identity = default_identity()
     options = manager_options(config, identity, kube_config.incluster_namespace())
     registry = new_registry()

@@ -9,6 +9,7 @@ key. The result decides what happens next:
 | ``TerminalError``            | dropped (not retried)         | error                       |
 | ``Result(requeue_after=s)``  | forget, then add after ``s``  | requeue_after               |
 | ``Result(requeue=True)``     | rate-limited requeue          | requeue                     |
+| 409 ``Conflict`` raised      | rate-limited requeue          | requeue (logged at info)    |
 | ``None`` / ``Result()``      | forget                        | success                     |
 
 A reconcile that overruns its timeout is cancelled and retried like an error. No exception ever kills a
@@ -26,7 +27,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from service.kube.errors import ApiError
+from service.kube.errors import ApiError, Conflict
 from service.runtime.clock import REAL_CLOCK, Clock
 from service.runtime.informer import FuncHandler, Informer
 from service.runtime.metrics import RESULTS, RuntimeMetrics
@@ -303,7 +304,14 @@ class Controller:
                     error = TimeoutError(f"reconcile exceeded its {self.reconcile_timeout} s timeout")
             else:
                 result, error = await self._call(request)
-            if isinstance(error, TerminalError):
+            if isinstance(error, Conflict):
+                # Optimistic locking at work: the cache was behind a write. Retry from fresh state, as an
+                # error would be, but without an error's alarm (it is not one).
+                log.info("reconcile met a newer version of an object; requeued", extra=fields)
+                outcome = "requeue"
+                self.queue.add_rate_limited(request)
+                error = None
+            elif isinstance(error, TerminalError):
                 log.error("reconcile failed permanently: %s", error, extra=fields)
                 if series:
                     series.terminal.inc()

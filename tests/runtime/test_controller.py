@@ -323,6 +323,20 @@ async def test_success_forgets_and_does_not_requeue(registry: CollectorRegistry)
     assert metric(registry, "controller_runtime_active_workers") == 0
 
 
+async def test_a_conflict_is_a_quiet_rate_limited_requeue(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    from service.kube.errors import Conflict
+
+    controller, _, _ = controller_with(registry, raises(Conflict("the object has been modified")))
+    with caplog.at_level("INFO", logger="service.runtime.controller"):
+        await reconcile_once(controller, REQ)
+    assert controller.queue.num_requeues(REQ) == 1 and controller.queue.waiting == 1
+    assert totals(registry) == {"success": 0, "error": 0, "requeue": 1, "requeue_after": 0}
+    assert metric(registry, "controller_runtime_reconcile_errors_total") == 0
+    assert [r.levelname for r in caplog.records if r.name == "service.runtime.controller"] == ["INFO"]
+
+
 async def test_an_error_is_requeued_rate_limited_and_never_forgotten(registry: CollectorRegistry) -> None:
     controller, clock, _ = controller_with(registry, *[raises(RuntimeError("boom"))] * 3)
     for n in range(3):
@@ -783,7 +797,12 @@ async def test_a_controller_converges_1000_objects_despite_faults(
     errors = registry.get_sample_value(
         "controller_runtime_reconcile_errors_total", {"controller": "converge"}
     )
-    assert errors == sum(failed)  # each failed write was a reconcile error, retried until it converged
+    requeues = registry.get_sample_value(
+        "controller_runtime_reconcile_total", {"controller": "converge", "result": "requeue"}
+    )
+    # Each failed write was retried until it converged: a 500 or 429 as an error, a 409 as a requeue.
+    conflicts = next(r.hits for r in faults.rules if r.method == "PATCH" and r.status == 409)
+    assert (errors, requeues) == (sum(failed) - conflicts, conflicts)
     assert respecced_after_write > 0
     assert writes >= OBJECTS + respecced_after_write  # every object, and the re-specced ones again
     final = [

@@ -42,6 +42,7 @@ from service.sim.kpack.options import (
     ANNOTATION_FAIL,
     ANNOTATION_PORTS,
     ANNOTATION_PROCESSES,
+    ENV_FAIL,
     Process,
 )
 from service.sim.kpack.refs import child_name, digest_of, fake_digest, parse_tag, repository_of
@@ -91,7 +92,12 @@ class BuildController:
 
     # ------------------------------------------------------------------ the simulated pod
     def _fail_step(self, build: Obj, steps: tuple[str, ...]) -> str | None:
-        value = _annotations(build).get(ANNOTATION_FAIL, "").strip().lower()
+        env = {
+            e.get("name"): e.get("value")
+            for e in (build.get("spec") or {}).get("env") or ()
+            if isinstance(e, dict)
+        }
+        value = str(_annotations(build).get(ANNOTATION_FAIL) or env.get(ENV_FAIL) or "").strip().lower()
         if value in ("false", "no", "0"):
             return None
         if value in ("true", "yes", "1"):

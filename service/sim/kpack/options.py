@@ -18,6 +18,9 @@ from service.registry.reference import parse_reference
 # Annotations the simulator reads. Image annotations are copied onto every Build, so each can be set on
 # the Image (for all its builds) or on one Build.
 ANNOTATION_FAIL = "sim.kpack.io/fail"  # "true" (fail in the build step), a step name, or "false"
+# The same as a build environment variable: an app asks for its own failure through its env, which Korifi
+# copies from the workload into the Image and kpack into every Build (as a buildpack reads BP_* variables).
+ENV_FAIL = "SIM_KPACK_FAIL"
 ANNOTATION_BUILD_SECONDS = "sim.kpack.io/build-seconds"  # this build's duration
 ANNOTATION_PROCESSES = "sim.kpack.io/processes"  # JSON list of {type, command, args, direct?, default?}
 ANNOTATION_PORTS = "sim.kpack.io/ports"  # comma-separated ExposedPorts keys, e.g. "8080/tcp,9090/tcp"

@@ -146,3 +146,15 @@ def test_the_failure_rate_fails_the_same_builds_every_time() -> None:
     assert set(first) == {None, "build"} and 40 <= first.count("build") <= 80
     forced = {"metadata": {**build(1)["metadata"], "annotations": {"sim.kpack.io/fail": "false"}}}
     assert all(controller(s)._fail_step(forced, steps) is None for s in range(20))
+
+
+async def test_an_app_can_ask_for_its_build_to_fail_through_its_build_env(
+    pushing: KpackSimulator, client: KubeClient, registry: RunningRegistry
+) -> None:
+    body = image(tag=f"{registry.host}/cf/broken-droplets")
+    body["spec"]["build"] = {"env": [{"name": "SIM_KPACK_FAIL", "value": "detect"}]}
+    await client.create(r.IMAGE, body)
+    build = await finished_build(client, "app-build-1")
+    assert condition(build, "Succeeded")["status"] == "False"
+    assert build["status"]["stepsCompleted"] == ["prepare", "analyze"]
+    assert build["status"]["stepStates"][2]["terminated"]["exitCode"] == 20
