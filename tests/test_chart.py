@@ -144,7 +144,7 @@ MANAGER_RULES = [
     {
         "apiGroups": ["kpack.io"],
         "resources": ["builds"],
-        "verbs": ["deletecollection", "get", "list", "patch", "watch"],
+        "verbs": ["delete", "deletecollection", "get", "list", "patch", "watch"],  # delete: not in Korifi's
     },
     {
         "apiGroups": ["kpack.io"],

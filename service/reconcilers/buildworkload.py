@@ -695,6 +695,13 @@ class BuildWorkloadReconciler:
 
     # ------------------------------------------------------------------ finalize
     async def _finalize(self, work: Obj) -> Result | None:
+        """The last workload of an Image generation deletes that generation's Builds (each then has its
+        droplet deleted from the registry by the kpack Build controller) and waits until they are gone.
+
+        Only the Builds that existed when the workload was deleted are deleted and waited for: kpack
+        builds again when every Build of a live Image goes, and Korifi, deleting and waiting for those
+        too, holds the workload in that loop for as long as its Image lives. A Build kpack makes later
+        goes with the Image, which goes with its last owner."""
         finalizers: list[str] = list(_meta(work).get("finalizers") or [])
         if k.BUILD_WORKLOAD_FINALIZER not in finalizers:
             return None
@@ -704,12 +711,29 @@ class BuildWorkloadReconciler:
         if app_guid is not None and generation is not None:
             same = self.workloads.by_index(BY_APP_GENERATION, _ns_key(namespace, app_guid, generation))
             if len(same) == 1:
-                selector = f"{k.KPACK_IMAGE_LABEL}={app_guid},{k.KPACK_IMAGE_GENERATION_LABEL}={generation}"
-                try:
-                    await self.client.delete_collection(BUILD, namespace, label_selector=selector)
-                except errors.ApiError as exc:
-                    raise errors.ApiError(f"failed to delete builds: {exc.message}") from exc
-                if self.builds.by_index(BY_IMAGE_GENERATION, _ns_key(namespace, app_guid, generation)):
+                deleted_at = _meta(work).get("deletionTimestamp") or ""
+                builds = [
+                    b
+                    for b in self.builds.by_index(
+                        BY_IMAGE_GENERATION, _ns_key(namespace, app_guid, generation)
+                    )
+                    if (b["metadata"].get("creationTimestamp") or "") <= deleted_at
+                ]
+                for build in builds:
+                    if build["metadata"].get("deletionTimestamp"):
+                        continue
+                    try:
+                        await self.client.delete(
+                            BUILD,
+                            build["metadata"]["name"],
+                            namespace,
+                            preconditions={"uid": build["metadata"]["uid"]},
+                        )
+                    except errors.NotFound:
+                        continue
+                    except errors.ApiError as exc:
+                        raise errors.ApiError(f"failed to delete builds: {exc.message}") from exc
+                if builds:
                     return Result(requeue_after=FINALIZE_RETRY)
         _meta(work)["finalizers"] = [f for f in finalizers if f != k.BUILD_WORKLOAD_FINALIZER]
         return None

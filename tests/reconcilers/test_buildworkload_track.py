@@ -415,3 +415,35 @@ async def test_an_image_that_never_built_is_waited_for(env: Env) -> None:
         return ready is not None and ready["status"] == "True" and await _still(env, name, "Unknown")
 
     await consistently(healthy, 1.0, "Ready stays True and the workload keeps waiting")
+
+
+async def test_an_unknown_builder_kind_on_the_image_is_reported(env: Env) -> None:
+    """U4: the Image names a builder kind kpack does not have; the workload says so and keeps running."""
+    workload = await running_workload(env)
+    name = workload["metadata"]["name"]
+    await env.client.merge_patch(r.IMAGE, APP_GUID, {"spec": {"builder": {"kind": "Mystery"}}}, env.namespace)
+
+    async def not_ready() -> Obj | None:
+        ready = await env.condition(name, k.READY)
+        return ready if ready and ready["status"] == "False" else None
+
+    ready = await eventually(not_ready, what="Ready=False")
+    assert ready["message"] == "failed getting builder readiness condition: unknown kind 'Mystery'"
+    assert await _still(env, name, "Unknown")
+
+
+async def test_an_unparsable_generation_label_is_reported(env: Env) -> None:
+    """U6: the workload's Image-generation label was damaged; it says so instead of guessing."""
+    workload = await running_workload(env)
+    name = workload["metadata"]["name"]
+    await env.client.merge_patch(
+        r.BUILD_WORKLOAD, name, {"metadata": {"labels": {k.IMAGE_GENERATION_LABEL: "two"}}}, env.namespace
+    )
+
+    async def not_ready() -> Obj | None:
+        ready = await env.condition(name, k.READY)
+        return ready if ready and ready["status"] == "False" else None
+
+    ready = await eventually(not_ready, what="Ready=False")
+    assert ready["message"].startswith("couldn't parse image generation on buildworkload label: ")
+    assert await _still(env, name, "Unknown")

@@ -1,0 +1,225 @@
+"""The controllers with the kpack simulator playing kpack (webhooks, builders, builds that push): what a
+cluster with kpack installed answers, including its refusals."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+from service.kube import errors
+from service.kube import resources as r
+from service.kube.client import KubeClient
+from service.kube.config import explicit
+from service.reconcilers import builderinfo, buildworkload, kpackbuild
+from service.reconcilers import korifi as k
+from service.reconcilers.buildworkload import BuilderSettings
+from service.reconcilers.images import RegistryImages
+from service.registry.client import RegistryClient
+from service.registry.errors import NotFound as RegistryNotFound
+from service.runtime.manager import Manager, ManagerOptions
+from service.sim.crds import new_cluster
+from service.sim.kpack import KpackOptions, KpackSimulator, running_kpack
+from service.sim.registry import RunningRegistry, running_registry
+from service.sim.server import running_apiserver
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.anyio
+
+Obj = dict[str, Any]
+SPACE = "space"
+ACCOUNT = "kpack-service-account"
+
+
+@dataclass
+class Cluster:
+    client: KubeClient
+    registry: RunningRegistry
+    kpack: KpackSimulator
+    settings: BuilderSettings
+
+    async def workload(self, name: str, app: str = "app", source: str = "pkg:1", **spec: Any) -> Obj:
+        body = {
+            "apiVersion": k.KORIFI_API_VERSION,
+            "kind": "BuildWorkload",
+            "metadata": {"name": name, "namespace": SPACE, "labels": {k.APP_GUID_LABEL: app}},
+            "spec": {
+                "buildRef": {"name": name},
+                "builderName": k.BUILDER_NAME,
+                "source": {"registry": {"image": f"{self.registry.host}/packages/{source}"}},
+                **spec,
+            },
+        }
+        return await self.client.create(r.BUILD_WORKLOAD, body, SPACE)
+
+    async def outcome(self, name: str, within: float = 15.0) -> Obj:
+        async def finished() -> Obj | None:
+            obj = await self.client.get(r.BUILD_WORKLOAD, name, SPACE)
+            for condition in (obj.get("status") or {}).get("conditions") or ():
+                if condition["type"] == k.SUCCEEDED and condition["status"] in ("True", "False"):
+                    return obj
+            return None
+
+        return await eventually(finished, within, f"workload {name} finished")
+
+
+def succeeded(obj: Obj) -> Obj:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == k.SUCCEEDED)
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    async with (
+        running_apiserver(new_cluster()) as api,
+        running_registry(host=api.host) as registry,
+        running_kpack(api, KpackOptions(build_seconds=0.05, registry=registry.host), seed=True) as kpack,
+        KubeClient(explicit(api.url), timeout=5.0) as client,
+        KubeClient(explicit(api.url), timeout=5.0) as manager_client,
+        RegistryClient(timeout=5.0) as images,
+    ):
+        settings = BuilderSettings(
+            builder_service_account=ACCOUNT,
+            builder_readiness_timeout=10.0,
+            container_repository_prefix=f"{registry.host}/cf/",
+        )
+        config = {"auths": {registry.host: {"username": "u", "password": "p"}}}
+        await client.create(
+            r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SPACE}}
+        )
+        await client.create(
+            r.SECRET,
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/dockerconfigjson",
+                "metadata": {"name": "creds", "namespace": SPACE},
+                "data": {".dockerconfigjson": base64.b64encode(orjson.dumps(config)).decode()},
+            },
+        )
+        await client.create(
+            r.SERVICE_ACCOUNT,
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": ACCOUNT, "namespace": SPACE},
+                "imagePullSecrets": [{"name": "creds"}],
+            },
+        )
+        manager = Manager(
+            manager_client, ManagerOptions(name="test", metrics_address=None, probe_address=None)
+        )
+        buildworkload.register(manager, settings, RegistryImages(images))
+        builderinfo.register(manager, settings)
+        kpackbuild.register(manager, settings, RegistryImages(images))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(manager.run)
+            yield Cluster(client, registry, kpack, settings)
+            manager.shutdown()
+
+
+async def test_kpack_builds_the_workload_and_the_image_settles(cluster: Cluster) -> None:
+    await cluster.workload("wl-1")
+    done = await cluster.outcome("wl-1")
+    assert succeeded(done)["reason"] == k.BUILD_SUCCEEDED
+    droplet = done["status"]["droplet"]
+    assert droplet["registry"] == {
+        "image": droplet["registry"]["image"],
+        "imagePullSecrets": [{"name": "creds"}],
+    }
+    assert droplet["registry"]["image"].startswith(f"{cluster.registry.host}/cf/app-droplets@sha256:")
+    assert droplet["stack"] == "io.buildpacks.stacks.jammy"
+    image = await cluster.client.get(r.IMAGE, "app", SPACE)
+    # kpack's defaults stayed, and re-applying Korifi's spec did not move the generation (no rebuilds).
+    assert image["spec"]["imageTaggingStrategy"] == "BuildNumber"
+    assert image["metadata"]["generation"] == 1
+    assert image["status"]["latestImage"] == droplet["registry"]["image"]
+    build = await cluster.client.get(r.BUILD, "app-build-1", SPACE)
+    assert build["metadata"]["finalizers"] == [k.KPACK_BUILD_FINALIZER]
+
+
+async def test_a_custom_builder_is_built_by_kpack_and_used(cluster: Cluster) -> None:
+    await cluster.workload("wl-go", app="go-app", buildpacks=["paketo-buildpacks/go"])
+    done = await cluster.outcome("wl-go")
+    assert succeeded(done)["reason"] == k.BUILD_SUCCEEDED
+    builder = await cluster.client.get(r.BUILDER, k.builder_name(["paketo-buildpacks/go"]), SPACE)
+    assert [entry["group"][0]["id"] for entry in builder["status"]["order"]] == ["paketo-buildpacks/go"]
+    build = await cluster.client.get(r.BUILD, "go-app-build-1", SPACE)
+    assert build["metadata"]["annotations"]["image.kpack.io/builderKind"] == "Builder"
+
+
+async def test_an_image_kpack_refuses_to_change_fails_the_workload_saying_why(cluster: Cluster) -> None:
+    """Korifi's §6.7: a new containerRepositoryPrefix means a new spec.tag, which kpack refuses."""
+    await cluster.client.create(
+        r.IMAGE,
+        {
+            "apiVersion": k.KPACK_API_VERSION,
+            "kind": "Image",
+            "metadata": {"name": "app", "namespace": SPACE},
+            "spec": {
+                "tag": f"{cluster.registry.host}/old-prefix/app-droplets",
+                "builder": {"kind": "ClusterBuilder", "name": "cf-kpack-cluster-builder"},
+                "serviceAccountName": ACCOUNT,
+                "source": {"registry": {"image": f"{cluster.registry.host}/packages/old"}},
+            },
+        },
+        SPACE,
+    )
+    await cluster.workload("wl-1")
+    failed = await cluster.outcome("wl-1")
+    condition = succeeded(failed)
+    assert condition["status"] == "False" and condition["reason"] == "ImageRejected"
+    assert condition["message"].startswith(
+        'admission webhook "validation.webhook.kpack.io" denied the request: validation failed: '
+        "Immutable field changed: spec.tag"
+    )
+    ready = next(c for c in failed["status"]["conditions"] if c["type"] == k.READY)
+    assert ready["status"] == "True"  # not retried: it cannot succeed until someone deletes the Image
+
+
+async def test_a_build_kpack_skipped_is_requested_and_delivered(cluster: Cluster) -> None:
+    """Korifi's skipped-build recovery against kpack: the newer generation gets its build."""
+    await cluster.workload("wl-1")
+    first = await cluster.outcome("wl-1")
+    assert succeeded(first)["reason"] == k.BUILD_SUCCEEDED
+    cluster.kpack.skip_next_build(SPACE, "app")
+    await cluster.workload("wl-2", source="pkg:2")
+    second = await cluster.outcome("wl-2", within=20)
+    assert succeeded(second)["reason"] == k.BUILD_SUCCEEDED
+    assert second["metadata"]["labels"][k.IMAGE_GENERATION_LABEL] == "2"
+    builds = (await cluster.client.list(r.BUILD, SPACE))["items"]
+    latest = max(builds, key=lambda b: int(b["metadata"]["labels"]["image.kpack.io/buildNumber"]))
+    assert latest["metadata"]["annotations"]["image.kpack.io/reason"].split(",")[0] == "TRIGGER"
+    assert latest["metadata"]["labels"]["image.kpack.io/imageGeneration"] == "2"
+    first_build = await cluster.client.get(r.BUILD, "app-build-1", SPACE)
+    assert first_build["metadata"]["annotations"][k.BUILD_NEEDED_ANNOTATION] == "true"
+
+
+async def test_deleting_a_workload_deletes_its_builds_and_their_images(cluster: Cluster) -> None:
+    """The workload was the Image's only owner: the Image, its Builds and their droplet images all go
+    (kpack may rebuild in between, its Build deleted and cleaned up the same way)."""
+    await cluster.workload("wl-1")
+    done = await cluster.outcome("wl-1")
+    image = done["status"]["droplet"]["registry"]["image"]
+    async with RegistryClient() as registry:
+        assert await registry.get_manifest(image)
+        await cluster.client.delete(r.BUILD_WORKLOAD, "wl-1", SPACE)
+
+        async def all_gone() -> bool:
+            builds = (await cluster.client.list(r.BUILD, SPACE))["items"]
+            images = (await cluster.client.list(r.IMAGE, SPACE))["items"]
+            if builds or images:
+                return False
+            try:
+                await registry.get_manifest(image)
+            except RegistryNotFound:
+                return True
+            return False
+
+        await eventually(all_gone, what="the Image, its Builds and the droplet image are gone")
+    with pytest.raises(errors.NotFound):
+        await cluster.client.get(r.BUILD_WORKLOAD, "wl-1", SPACE)
