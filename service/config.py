@@ -62,25 +62,24 @@ def boolean(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
-def positive_int(value: Any) -> int:
+def _whole_number(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(f"expected a whole number, got {value!r}")
     try:
-        number = int(str(value).strip())
+        return int(str(value).strip())
     except ValueError:
         raise ValueError(f"expected a whole number, got {value!r}") from None
+
+
+def positive_int(value: Any) -> int:
+    number = _whole_number(value)
     if number < 1:
         raise ValueError(f"must be at least 1, got {number}")
     return number
 
 
 def non_negative_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a whole number, got {value!r}")
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {value!r}") from None
+    number = _whole_number(value)
     if number < 0:
         raise ValueError(f"must not be negative, got {number}")
     return number

@@ -3,7 +3,6 @@ an OCI registry; and the one-command demo."""
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import subprocess
@@ -15,9 +14,9 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import orjson
 import pytest
 
+from service.demo import PULL_SECRET, create_space
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
@@ -33,8 +32,6 @@ Obj = dict[str, Any]
 
 WORKLOADS = 100
 SPACES = ("space-1", "space-2", "space-3", "space-4")
-SERVICE_ACCOUNT = "kpack-service-account"
-PULL_SECRET = "registry-credentials"
 
 
 @asynccontextmanager
@@ -60,31 +57,6 @@ async def stopped(proc: anyio.abc.Process, within: float = 15.0) -> int:
     proc.send_signal(signal.SIGTERM)
     with anyio.fail_after(within):
         return await proc.wait()
-
-
-async def create_space(client: KubeClient, space: str, registry: str) -> None:
-    config = {"auths": {registry: {"username": "user", "password": "pass"}}}
-    await client.create(r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": space}})
-    await client.create(
-        r.SECRET,
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/dockerconfigjson",
-            "metadata": {"name": PULL_SECRET, "namespace": space},
-            "data": {".dockerconfigjson": base64.b64encode(orjson.dumps(config)).decode()},
-        },
-    )
-    await client.create(
-        r.SERVICE_ACCOUNT,
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": SERVICE_ACCOUNT, "namespace": space},
-            "secrets": [{"name": PULL_SECRET}],
-            "imagePullSecrets": [{"name": PULL_SECRET}],
-        },
-    )
 
 
 def plan(i: int) -> tuple[str, list[str], bool]:

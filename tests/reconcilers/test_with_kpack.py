@@ -3,15 +3,14 @@ cluster with kpack installed answers, including its refusals."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import orjson
 import pytest
 
+from service.demo import PULL_SECRET, SERVICE_ACCOUNT, create_space
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
@@ -33,7 +32,7 @@ pytestmark = pytest.mark.anyio
 
 Obj = dict[str, Any]
 SPACE = "space"
-ACCOUNT = "kpack-service-account"
+ACCOUNT = SERVICE_ACCOUNT
 
 
 @dataclass
@@ -87,29 +86,7 @@ async def cluster() -> AsyncIterator[Cluster]:
             builder_readiness_timeout=10.0,
             container_repository_prefix=f"{registry.host}/cf/",
         )
-        config = {"auths": {registry.host: {"username": "u", "password": "p"}}}
-        await client.create(
-            r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SPACE}}
-        )
-        await client.create(
-            r.SECRET,
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": "kubernetes.io/dockerconfigjson",
-                "metadata": {"name": "creds", "namespace": SPACE},
-                "data": {".dockerconfigjson": base64.b64encode(orjson.dumps(config)).decode()},
-            },
-        )
-        await client.create(
-            r.SERVICE_ACCOUNT,
-            {
-                "apiVersion": "v1",
-                "kind": "ServiceAccount",
-                "metadata": {"name": ACCOUNT, "namespace": SPACE},
-                "imagePullSecrets": [{"name": "creds"}],
-            },
-        )
+        await create_space(client, SPACE, registry.host)
         manager = Manager(
             manager_client, ManagerOptions(name="test", metrics_address=None, probe_address=None)
         )
@@ -129,7 +106,7 @@ async def test_kpack_builds_the_workload_and_the_image_settles(cluster: Cluster)
     droplet = done["status"]["droplet"]
     assert droplet["registry"] == {
         "image": droplet["registry"]["image"],
-        "imagePullSecrets": [{"name": "creds"}],
+        "imagePullSecrets": [{"name": PULL_SECRET}],
     }
     assert droplet["registry"]["image"].startswith(f"{cluster.registry.host}/cf/app-droplets@sha256:")
     assert droplet["stack"] == "io.buildpacks.stacks.jammy"
