@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 Obj = dict[str, Any]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON: Python's ``==`` has ``True == 1``, which would hide a bool turned number."""
+    if a == b:
+        return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
+    return False
 
 
 def merge_diff(old: Any, new: Any) -> Any:
@@ -18,6 +27,6 @@ def merge_diff(old: Any, new: Any) -> Any:
     for key, value in new.items():
         if key not in old:
             patch[key] = value
-        elif old[key] != value:
+        elif not _same(old[key], value):
             patch[key] = merge_diff(old[key], value) if isinstance(value, dict) else value
     return patch

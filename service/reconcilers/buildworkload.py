@@ -82,14 +82,9 @@ class BuilderSettings:
     cf_root_namespace: str = "cf"
 
 
-class NotReady(Exception):
-    """A reconcile that cannot finish yet: becomes ``Ready=False`` with this reason and message."""
-
-    def __init__(self, reason: str, message: str, *, requeue_after: float | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.requeue_after = requeue_after
+class Failure(Exception):
+    """A reconcile that failed: its message becomes ``Ready=False/Unknown`` and it is retried with backoff
+    (registry calls, unusable labels, as Korifi's plain errors)."""
 
 
 # --------------------------------------------------------------------------- small accessors
@@ -192,24 +187,43 @@ def build_resources(settings: BuilderSettings) -> Obj:
 
 
 def add_owner(obj: Obj, owner: Obj) -> None:
-    """A non-controller owner reference to ``owner``, kept alongside existing ones (by uid)."""
+    """A non-controller owner reference to ``owner``, kept alongside existing ones. As controller-runtime's
+    ``SetOwnerReference``, a reference to the same group, kind and name is updated (an owner deleted and
+    created again under its name gets its new uid), not added twice."""
     refs: list[Obj] = _meta(obj).setdefault("ownerReferences", [])
-    uid = owner["metadata"]["uid"]
-    if not any(ref.get("uid") == uid for ref in refs):
-        refs.append(
-            {
-                "apiVersion": owner.get("apiVersion", k.KORIFI_API_VERSION),
-                "kind": owner.get("kind", "BuildWorkload"),
-                "name": owner["metadata"]["name"],
-                "uid": uid,
-            }
+    ref = {
+        "apiVersion": owner.get("apiVersion", k.KORIFI_API_VERSION),
+        "kind": owner.get("kind", "BuildWorkload"),
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+    }
+    group = ref["apiVersion"].rpartition("/")[0]
+    for i, existing in enumerate(refs):
+        same = (
+            str(existing.get("apiVersion", "")).rpartition("/")[0],
+            existing.get("kind"),
+            existing.get("name"),
         )
+        if same == (group, ref["kind"], ref["name"]):
+            refs[i] = {**existing, **ref}
+            return
+    refs.append(ref)
 
 
-def admission_message(exc: errors.ApiError) -> str | None:
-    """The text of a kpack admission webhook refusal, or None for other errors."""
-    if isinstance(exc, errors.BadRequest) and "admission webhook" in exc.message:
-        return exc.message
+# kpack refusals that no retry can overcome: changing what kpack keeps immutable, or shrinking a volume.
+_PERMANENT_REFUSALS = ("Immutable field changed", "Field cannot be decreased")
+
+
+def permanent_refusal(exc: errors.ApiError) -> str | None:
+    """The text of a kpack validation refusal that retrying cannot fix, or None (other refusals, e.g. for
+    state of the cluster that may change, and other errors are retried)."""
+    message = exc.message
+    if (
+        isinstance(exc, errors.BadRequest)
+        and 'admission webhook "validation.webhook.kpack.io" denied the request' in message
+        and any(rule in message for rule in _PERMANENT_REFUSALS)
+    ):
+        return message
     return None
 
 
@@ -271,11 +285,9 @@ class BuildWorkloadReconciler:
         try:
             result = await self._reconcile(work)
             ready = ("True", k.READY_REASON, k.READY_MESSAGE)
-        except NotReady as exc:
-            ready = ("False", exc.reason, exc.message)
-            if exc.requeue_after is not None:
-                result = Result(requeue_after=exc.requeue_after)
-        except (errors.ApiError, DropletError, RegistryFailure) as exc:
+        except errors.Conflict:
+            raise  # the cache was behind a write: retried from fresh state, nothing to report
+        except (errors.ApiError, DropletError, Failure) as exc:
             ready = (
                 "False",
                 k.UNKNOWN_REASON,
@@ -388,9 +400,7 @@ class BuildWorkloadReconciler:
         try:
             await self.repositories.create_repository(repository)
         except Exception as exc:
-            raise RegistryFailure(
-                f"failed ensuring custom builder: failed to create builder repo: {exc}"
-            ) from exc
+            raise Failure(f"failed ensuring custom builder: failed to create builder repo: {exc}") from exc
         namespace = work["metadata"]["namespace"]
         cb_spec = cluster_builder.get("spec") or {}
         desired_spec = {
@@ -425,10 +435,12 @@ class BuildWorkloadReconciler:
                     ]
                     await self.client.merge_patch(BUILDER, name, patch, namespace)
         except errors.ApiError as exc:
-            refused = admission_message(exc)
+            refused = permanent_refusal(exc)
             if refused is not None:
                 self._succeeded(work, "False", "BuilderRejected", refused)
                 return None
+            if isinstance(exc, errors.Conflict):
+                raise
             raise errors.ApiError(
                 f"failed ensuring custom builder: failed creating or updating kpack Builder: {exc.message}"
             ) from exc
@@ -496,7 +508,7 @@ class BuildWorkloadReconciler:
         try:
             await self.repositories.create_repository(repository)
         except Exception as exc:
-            raise RegistryFailure(f"failed to create droplet repo: {exc}") from exc
+            raise Failure(f"failed to create droplet repo: {exc}") from exc
         existing = self.images.get(namespace, app_guid)
         desired = self._desired_image(work, builder_ref, existing)
         try:
@@ -526,7 +538,7 @@ class BuildWorkloadReconciler:
             patch.setdefault("metadata", {})["resourceVersion"] = existing["metadata"]["resourceVersion"]
             return await self.client.merge_patch(IMAGE, app_guid, patch, namespace)
         except errors.ApiError as exc:
-            refused = admission_message(exc)
+            refused = permanent_refusal(exc)
             if refused is None:
                 raise
             self._succeeded(work, "False", "ImageRejected", refused)
@@ -543,16 +555,16 @@ class BuildWorkloadReconciler:
         try:
             generation = int(labels.get(k.IMAGE_GENERATION_LABEL, ""))
         except ValueError as exc:
-            raise NotReady(
-                k.UNKNOWN_REASON, f"couldn't parse image generation on buildworkload label: {exc}"
-            ) from None
+            raise Failure(f"couldn't parse image generation on buildworkload label: {exc}") from None
         await self._recover_skipped_build(image, generation)
         waiting = self._wait_for_builder(work, image)
         if waiting is not None:
             return waiting
         builds = self.builds.by_index(BY_IMAGE_GENERATION, _ns_key(namespace, app_guid, str(generation)))
         if not builds:
-            return None  # the Build's creation will wake this workload
+            if self._skipped(image, generation):
+                self._succeeded(work, "False", k.KPACK_MISSED_BUILD, k.KPACK_MISSED_BUILD_MESSAGE)
+            return None  # the Build's creation (or the Image moving on) will wake this workload
         latest = max(builds, key=_build_number)
         await self._fail_skipped_siblings(work, namespace, app_guid, generation)
         outcome = status_of(latest, k.SUCCEEDED)
@@ -573,6 +585,16 @@ class BuildWorkloadReconciler:
                 work, "Normal", k.BUILD_SUCCEEDED, f"droplet {work['status']['droplet']['registry']['image']}"
             )
         return None
+
+    def _skipped(self, image: Obj, generation: int) -> bool:
+        """kpack will never build this generation: the Image moved past it and built a later one. (Korifi
+        learns it only from the newer workload failing its older siblings, a write that can be lost; here
+        each workload also sees it for itself, from its Image's events.)"""
+        status = image.get("status") or {}
+        return (
+            _generation(image) > generation
+            and int(status.get("latestBuildImageGeneration") or 0) > generation
+        )
 
     async def _recover_skipped_build(self, image: Obj, generation: int) -> None:
         """kpack builds nothing when only a non-build field of the Image changed (kpack issue #1198): ask it
@@ -622,9 +644,7 @@ class BuildWorkloadReconciler:
             builder = self.builders.get(work["metadata"]["namespace"], name)
             missing = k.CUSTOM_BUILDER_NOT_FOUND
         else:
-            raise NotReady(
-                k.UNKNOWN_REASON, f"failed getting builder readiness condition: unknown kind {kind!r}"
-            )
+            raise Failure(f"failed getting builder readiness condition: unknown kind {kind!r}")
         if builder is None:
             self._succeeded(work, "False", k.BUILDER_NOT_READY, missing)
             return Result()
@@ -674,6 +694,11 @@ class BuildWorkloadReconciler:
                     },
                     namespace,
                 )
+            except errors.Conflict:
+                log.info(  # it sees its own skip from its Image's events (``_skipped``)
+                    "older build workload changed meanwhile; it will find itself skipped",
+                    extra={"sibling": sibling["metadata"]["name"]},
+                )
             except errors.ApiError as exc:
                 log.warning(
                     "failed to patch older build workload: %s",
@@ -690,7 +715,7 @@ class BuildWorkloadReconciler:
         try:
             config = await self.image_configs.image_config(image, secrets)
         except Exception as exc:
-            raise RegistryFailure(f"failed getting image config: {exc}") from exc
+            raise Failure(f"failed getting image config: {exc}") from exc
         return droplet(image, (status.get("stack") or {}).get("id", ""), config.labels, config.ports, refs)
 
     # ------------------------------------------------------------------ finalize
@@ -739,18 +764,13 @@ class BuildWorkloadReconciler:
         return None
 
 
-class RegistryFailure(Exception):
-    """A registry call failed; the message is the Ready condition's."""
-
-
 def _build_number(build: Obj) -> int:
     value = _labels(build).get(k.KPACK_BUILD_NUMBER_LABEL, "")
     try:
         return int(value)
     except ValueError:
-        raise NotReady(
-            k.UNKNOWN_REASON,
-            f'failed to parse build number for build "{build["metadata"]["name"]}": invalid number {value!r}',
+        raise Failure(
+            f'failed to parse build number for build "{build["metadata"]["name"]}": invalid number {value!r}'
         ) from None
 
 

@@ -112,8 +112,11 @@ def droplet(
     secrets: Iterable[Obj],
 ) -> Obj:
     """The workload's ``status.droplet``; raises ``DropletError`` for unusable metadata."""
+    registry: Obj = {"image": image}
+    if secrets := list(secrets):
+        registry["imagePullSecrets"] = secrets  # omitted when empty, as Korifi's omitempty
     return {
-        "registry": {"image": image, "imagePullSecrets": list(secrets)},
+        "registry": registry,
         "stack": stack,
         "processTypes": process_types((labels or {}).get(BUILD_METADATA_LABEL)),
         "ports": stable_ports(ports),

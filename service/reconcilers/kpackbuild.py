@@ -62,9 +62,12 @@ class KpackBuildReconciler:
         tags = tags_of_build_tags((build.get("spec") or {}).get("tags") or ())
         namespace = build["metadata"]["namespace"]
         try:
-            _, secrets = await builder_credentials(
-                self.client, namespace, self.settings.builder_service_account
-            )
+            try:
+                _, secrets = await builder_credentials(
+                    self.client, namespace, self.settings.builder_service_account
+                )
+            except errors.NotFound:
+                secrets = []  # as k8schain: a missing service account means no credentials, not no attempt
             await self.images.delete_image(image, tags, secrets)
         except Exception as exc:  # never hold the Build: log and let go
             log.warning(

@@ -174,6 +174,21 @@ async def test_a_missing_source_pull_secret_blocks_the_image(env: Env) -> None:
     assert ready["reason"] == k.UNKNOWN_REASON
     await consistently(lambda: _absent(env, r.IMAGE, APP_GUID), 1.0, "no Image is created")
     assert await env.succeeded(name) is None
+    # Retried with backoff: once the secret exists, the build starts.
+    secret = await env.get(r.SECRET, PULL_SECRET)
+    assert secret is not None
+    await env.create(
+        r.SECRET,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": secret["type"],
+            "metadata": {"name": "no-such-secret", "namespace": env.namespace},
+            "data": secret["data"],
+        },
+    )
+    await env.wait_succeeded(name, "Unknown")
+    assert await env.get(r.IMAGE, APP_GUID) is not None
 
 
 async def _absent(env: Env, resource: r.Resource, name: str) -> bool:

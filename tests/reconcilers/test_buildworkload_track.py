@@ -54,7 +54,8 @@ async def test_each_workload_follows_the_build_of_its_own_generation(env: Env) -
     await env.build(
         "build-2", "2", "1", status={**succeeded("True"), "latestImage": image, "stack": {"id": "x"}}
     )
-    await env.wait_succeeded(first["metadata"]["name"], "False")
+    failed = await env.wait_succeeded(first["metadata"]["name"], "False")
+    assert failed["reason"] == k.BUILD_FAILED  # from its own Build, not KpackMissedBuild
     await env.wait_succeeded(second["metadata"]["name"], "True")
 
 
@@ -430,6 +431,17 @@ async def test_an_unknown_builder_kind_on_the_image_is_reported(env: Env) -> Non
     ready = await eventually(not_ready, what="Ready=False")
     assert ready["message"] == "failed getting builder readiness condition: unknown kind 'Mystery'"
     assert await _still(env, name, "Unknown")
+    errors_before = _reconcile_errors(env)
+    await eventually(
+        lambda: _reconcile_errors(env) >= errors_before + 3, what="retried with backoff, no event needed"
+    )
+
+
+def _reconcile_errors(env: Env) -> float:
+    value = env.manager.registry.get_sample_value(
+        "controller_runtime_reconcile_errors_total", {"controller": "buildworkload"}
+    )
+    return value or 0.0
 
 
 async def test_an_unparsable_generation_label_is_reported(env: Env) -> None:
@@ -447,3 +459,71 @@ async def test_an_unparsable_generation_label_is_reported(env: Env) -> None:
     ready = await eventually(not_ready, what="Ready=False")
     assert ready["message"].startswith("couldn't parse image generation on buildworkload label: ")
     assert await _still(env, name, "Unknown")
+    await env.client.merge_patch(
+        r.BUILD_WORKLOAD, name, {"metadata": {"labels": {k.IMAGE_GENERATION_LABEL: "1"}}}, env.namespace
+    )
+
+    async def ready_again() -> bool:
+        condition = await env.condition(name, k.READY)
+        return condition is not None and condition["status"] == "True"
+
+    await eventually(ready_again, what="Ready again once the label is repaired")
+
+
+async def test_an_older_workload_sees_its_own_skip_when_the_siblings_write_is_lost(env: Env) -> None:
+    """The newer workload's KpackMissedBuild patch of its sibling can meet a 409 (a stale cache): the older
+    workload must still end, from its own Image's events (Korifi would leave it running for ever)."""
+    from service.sim.faults import FaultRule
+
+    first = await running_workload(env)
+    name = first["metadata"]["name"]
+    # The newer generation's Build has already succeeded when its workload starts, so the newer workload
+    # completes in the very pass that patches its sibling, and never tries that patch again.
+    image = await env.push_droplet()
+    await env.build("build", "2", "1", status={**succeeded("True"), "latestImage": image})
+    env.api.faults.add(FaultRule(method="PATCH", path=f"/buildworkloads/{name}/status$", status=409, count=1))
+    second = await env.create_workload(env.workload_body(source="PACKAGE_IMAGE2"))
+    await env.wait_succeeded(second["metadata"]["name"], "True")
+    assert await env.generation_label(second["metadata"]["name"]) == "2"
+    assert (await env.succeeded(name) or {}).get("status") == "Unknown"  # the sibling's write was lost
+    await env.set_status(
+        r.IMAGE,
+        APP_GUID,
+        {
+            "observedGeneration": 2,
+            "latestBuildImageGeneration": 2,
+            "latestBuildRef": "build",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    )
+    failed = await env.wait_succeeded(name, "False")
+    assert failed["reason"] == k.KPACK_MISSED_BUILD
+
+
+@pytest.mark.parametrize(
+    ("observed", "built"), [(0, -1), (1, 0)], ids=["generation-not-observed", "already-built"]
+)
+async def test_no_build_is_requested_unless_kpack_observed_and_skipped_the_generation(
+    env: Env, observed: int, built: int
+) -> None:
+    """Behaviours 38-40, the other side: an Image that has not seen the generation yet, or has built it."""
+    await running_workload(env)
+    second = await running_workload(env)
+    generation = int(await env.generation_label(second["metadata"]["name"]))
+    await env.build("first-build", str(generation), "1")
+    await env.set_status(
+        r.IMAGE,
+        APP_GUID,
+        {
+            "observedGeneration": generation - 1 + observed,
+            "latestBuildImageGeneration": generation + built,
+            "latestBuildRef": "first-build",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    )
+
+    async def annotation() -> str | None:
+        build = await env.get(r.BUILD, "first-build")
+        return ((build or {}).get("metadata", {}).get("annotations") or {}).get(k.BUILD_NEEDED_ANNOTATION)
+
+    await consistently(lambda: _is_none(annotation()), 1.0, "no additionalBuildNeeded")

@@ -158,3 +158,13 @@ async def test_a_registry_failure_never_holds_the_build(env: Env) -> None:
     await env.client.delete(r.BUILD, name, env.namespace)
     await eventually(lambda: _gone(env, r.BUILD, name), what="the Build is released")
     assert await env.images.get_manifest(image)  # still there: only logged
+
+
+async def test_without_the_builder_service_account_the_droplet_is_still_deleted(env: Env) -> None:
+    """As k8schain: no service account means no credentials, not no attempt (the registry is open)."""
+    name, image = await pushed_build(env, ["latest", "bob"])
+    await env.client.delete(r.SERVICE_ACCOUNT, "builder-service-account", env.namespace)
+    await env.client.delete(r.BUILD, name, env.namespace)
+    await eventually(lambda: _gone(env, r.BUILD, name), what="the Build is released")
+    with pytest.raises(ImageNotFound):
+        await env.images.get_manifest(image)

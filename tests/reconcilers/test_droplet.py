@@ -142,3 +142,44 @@ def test_set_condition_moves_the_transition_time_only_when_the_status_flips() ->
             "observedGeneration": 2,
         }
     ]
+
+
+def test_only_permanent_kpack_refusals_fail_a_workload() -> None:
+    from service.kube import errors
+    from service.reconcilers.buildworkload import permanent_refusal
+
+    prefix = 'admission webhook "validation.webhook.kpack.io" denied the request: validation failed: '
+    immutable = errors.BadRequest(prefix + "Immutable field changed: spec.tag\ngot: a, want: b")
+    assert permanent_refusal(immutable) == immutable.message
+    assert permanent_refusal(errors.BadRequest(prefix + "Field cannot be decreased: spec.cache.volume.size"))
+    # A refusal about the cluster's current state, another vendor's webhook, other errors: retried.
+    assert permanent_refusal(errors.BadRequest(prefix + "spec.cache.volume.size cannot be set")) is None
+    assert (
+        permanent_refusal(
+            errors.BadRequest(
+                'admission webhook "policy.example.com" denied the request: Immutable field changed'
+            )
+        )
+        is None
+    )
+    assert permanent_refusal(errors.Invalid("Immutable field changed")) is None
+
+
+def test_owner_references_are_kept_per_owner_name_and_follow_a_new_uid() -> None:
+    from service.reconcilers.buildworkload import add_owner
+
+    def workload(name: str, uid: str) -> dict[str, object]:
+        return {
+            "apiVersion": k.KORIFI_API_VERSION,
+            "kind": "BuildWorkload",
+            "metadata": {"name": name, "uid": uid},
+        }
+
+    image: dict[str, object] = {"metadata": {}}
+    add_owner(image, workload("a", "1"))
+    add_owner(image, workload("b", "2"))
+    add_owner(image, workload("a", "1"))
+    add_owner(image, workload("a", "3"))  # deleted and created again under its name
+    refs = image["metadata"]["ownerReferences"]  # type: ignore[index]
+    assert [(r["name"], r["uid"]) for r in refs] == [("a", "3"), ("b", "2")]
+    assert all("controller" not in r for r in refs)
