@@ -9,7 +9,6 @@ asking for a buildpack the store does not have. Their progress is shown live unt
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import sys
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 import anyio
-import orjson
 
 from service.app import serve_cluster
 from service.config import Config
@@ -26,6 +24,7 @@ from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import explicit
 from service.reconcilers import korifi as k
+from service.registry.auth import docker_config_secret
 from service.runtime.manager import Manager
 from service.sim.crds import new_cluster
 from service.sim.kpack import KpackOptions, running_kpack
@@ -94,19 +93,9 @@ def workload(sample: Sample, registry: str) -> Obj:
 
 async def create_space(client: KubeClient, space: str, registry: str) -> None:
     """A CF space as Korifi prepares it: the namespace, registry credentials and the builder account."""
-    config = {"auths": {registry: {"username": "demo", "password": "demo"}}}
     objects: list[tuple[r.Resource, Obj]] = [
         (r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": space}}),
-        (
-            r.SECRET,
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": "kubernetes.io/dockerconfigjson",
-                "metadata": {"name": PULL_SECRET, "namespace": space},
-                "data": {".dockerconfigjson": base64.b64encode(orjson.dumps(config)).decode()},
-            },
-        ),
+        (r.SECRET, docker_config_secret(PULL_SECRET, space, registry, "demo", "demo")),
         (
             r.SERVICE_ACCOUNT,
             {

@@ -10,12 +10,10 @@ are retried.
 
 from __future__ import annotations
 
-import io
 import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
@@ -24,6 +22,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
+from service.http import LazySession, request_body
 from service.kube import errors
 from service.kube.config import ClusterConfig
 from service.kube.metrics import RestClientMetrics
@@ -46,7 +45,6 @@ SERVER_MAX_WATCH_SECONDS = 3600.0
 WATCH_READ_MARGIN = 30.0
 # 2 MiB read buffer: lines up to 4 MiB, above the 1.5 MiB etcd object limit plus the event envelope.
 READ_BUFSIZE = 2**21
-LARGE_BODY = 2**20
 
 _TLS_ERRORS = (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)
 
@@ -61,14 +59,6 @@ def _query(params: Params | None) -> list[tuple[str, str]]:
         else:
             out.append((key, str(value)))
     return out
-
-
-def _payload(data: bytes | None) -> bytes | io.BytesIO | None:
-    # aiohttp warns (ResourceWarning) about raw bytes bodies over 1 MiB, which kube objects can exceed;
-    # a BytesIO is written in chunks instead. It is consumed by sending, so each attempt gets its own.
-    if data is not None and len(data) > LARGE_BODY:
-        return io.BytesIO(data)
-    return data
 
 
 def _host_label(host: str) -> str:
@@ -162,7 +152,7 @@ class WatchStream:
             self._response.close()
 
 
-class KubeClient:
+class KubeClient(LazySession):
     """One API server connection pool; use as ``async with KubeClient(config) as client``."""
 
     def __init__(
@@ -197,42 +187,19 @@ class KubeClient:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._watch_read_margin = watch_read_margin
-        self._session: aiohttp.ClientSession | None = None
-        self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
-    async def __aenter__(self) -> Self:
-        self._get_session()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.close()
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        # Created lazily: an aiohttp session must be born inside the running event loop.
-        if self._session is None:
-            if self._closed:
-                raise RuntimeError("KubeClient is closed")
-            headers = {"Accept": JSON}
-            if self._user_agent:
-                headers["User-Agent"] = self._user_agent
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connection_limit, ssl=self.config.ssl),
-                headers=headers,
-                # Proxies come from the kubeconfig only; HTTP(S)_PROXY and .netrc must not leak in.
-                trust_env=False,
-                read_bufsize=READ_BUFSIZE,
-            )
-        return self._session
+    def _new_session(self) -> aiohttp.ClientSession:
+        headers = {"Accept": JSON}
+        if self._user_agent:
+            headers["User-Agent"] = self._user_agent
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._connection_limit, ssl=self.config.ssl),
+            headers=headers,
+            # Proxies come from the kubeconfig only; HTTP(S)_PROXY and .netrc must not leak in.
+            trust_env=False,
+            read_bufsize=READ_BUFSIZE,
+        )
 
     # ------------------------------------------------------------------ transport
     def _backoff(self, attempt: int) -> float:
@@ -284,7 +251,7 @@ class KubeClient:
                     method,
                     url,
                     params=query,
-                    data=_payload(data),
+                    data=request_body(data),
                     headers=headers,
                     timeout=client_timeout,
                     allow_redirects=False,

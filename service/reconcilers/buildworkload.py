@@ -26,10 +26,12 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from service.kube import errors
+from service.kube import errors, quantity
 from service.kube.client import KubeClient
+from service.kube.conditions import find, is_true, set_condition, status_of
 from service.kube.patches import merge_diff
 from service.kube.resources import (
     BUILD,
@@ -41,8 +43,8 @@ from service.kube.resources import (
     SECRET,
     STORAGE_CLASS,
 )
+from service.kube.timestamps import parse_rfc3339
 from service.reconcilers import korifi as k
-from service.reconcilers.conditions import find, is_true, set_condition, status_of
 from service.reconcilers.droplet import DropletError, droplet
 from service.reconcilers.images import (
     ImageConfigReader,
@@ -53,7 +55,7 @@ from service.reconcilers.images import (
 from service.runtime.controller import Funcs, Request, Result, enqueue_owner
 from service.runtime.informer import Lister
 from service.runtime.manager import Manager
-from service.runtime.store import Obj
+from service.runtime.store import Obj, by_labels, index_value
 
 log = logging.getLogger("service.reconcilers.buildworkload")
 
@@ -106,29 +108,9 @@ def _conditions(obj: Obj) -> list[Obj]:
     return conditions
 
 
-def _ns_key(namespace: str, *parts: str) -> str:
-    return "/".join((namespace, *parts))
-
-
-def _app_index(obj: Obj) -> Iterable[str]:
-    app = _labels(obj).get(k.APP_GUID_LABEL)
-    return () if app is None else (_ns_key(obj["metadata"].get("namespace", ""), app),)
-
-
-def _app_generation_index(obj: Obj) -> Iterable[str]:
-    labels = _labels(obj)
-    app, gen = labels.get(k.APP_GUID_LABEL), labels.get(k.IMAGE_GENERATION_LABEL)
-    if app is None or gen is None:
-        return ()
-    return (_ns_key(obj["metadata"].get("namespace", ""), app, gen),)
-
-
-def _image_generation_index(obj: Obj) -> Iterable[str]:
-    labels = _labels(obj)
-    image, gen = labels.get(k.KPACK_IMAGE_LABEL), labels.get(k.KPACK_IMAGE_GENERATION_LABEL)
-    if image is None or gen is None:
-        return ()
-    return (_ns_key(obj["metadata"].get("namespace", ""), image, gen),)
+_app_index = by_labels(k.APP_GUID_LABEL, namespaced=True)
+_app_generation_index = by_labels(k.APP_GUID_LABEL, k.IMAGE_GENERATION_LABEL, namespaced=True)
+_image_generation_index = by_labels(k.KPACK_IMAGE_LABEL, k.KPACK_IMAGE_GENERATION_LABEL, namespaced=True)
 
 
 def _image_builder_index(obj: Obj) -> Iterable[str]:
@@ -148,31 +130,11 @@ def _completed(workload: Obj) -> bool:
     return status_of(workload, k.SUCCEEDED) in ("True", "False")
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
+def _quantity_value(value: Any) -> Decimal | None:
+    """A quantity's value, as apimachinery parses it (``1024Mi`` == ``1Gi``); None if absent or invalid."""
     try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
-def _quantity_bytes(value: Any) -> float | None:
-    """A Kubernetes quantity (``1024Mi``, ``2G``, ``1.5Gi``) in bytes; None if unparsable."""
-    text = str(value).strip()
-    units = {
-        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-        "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "m": 10**-3,
-    }  # fmt: skip
-    for suffix in sorted(units, key=len, reverse=True):
-        if text.endswith(suffix):
-            number, scale = text[: -len(suffix)], units[suffix]
-            break
-    else:
-        number, scale = text, 1
-    try:
-        return float(number) * scale
-    except ValueError:
+        return quantity.parse(str(value).strip()).value if value else None
+    except quantity.QuantityError:
         return None
 
 
@@ -268,7 +230,7 @@ class BuildWorkloadReconciler:
         key = f"{kind}/{builder['metadata'].get('namespace', '')}/{builder['metadata']['name']}"
         out = []
         for image in self.images.by_index(BY_BUILDER, key):
-            app_key = _ns_key(image["metadata"].get("namespace", ""), image["metadata"]["name"])
+            app_key = index_value(image["metadata"].get("namespace", ""), image["metadata"]["name"])
             for workload in self.workloads.by_index(BY_APP, app_key):
                 if status_of(workload, k.SUCCEEDED) == "Unknown":
                     out.append(Request.for_object(workload))
@@ -516,7 +478,7 @@ class BuildWorkloadReconciler:
                 return await self.client.create(IMAGE, desired, namespace)
             old_volume = ((existing.get("spec") or {}).get("cache") or {}).get("volume") or {}
             new_size = desired["spec"]["cache"]["volume"]["size"]
-            old_bytes, new_bytes = _quantity_bytes(old_volume.get("size")), _quantity_bytes(new_size)
+            old_bytes, new_bytes = _quantity_value(old_volume.get("size")), _quantity_value(new_size)
             if old_volume.get("size") and old_bytes != new_bytes:
                 if not await self._resizable(old_volume.get("storageClassName")):
                     # As Korifi: a cache that cannot grow in place means a new Image. Its deletion event
@@ -560,7 +522,7 @@ class BuildWorkloadReconciler:
         waiting = self._wait_for_builder(work, image)
         if waiting is not None:
             return waiting
-        builds = self.builds.by_index(BY_IMAGE_GENERATION, _ns_key(namespace, app_guid, str(generation)))
+        builds = self.builds.by_index(BY_IMAGE_GENERATION, index_value(namespace, app_guid, str(generation)))
         if not builds:
             if self._skipped(image, generation):
                 self._succeeded(work, "False", k.KPACK_MISSED_BUILD, k.KPACK_MISSED_BUILD_MESSAGE)
@@ -650,7 +612,7 @@ class BuildWorkloadReconciler:
             return Result()
         if is_true(builder, k.READY):
             return None
-        created = _parse_time(work["metadata"].get("creationTimestamp"))
+        created = parse_rfc3339(work["metadata"].get("creationTimestamp"))
         # The timestamp has whole seconds: count from the end of that second, so that a builder always
         # gets at least the whole timeout (Korifi's count can fall up to a second short).
         waited = (datetime.now(UTC) - created).total_seconds() - 1.0 if created else float("inf")
@@ -663,7 +625,7 @@ class BuildWorkloadReconciler:
     async def _fail_skipped_siblings(self, work: Obj, namespace: str, app_guid: str, generation: int) -> None:
         """Older workloads of the same app that kpack will never build for (a newer generation superseded
         theirs before a Build was made) are failed with KpackMissedBuild. Errors are logged, not raised."""
-        for sibling in self.workloads.by_index(BY_APP, _ns_key(namespace, app_guid)):
+        for sibling in self.workloads.by_index(BY_APP, index_value(namespace, app_guid)):
             if sibling["metadata"]["name"] == work["metadata"]["name"] or not is_ours(sibling):
                 continue
             try:
@@ -672,7 +634,7 @@ class BuildWorkloadReconciler:
                 continue  # not started yet, or failed before its Image: not skipped by kpack
             if theirs >= generation or status_of(sibling, k.SUCCEEDED) != "Unknown":
                 continue
-            if self.builds.by_index(BY_IMAGE_GENERATION, _ns_key(namespace, app_guid, str(theirs))):
+            if self.builds.by_index(BY_IMAGE_GENERATION, index_value(namespace, app_guid, str(theirs))):
                 continue
             status = copy.deepcopy(sibling.get("status") or {})
             conditions = status.setdefault("conditions", [])
@@ -734,13 +696,13 @@ class BuildWorkloadReconciler:
         namespace = work["metadata"]["namespace"]
         app_guid, generation = labels.get(k.APP_GUID_LABEL), labels.get(k.IMAGE_GENERATION_LABEL)
         if app_guid is not None and generation is not None:
-            same = self.workloads.by_index(BY_APP_GENERATION, _ns_key(namespace, app_guid, generation))
+            same = self.workloads.by_index(BY_APP_GENERATION, index_value(namespace, app_guid, generation))
             if len(same) == 1:
                 deleted_at = _meta(work).get("deletionTimestamp") or ""
                 builds = [
                     b
                     for b in self.builds.by_index(
-                        BY_IMAGE_GENERATION, _ns_key(namespace, app_guid, generation)
+                        BY_IMAGE_GENERATION, index_value(namespace, app_guid, generation)
                     )
                     if (b["metadata"].get("creationTimestamp") or "") <= deleted_at
                 ]

@@ -99,11 +99,6 @@ def stable_ports(ports: Iterable[int]) -> list[int]:
     return sorted(set(ports))
 
 
-def pull_secrets(service_account: Obj) -> list[Obj]:
-    """The service account's ``imagePullSecrets`` as ``[{name}]`` (not its ``secrets`` list)."""
-    return [{"name": ref["name"]} for ref in service_account.get("imagePullSecrets") or () if ref.get("name")]
-
-
 def droplet(
     image: str,
     stack: str,

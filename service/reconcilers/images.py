@@ -11,10 +11,9 @@ from typing import Protocol
 
 from service.kube import errors
 from service.kube.client import KubeClient
-from service.kube.resources import SECRET, SERVICE_ACCOUNT
-from service.reconcilers.droplet import pull_secrets
 from service.registry.auth import Keychain
 from service.registry.client import RegistryClient
+from service.registry.k8schain import service_account_secrets
 from service.runtime.store import Obj
 
 log = logging.getLogger("service.reconcilers.images")
@@ -52,23 +51,12 @@ class NoRepositoryCreator:
 async def builder_credentials(
     client: KubeClient, namespace: str, service_account: str
 ) -> tuple[list[Obj], list[Obj]]:
-    """The service account's ``imagePullSecrets`` references, and those Secrets that exist (a missing one
-    is skipped with a warning, as k8schain does). A missing service account is an error."""
+    """The builder service account's ``imagePullSecrets`` references, and those Secrets that exist (a
+    missing one is skipped, as k8schain does). A missing service account is an error, worded as Korifi's."""
     try:
-        account = await client.get(SERVICE_ACCOUNT, service_account, namespace)
+        return await service_account_secrets(client, namespace, service_account)
     except errors.NotFound:
         raise errors.NotFound(f'ServiceAccount "{service_account}" not found') from None
-    refs = pull_secrets(account)
-    secrets = []
-    for ref in refs:
-        try:
-            secrets.append(await client.get(SECRET, ref["name"], namespace))
-        except errors.NotFound:
-            log.warning(
-                "image pull secret of the builder service account not found",
-                extra={"secret": ref["name"], "namespace": namespace},
-            )
-    return refs, secrets
 
 
 class RegistryImages:

@@ -39,16 +39,12 @@ from typing import Any
 import orjson
 
 from service.registry.errors import KeychainError
-from service.registry.reference import Reference, Registry, Repository, as_repository
+from service.registry.reference import Reference, Registry, Repository, as_repository, valid_authority
 
 DOCKER_CONFIG_JSON = "kubernetes.io/dockerconfigjson"
 DOCKER_CONFIG_JSON_KEY = ".dockerconfigjson"
 DOCKERCFG = "kubernetes.io/dockercfg"
 DOCKERCFG_KEY = ".dockercfg"
-
-_HOST_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~!$&'()*+,;=:[]<>\""
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,17 +176,7 @@ def _go_parse_url(raw: str) -> tuple[str, str] | None:
     authority, slash, path = rest.partition("/")
     path = slash + path
     host = authority.rpartition("@")[2]
-    if host.startswith("["):
-        end = host.rfind("]")
-        if end < 0:
-            return None
-        port = host[end + 1 :]
-    else:
-        colon = host.rfind(":")
-        port = host[colon:] if colon >= 0 else ""
-    if port and (port[0] != ":" or not all("0" <= c <= "9" for c in port[1:])):
-        return None
-    if "%" in host or any(c not in _HOST_CHARS and ord(c) < 0x80 for c in host):
+    if not valid_authority(host):  # the same host rules as for a reference's registry
         return None
     if re.search(r"%(?![0-9A-Fa-f]{2})", path):
         return None
@@ -224,6 +210,22 @@ def _urls_match(glob: str, target: str) -> bool:
 
 
 # --- secrets -------------------------------------------------------------------------------------------
+
+
+def docker_config_secret(
+    name: str, namespace: str, registry: str, username: str, password: str
+) -> dict[str, Any]:
+    """A ``kubernetes.io/dockerconfigjson`` Secret holding one registry's credentials, as ``kubectl create
+    secret docker-registry`` writes it (the keychain above reads it back)."""
+    auth = base64.b64encode(f"{username}:{password}".encode()).decode()
+    config = {"auths": {registry: {"username": username, "password": password, "auth": auth}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": DOCKER_CONFIG_JSON,
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {DOCKER_CONFIG_JSON_KEY: base64.b64encode(orjson.dumps(config)).decode()},
+    }
 
 
 def _b64decode_go(field: str) -> bytes:

@@ -27,15 +27,13 @@ Behaviour kept from go-containerregistry, because Korifi's results depend on it:
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 import anyio
@@ -43,6 +41,7 @@ import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from service.http import LazySession, request_body
 from service.registry import media
 from service.registry.auth import ANONYMOUS, Credentials, Keychain
 from service.registry.errors import (
@@ -63,7 +62,6 @@ USER_AGENT = "kpack-image-builder (python aiohttp)"
 MAX_MANIFEST = 4 * 1024 * 1024  # distribution's own limit on a manifest body
 MAX_CONFIG = 32 * 1024 * 1024
 MAX_SMALL = 64 * 1024  # error bodies, token responses, pings
-LARGE_BODY = 1024 * 1024  # request bodies above this are streamed (aiohttp warns about big bytes bodies)
 MAX_INDEX_DEPTH = 4
 MAX_TAG_PAGES = 10_000
 DEFAULT_TOKEN_SECONDS = 60.0  # the token spec's default when a response has no expires_in
@@ -242,12 +240,6 @@ class _Token:
     expires: float  # time.monotonic()
 
 
-def _payload(data: bytes | None) -> bytes | io.BytesIO | None:
-    if data is not None and len(data) > LARGE_BODY:
-        return io.BytesIO(data)
-    return data
-
-
 def _error_fields(body: bytes) -> tuple[str, str]:
     """The first (code, message) of a distribution error body, or ("", "")."""
     try:
@@ -290,7 +282,7 @@ def _parse_port(key: str) -> int:
     return value
 
 
-class RegistryClient:
+class RegistryClient(LazySession):
     """One connection pool for all registries; use as ``async with RegistryClient(...) as client``.
 
     ``keychain`` is the default for every call (each call may pass its own: credentials depend on the
@@ -335,44 +327,21 @@ class RegistryClient:
         self._tag_lookup_concurrency = max(1, tag_lookup_concurrency)
         self._bases: dict[str, str] = {}  # registry name -> "https://host:port" or "http://…"
         self._challenges: dict[str, Challenge] = {}
-        self._session: aiohttp.ClientSession | None = None
-        self._closed = False
 
     # ------------------------------------------------------------------------------- lifecycle
-    async def __aenter__(self) -> Self:
-        self._get_session()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.close()
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        # Created lazily: an aiohttp session must be born inside the running event loop.
-        if self._session is None:
-            if self._closed:
-                raise RuntimeError("RegistryClient is closed")
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self._max_connections,
-                    limit_per_host=self._max_connections_per_host,
-                    ssl=self._ssl,
-                    ttl_dns_cache=60,
-                ),
-                headers={"User-Agent": self._user_agent},
-                # Credentials come from pull secrets only: HTTP(S)_PROXY and .netrc must not leak in.
-                trust_env=False,
-                trace_configs=self._trace_configs or None,
-            )
-        return self._session
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=self._max_connections,
+                limit_per_host=self._max_connections_per_host,
+                ssl=self._ssl,
+                ttl_dns_cache=60,
+            ),
+            headers={"User-Agent": self._user_agent},
+            # Credentials come from pull secrets only: HTTP(S)_PROXY and .netrc must not leak in.
+            trust_env=False,
+            trace_configs=self._trace_configs or None,
+        )
 
     # ------------------------------------------------------------------------------ operations
     @asynccontextmanager
@@ -967,7 +936,7 @@ class RegistryClient:
         timeout = aiohttp.ClientTimeout(total=op.timeout, sock_connect=self.connect_timeout)
         try:
             async with self._get_session().request(
-                method, url, headers=headers, data=_payload(data), params=params, timeout=timeout
+                method, url, headers=headers, data=request_body(data), params=params, timeout=timeout
             ) as resp:
                 body = b"" if method == "HEAD" else await self._read(op, resp, limit)
                 return _Reply(method, resp.url, resp.status, resp.reason or "", resp.headers, body)

@@ -250,6 +250,14 @@ def parse_reference(
             raise InvalidReference(f"could not parse reference {s!r}: {why}") from None
 
 
+def try_parse_reference(value: str) -> Reference | None:
+    """``parse_reference`` for a caller that only needs to know whether ``value`` is one."""
+    try:
+        return parse_reference(value)
+    except InvalidReference:
+        return None
+
+
 def as_reference(ref: Reference | str) -> Reference:
     return ref if isinstance(ref, Reference) else parse_reference(ref)
 
@@ -269,9 +277,8 @@ def tag_of_build_tag(entry: str) -> str | None:
     Korifi splits each entry on ``:`` and keeps two-part entries, which breaks when the registry host has
     a port: ``host:5000/repo:b1.2024…`` yields nothing and ``host:5000/repo`` yields ``5000/repo``. Parsing
     the entry as an image reference gets both right."""
-    try:
-        ref = parse_reference(entry)
-    except InvalidReference:
+    ref = try_parse_reference(entry)
+    if ref is None:
         return None
     return ref.tag if ref.digest is None and ref.explicit_tag else None
 

@@ -20,6 +20,7 @@ import anyio
 from service.kube import errors
 from service.kube.client import KubeClient
 from service.kube.resources import EVENT
+from service.kube.timestamps import rfc3339
 
 log = logging.getLogger("service.runtime.events")
 
@@ -30,10 +31,6 @@ WARNING = "Warning"
 BUFFER = 1000  # client-go's broadcaster queue length
 CACHE_SIZE = 4096  # client-go's correlator LRU size
 MAX_MESSAGE = 1024  # kube-apiserver refuses longer event notes
-
-
-def _rfc3339(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def involved_object(obj: Obj) -> Obj:
@@ -136,7 +133,7 @@ class EventRecorder:
         if seen is not None:
             self._seen.move_to_end(p.key)
             seen.count += 1
-            patch = {"count": seen.count, "lastTimestamp": _rfc3339(p.at)}
+            patch = {"count": seen.count, "lastTimestamp": rfc3339(p.at)}
             try:
                 await self.client.merge_patch(EVENT, seen.name, patch, seen.namespace)
                 return
@@ -153,8 +150,8 @@ class EventRecorder:
             "message": p.message,
             "type": p.type,
             "source": {"component": self.component, **({"host": self.instance} if self.instance else {})},
-            "firstTimestamp": _rfc3339(p.at),
-            "lastTimestamp": _rfc3339(p.at),
+            "firstTimestamp": rfc3339(p.at),
+            "lastTimestamp": rfc3339(p.at),
             "count": 1,
             "reportingComponent": self.component,
             "reportingInstance": self.instance,

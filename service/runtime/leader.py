@@ -18,7 +18,6 @@ import random
 import socket
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -26,6 +25,7 @@ import anyio
 from service.kube import errors
 from service.kube.client import KubeClient
 from service.kube.resources import LEASE
+from service.kube.timestamps import micro_time
 from service.runtime.clock import REAL_CLOCK, Clock
 from service.runtime.metrics import RuntimeMetrics
 
@@ -56,11 +56,6 @@ class LeaderElectionConfig:
             )
         if not self.namespace:
             raise ValueError("leader election needs a namespace for its lease")
-
-
-def micro_time(at: datetime | None = None) -> str:
-    """A Kubernetes MicroTime: RFC 3339 with microseconds, in UTC."""
-    return (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
+
+from service.http import serving
 
 log = logging.getLogger("service.runtime.sidecar")
 
@@ -183,16 +185,10 @@ class Sidecar:
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[dict[str, int]]:
         """Listen for the duration of the block; yields the bound port of each server by role."""
-        runners: list[web.AppRunner] = []
         ports: dict[str, int] = {}
-        try:
+        async with AsyncExitStack() as servers:
             for address, app in self._apps():
-                runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-                await runner.setup()
-                runners.append(runner)
-                site = web.TCPSite(runner, address.host, address.port)
-                await site.start()
-                port = int(runner.addresses[0][1])
+                port = await servers.enter_async_context(serving(app, address.host, address.port))
                 roles = []
                 if address == self.metrics_address:
                     ports["metrics"] = port
@@ -205,7 +201,3 @@ class Sidecar:
                     extra={"address": str(BindAddress(address.host, port)), "serves": "+".join(roles)},
                 )
             yield ports
-        finally:
-            with anyio.CancelScope(shield=True):
-                for runner in reversed(runners):
-                    await runner.cleanup()

@@ -37,16 +37,27 @@ def by_label(key: str) -> IndexFunc:
     return index
 
 
-def by_labels(*keys: str) -> IndexFunc:
-    """Index by the combination of several labels' values, joined with ``/`` (all must be present)."""
+def by_labels(*keys: str, namespaced: bool = False) -> IndexFunc:
+    """Index by the combination of several labels' values, joined with ``/`` (all must be present).
+
+    ``namespaced`` puts the object's namespace first (``ns/v1/v2``, see ``index_value``): labels name
+    things within a namespace, and an informer may watch every namespace."""
 
     def index(obj: Obj) -> Iterable[str]:
         labels = obj["metadata"].get("labels") or {}
         if not all(k in labels for k in keys):
             return ()
-        return ("/".join(labels[k] for k in keys),)
+        values = [labels[k] for k in keys]
+        if namespaced:
+            values.insert(0, obj["metadata"].get("namespace", ""))
+        return ("/".join(values),)
 
     return index
+
+
+def index_value(*parts: str) -> str:
+    """The value ``by_labels`` indexes under, for a lookup (the namespace first when namespaced)."""
+    return "/".join(parts)
 
 
 def strip_managed_fields(obj: Obj) -> Obj:

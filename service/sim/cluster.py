@@ -24,7 +24,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -39,6 +38,7 @@ from service.kube.names import (
     qualified_name_errors,
 )
 from service.kube.selectors import EVERYTHING, FieldSelector, LabelSelector
+from service.kube.timestamps import rfc3339
 from service.sim import schema as schemas
 from service.sim.kinds import Kind, Obj, built_in_kinds, kind_from_crd
 from service.sim.watch import Event, Watcher
@@ -63,10 +63,6 @@ _CONTROLLER_USERS = {
     "namespace-controller": "system:serviceaccount:kube-system:namespace-controller",
     "apiextensions-controller": "system:apiserver",
 }
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -574,7 +570,7 @@ class Cluster:
             "manager": manager,
             "operation": operation,
             "apiVersion": api_version,
-            "time": now_rfc3339(),
+            "time": rfc3339(),
             "fieldsType": "FieldsV1",
             "fieldsV1": fields,
         }
@@ -663,7 +659,7 @@ class Cluster:
         if causes:
             raise self._invalid(kind, name, causes)
         meta["uid"] = str(uuid.uuid4())
-        meta["creationTimestamp"] = now_rfc3339()
+        meta["creationTimestamp"] = rfc3339()
         if kind.uses_generation:
             meta["generation"] = 1
         if self.admission:
@@ -1029,7 +1025,7 @@ class Cluster:
         new_meta = new["metadata"]
         new_meta["finalizers"] = finalizers
         if not meta.get("deletionTimestamp"):
-            new_meta["deletionTimestamp"] = now_rfc3339()
+            new_meta["deletionTimestamp"] = rfc3339()
             new_meta["deletionGracePeriodSeconds"] = 0
             if kind.uses_generation:
                 new_meta["generation"] = meta.get("generation", 1) + 1
@@ -1366,7 +1362,7 @@ class Cluster:
         kind = kind_from_crd(crd)
         self.register(kind)
         spec = crd["spec"]
-        now = now_rfc3339()
+        now = rfc3339()
         old_status = crd.get("status") or {}
         stored = list(old_status.get("storedVersions") or [])
         if kind.storage_version not in stored:

@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import anyio
 import orjson
 from aiohttp import web
 
+from service.http import serving
 from service.registry import media
 
 MAX_BODY = 256 * 1024 * 1024  # uploads; distribution streams, the sim keeps them in memory
@@ -666,15 +666,7 @@ async def running_registry(
     """Serve ``registry`` (a fresh anonymous one by default) on ``host:port`` (0: a free port) for the
     duration of the block. With token auth its realm is ``<url>/token``."""
     registry = registry or OciRegistry()
-    runner = web.AppRunner(registry.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1]
+    async with serving(registry.app(), host, port) as bound:
         url = f"http://{host}:{bound}"
         registry.token_realm = registry.token_realm or f"{url}/token"
         yield RunningRegistry(url, f"{host}:{bound}", bound, registry)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await runner.cleanup()

@@ -16,6 +16,7 @@ import orjson
 import yaml
 from aiohttp import web
 
+from service.http import serving
 from service.kube import errors
 from service.kube.selectors import SelectorError, parse_field_selector, parse_label_selector
 from service.sim.cluster import Cluster, DeleteOptions
@@ -586,18 +587,12 @@ async def running_apiserver(
     cluster = cluster or Cluster()
     faults = faults or Faults()
     api = ApiServer(cluster, faults, bookmark_interval=bookmark_interval, token=token, users=users)
-    runner = web.AppRunner(api.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
-        await site.start()
-        bound = runner.addresses[0][1]
-        scheme = "https" if ssl_context else "http"
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run_controllers, cluster)
-            yield RunningApiServer(f"{scheme}://{host}:{bound}", host, bound, cluster, faults, api)
-            tg.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            cluster.drop_watches()
-            await runner.cleanup()
+    scheme = "https" if ssl_context else "http"
+    async with serving(api.app(), host, port, ssl_context) as bound:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run_controllers, cluster)
+                yield RunningApiServer(f"{scheme}://{host}:{bound}", host, bound, cluster, faults, api)
+                tg.cancel_scope.cancel()
+        finally:
+            cluster.drop_watches()  # before the server stops: open watches end now, not at its timeout

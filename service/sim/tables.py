@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from service.kube.timestamps import parse_rfc3339
 from service.sim.kinds import Kind
 
 _FILTER = re.compile(
@@ -20,9 +21,8 @@ def wants_table(accept: str) -> bool:
 def _age(timestamp: str | None) -> str:
     if not timestamp:
         return "<unknown>"
-    try:
-        then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
+    then = parse_rfc3339(timestamp)
+    if then is None:
         return "<invalid>"
     seconds = int((datetime.now(UTC) - then).total_seconds())
     if seconds < 120:

@@ -7,7 +7,6 @@ buildpacks, and (not yet created) a workload."""
 
 from __future__ import annotations
 
-import base64
 import copy
 import uuid
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from service.reconcilers import builderinfo, buildworkload, kpackbuild
 from service.reconcilers import korifi as k
 from service.reconcilers.buildworkload import BuilderSettings
 from service.reconcilers.images import RegistryImages
+from service.registry.auth import docker_config_secret
 from service.registry.client import RegistryClient
 from service.runtime.manager import Manager, ManagerOptions
 from service.sim.crds import new_cluster
@@ -204,21 +204,11 @@ class Env:
         await self.create(
             r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
         )
-        auth = base64.b64encode(b"user:password").decode()
-        config = {
-            "auths": {
-                "https://index.docker.io/v1/": {"username": "user", "password": "password", "auth": auth}
-            }
-        }
         await self.create(
             r.SECRET,
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": "kubernetes.io/dockerconfigjson",
-                "metadata": {"name": PULL_SECRET, "namespace": self.namespace},
-                "data": {".dockerconfigjson": base64.b64encode(orjson.dumps(config)).decode()},
-            },
+            docker_config_secret(
+                PULL_SECRET, self.namespace, "https://index.docker.io/v1/", "user", "password"
+            ),
         )
         await self.create(
             r.SERVICE_ACCOUNT,

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from service.kube.conditions import set_condition
 from service.reconcilers import korifi as k
 from service.reconcilers.buildworkload import BuilderSettings, build_resources
-from service.reconcilers.conditions import set_condition
 from service.reconcilers.droplet import DropletError, droplet, go_quote, process_types, stable_ports
 
 

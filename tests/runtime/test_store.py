@@ -159,3 +159,13 @@ def test_strip_managed_fields() -> None:
     assert o["metadata"]["name"] == "a"
     assert strip_managed_fields(obj("b"))["metadata"]["name"] == "b"  # nothing to strip: fine
     assert strip_managed_fields({"kind": "Status"}) == {"kind": "Status"}  # no metadata: fine
+
+
+def test_a_namespaced_label_index_keeps_namespaces_apart() -> None:
+    from service.runtime.store import index_value
+
+    store = Store({"app": by_labels("app", "gen", namespaced=True)})
+    for ns in ("a", "b"):
+        store.put({"metadata": {"name": "w", "namespace": ns, "labels": {"app": "x", "gen": "1"}}})
+    assert [o["metadata"]["namespace"] for o in store.by_index("app", index_value("a", "x", "1"))] == ["a"]
+    assert store.by_index("app", "x/1") == []

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from service.kube.client import KubeClient
 from service.kube.resources import Resource
+from service.kube.timestamps import rfc3339
 from service.runtime.informer import Informer
 from service.sim.kpack import gotypes
 from service.sim.kpack.options import KpackOptions
@@ -27,32 +27,16 @@ Obj = dict[str, Any]
 KPACK_API_VERSION = "kpack.io/v1alpha2"
 
 
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def condition(type_: str, status: str, reason: str = "", message: str = "", *, timed: bool = True) -> Obj:
     """A kpack (knative-style) condition as a Go value; ``timed=False`` leaves the time zero (``null``)."""
     return {
         "type": type_,
         "status": status,
         "severity": "",
-        "lastTransitionTime": now() if timed else None,
+        "lastTransitionTime": rfc3339() if timed else None,
         "reason": reason,
         "message": message,
     }
-
-
-def get_condition(obj: Obj | None, type_: str) -> Obj | None:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if isinstance(c, dict) and c.get("type") == type_:
-            return c
-    return None
-
-
-def condition_true(obj: Obj | None, type_: str) -> bool:
-    c = get_condition(obj, type_)
-    return c is not None and c.get("status") == "True"
 
 
 def generation_observed(obj: Obj) -> bool:

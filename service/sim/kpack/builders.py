@@ -21,9 +21,10 @@ from typing import Any
 
 from service.kube import errors
 from service.kube import resources as r
+from service.kube.conditions import is_true
 from service.runtime.controller import Request, Result
 from service.sim.kpack import apis, gotypes
-from service.sim.kpack.base import Obj, Shared, condition, condition_true, go_json, log
+from service.sim.kpack.base import Obj, Shared, condition, go_json, log
 from service.sim.kpack.options import ANNOTATION_NEVER_READY
 from service.sim.kpack.refs import digest_of, fake_digest, parse_tag
 from service.sim.kpack.validation import DEFAULT_LIFECYCLE
@@ -346,7 +347,7 @@ class BuilderControllers:
         stack = self.shared.get("clusterstacks", None, stack_name)
         if stack is None:
             raise BuilderError(f'clusterstack.kpack.io "{stack_name}" not found')
-        if not condition_true(stack, "Ready"):
+        if not is_true(stack, "Ready"):
             raise BuilderError(
                 f"stack {stack_name} is not ready"
                 if cluster
@@ -356,7 +357,7 @@ class BuilderControllers:
         lifecycle = self.shared.get("clusterlifecycles", None, lifecycle_name)
         if lifecycle is None:
             raise BuilderError(f'clusterlifecycle.kpack.io "{lifecycle_name}" not found')
-        if not condition_true(lifecycle, "Ready"):
+        if not is_true(lifecycle, "Ready"):
             raise BuilderError(f"Error: clusterlifecycle '{lifecycle_name}' is not ready")
         if cluster:
             await self._service_account(

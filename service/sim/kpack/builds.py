@@ -22,15 +22,16 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 
 from service.kube import errors
 from service.kube import resources as r
+from service.kube.timestamps import rfc3339
 from service.registry.auth import Keychain
 from service.registry.client import RegistryClient
 from service.registry.errors import KeychainError, RegistryError
+from service.registry.k8schain import service_account_secrets
 from service.runtime.controller import Request, Result
 from service.sim.kpack import apis, gotypes
 from service.sim.kpack.base import Obj, Shared, condition, go_json, log
@@ -78,10 +79,6 @@ class Pod:
 
 def _annotations(build: Obj) -> dict[str, str]:
     return dict(build["metadata"].get("annotations") or {})
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class BuildController:
@@ -211,8 +208,8 @@ class BuildController:
                 "reason": "Completed" if exit_code == 0 else "Error",
                 "message": message
                 or f"Container {step} terminated {'successfully' if exit_code == 0 else 'with error'}",
-                "startedAt": _rfc3339(started),
-                "finishedAt": _rfc3339(started + slot),
+                "startedAt": rfc3339(started),
+                "finishedAt": rfc3339(started + slot),
                 "containerID": pod.ids[step],
             }
         }
@@ -387,16 +384,11 @@ class BuildController:
         namespace = build["metadata"]["namespace"]
         name = (build.get("spec") or {}).get("serviceAccountName") or "default"
         try:
-            sa = await self.shared.client.get(r.SERVICE_ACCOUNT, name, namespace)
+            _, secrets = await service_account_secrets(
+                self.shared.client, namespace, name, fields=("secrets", "imagePullSecrets")
+            )
         except errors.ApiError:
             return None
-        names = [s.get("name", "") for s in [*(sa.get("secrets") or []), *(sa.get("imagePullSecrets") or [])]]
-        secrets: list[Any] = []
-        for secret_name in dict.fromkeys(n for n in names if n):
-            try:
-                secrets.append(await self.shared.client.get(r.SECRET, secret_name, namespace))
-            except errors.ApiError:
-                continue
         try:
             keychain = Keychain.from_secrets(secrets)
         except KeychainError:

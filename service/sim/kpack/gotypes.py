@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from service.sim.kpack import quantity
+from service.kube import quantity
 
 
 class DecodeError(ValueError):

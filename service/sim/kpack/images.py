@@ -17,8 +17,8 @@ from typing import Any
 
 from service.kube import errors
 from service.kube import resources as r
-from service.registry.errors import InvalidReference
-from service.registry.reference import parse_reference
+from service.kube.conditions import condition_of, is_true
+from service.registry.reference import try_parse_reference
 from service.runtime.controller import Request, Result
 from service.sim.kpack import apis, gotypes
 from service.sim.kpack.base import (
@@ -26,10 +26,8 @@ from service.sim.kpack.base import (
     Obj,
     Shared,
     condition,
-    condition_true,
     controller_ref,
     generation_observed,
-    get_condition,
     go_json,
     log,
 )
@@ -68,7 +66,7 @@ class DecisionError(Exception):
 
 # ------------------------------------------------------------------ builds, builders, resolvers
 def build_condition(build: Obj | None) -> Obj | None:
-    return get_condition(build, "Succeeded")
+    return condition_of(build, "Succeeded")
 
 
 def is_running(build: Obj | None) -> bool:
@@ -77,7 +75,7 @@ def is_running(build: Obj | None) -> bool:
 
 
 def is_success(build: Obj | None) -> bool:
-    return condition_true(build, "Succeeded")
+    return is_true(build, "Succeeded")
 
 
 def is_failure(build: Obj | None) -> bool:
@@ -113,21 +111,21 @@ def build_counter(build: Obj | None) -> int:
 
 
 def builder_ready(builder: Obj) -> bool:
-    return condition_true(builder, "Ready") and generation_observed(builder)
+    return is_true(builder, "Ready") and generation_observed(builder)
 
 
 def builder_up_to_date(builder: Obj) -> bool:
-    return condition_true(builder, "UpToDate") and generation_observed(builder)
+    return is_true(builder, "UpToDate") and generation_observed(builder)
 
 
 def resolver_ready(resolver: Obj) -> bool:
-    return condition_true(resolver, "Ready") and generation_observed(resolver)
+    return is_true(resolver, "Ready") and generation_observed(resolver)
 
 
 def builder_error(builder: Obj) -> str:
     meta = builder["metadata"]
     text = f"Error: Builder '{meta['name']}' is not ready in namespace '{meta.get('namespace', '')}'"
-    message = (get_condition(builder, "Ready") or {}).get("message", "")
+    message = (condition_of(builder, "Ready") or {}).get("message", "")
     return f"{text}; Message: {message}" if message else text
 
 
@@ -177,10 +175,8 @@ def resolved_source(resolver: Obj) -> Obj:
 
 
 def _identifier(value: str) -> tuple[str | None, str | None]:
-    try:
-        return parse_reference(value).identifier, None
-    except InvalidReference:
-        return None, f"could not parse reference: {value}"
+    ref = try_parse_reference(value)
+    return (None, f"could not parse reference: {value}") if ref is None else (ref.identifier, None)
 
 
 class ImageController:

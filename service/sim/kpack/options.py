@@ -12,8 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.registry.errors import InvalidReference
-from service.registry.reference import parse_reference
+from service.registry.reference import try_parse_reference
 
 # Annotations the simulator reads. Image annotations are copied onto every Build, so each can be set on
 # the Image (for all its builds) or on one Build.
@@ -50,10 +49,8 @@ Catalogue = Mapping[str, Sequence[CatalogBuildpack]]  # image repository -> its 
 
 def repository_key(image: str) -> str:
     """The catalogue key of an image reference: its fully qualified repository (tag and digest ignored)."""
-    try:
-        return parse_reference(image).repository.name
-    except InvalidReference:
-        return image
+    ref = try_parse_reference(image)
+    return image if ref is None else ref.repository.name
 
 
 def _paketo(name: str, version: str, **kw: Any) -> CatalogBuildpack:

@@ -13,7 +13,7 @@ import re
 from datetime import datetime
 
 from service.registry.errors import InvalidReference
-from service.registry.reference import Reference, parse_reference
+from service.registry.reference import Reference, parse_reference, try_parse_reference
 
 _LONGEST = 63
 _MD5_LEN = 32
@@ -40,20 +40,13 @@ def child_name(parent: str, suffix: str) -> str:
 def parse_tag(value: str) -> Reference | None:
     """``name.NewTag(value, name.WeakValidation)``: a tag reference (a missing tag is ``latest``), or None
     when ``value`` is not one (a digest reference is not a tag)."""
-    try:
-        ref = parse_reference(value)
-    except InvalidReference:
-        return None
-    return ref if ref.digest is None else None
+    ref = try_parse_reference(value)
+    return ref if ref is not None and ref.digest is None else None
 
 
 def is_reference(value: str) -> bool:
     """``name.ParseReference(value, name.WeakValidation)`` succeeds."""
-    try:
-        parse_reference(value)
-    except InvalidReference:
-        return False
-    return True
+    return try_parse_reference(value) is not None
 
 
 def repository_of(value: str) -> str:

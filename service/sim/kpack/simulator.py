@@ -8,7 +8,6 @@ the same caches, conflicts and event timing as against kpack. The webhooks live 
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -21,6 +20,7 @@ from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import explicit
 from service.kube.resources import KPACK, Resource
+from service.registry.auth import docker_config_secret
 from service.registry.client import RegistryClient
 from service.runtime.controller import Controller, Funcs, Request, Result, enqueue_owner
 from service.runtime.informer import InformerFactory
@@ -249,10 +249,6 @@ def default_objects(registry_host: str | None = None) -> list[tuple[Resource, Ob
     ``kpack-image-builder`` BuilderInfo, the ``default-lifecycle``, and the ClusterStack, ClusterStore
     and ClusterBuilder Korifi builds with."""
     host = registry_host or "registry.example.com"
-    auth = base64.b64encode(b"user:password").decode()
-    dockerconfig = (
-        '{"auths":{"' + host + '":{"username":"user","password":"password","auth":"' + auth + '"}}}'
-    ).encode()
     kpack = "kpack.io/v1alpha2"
     return [
         (r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ROOT_NAMESPACE}}),
@@ -269,16 +265,7 @@ def default_objects(registry_host: str | None = None) -> list[tuple[Resource, Ob
                 "allowVolumeExpansion": True,
             },
         ),
-        (
-            r.SECRET,
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": REGISTRY_SECRET, "namespace": ROOT_NAMESPACE},
-                "type": "kubernetes.io/dockerconfigjson",
-                "data": {".dockerconfigjson": base64.b64encode(dockerconfig).decode()},
-            },
-        ),
+        (r.SECRET, docker_config_secret(REGISTRY_SECRET, ROOT_NAMESPACE, host, "user", "password")),
         (
             r.SERVICE_ACCOUNT,
             {

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.kube import resources as r
-from service.registry.reference import parse_reference
+from service.registry.reference import try_parse_reference
 from service.runtime.controller import Request
 from service.sim.kpack import apis, gotypes
 from service.sim.kpack.base import Obj, Shared, condition, log
@@ -36,12 +36,11 @@ class StoreError(Exception):
 
 def manifest_unknown(image: str) -> StoreError:
     """How go-containerregistry reports an image the registry does not have."""
-    try:
-        ref = parse_reference(image)
-        where = f"https://{ref.registry.name}/v2/{ref.repository.path}/manifests/{ref.identifier}"
-        return StoreError(f"GET {where}: MANIFEST_UNKNOWN: manifest unknown; map[Tag:{ref.identifier}]")
-    except ValueError:
+    ref = try_parse_reference(image)
+    if ref is None:
         return StoreError(f"could not parse reference: {image}")
+    where = f"https://{ref.registry.name}/v2/{ref.repository.path}/manifests/{ref.identifier}"
+    return StoreError(f"GET {where}: MANIFEST_UNKNOWN: manifest unknown; map[Tag:{ref.identifier}]")
 
 
 def buildpackage(shared: Shared, image: str) -> list[Obj]:

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from service.kube import quantity
 from service.kube.names import label_value_errors
 from service.sim.kpack import fielderror as fe
-from service.sim.kpack import quantity
 from service.sim.kpack.fielderror import FieldError
 from service.sim.kpack.refs import is_reference, parse_tag
 

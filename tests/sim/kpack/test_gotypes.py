@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from service.sim.kpack import apis, fielderror, gotypes, quantity
+from service.kube import quantity
+from service.sim.kpack import apis, fielderror, gotypes
 from service.sim.kpack.refs import build_tags, child_name
 
 

@@ -1,5 +1,5 @@
-"""Status conditions: ``metav1.Condition`` lists as Korifi writes them, and kpack's knative-style ones as
-it reads them.
+"""Status conditions: ``metav1.Condition`` lists (as Korifi writes them) and knative-style ones (as kpack
+writes them) — found and read the same way.
 
 ``set_condition`` follows apimachinery's ``meta.SetStatusCondition``: ``lastTransitionTime`` moves only
 when the status flips, so a condition rewritten with the same status keeps the time it first took it.
@@ -7,30 +7,32 @@ when the status flips, so a condition rewritten with the same status keeps the t
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
+
+from service.kube.timestamps import rfc3339
 
 Obj = dict[str, Any]
 
 
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def find(conditions: list[Obj] | None, type_: str) -> Obj | None:
     for condition in conditions or ():
-        if condition.get("type") == type_:
+        if isinstance(condition, dict) and condition.get("type") == type_:
             return condition
     return None
 
 
-def status_of(obj: Obj, type_: str) -> str | None:
+def condition_of(obj: Obj | None, type_: str) -> Obj | None:
+    """``obj``'s condition ``type_``, or None."""
+    return find(((obj or {}).get("status") or {}).get("conditions"), type_)
+
+
+def status_of(obj: Obj | None, type_: str) -> str | None:
     """The status (``True``/``False``/``Unknown``) of ``obj``'s condition ``type_``, or None if absent."""
-    condition = find((obj.get("status") or {}).get("conditions"), type_)
+    condition = condition_of(obj, type_)
     return None if condition is None else str(condition.get("status"))
 
 
-def is_true(obj: Obj, type_: str) -> bool:
+def is_true(obj: Obj | None, type_: str) -> bool:
     return status_of(obj, type_) == "True"
 
 
@@ -52,7 +54,7 @@ def set_condition(
             "status": status,
             "reason": reason,
             "message": message,
-            "lastTransitionTime": now or now_rfc3339(),
+            "lastTransitionTime": now or rfc3339(),
         }
         if observed_generation is not None:
             condition["observedGeneration"] = observed_generation
@@ -61,7 +63,7 @@ def set_condition(
     before = dict(existing)
     if existing.get("status") != status:
         existing["status"] = status
-        existing["lastTransitionTime"] = now or now_rfc3339()
+        existing["lastTransitionTime"] = now or rfc3339()
     existing["reason"] = reason
     existing["message"] = message
     if observed_generation is not None:

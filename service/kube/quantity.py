@@ -1,4 +1,5 @@
-"""Kubernetes resource quantities, parsed and printed as apimachinery's ``resource.Quantity`` does.
+"""Kubernetes resource quantities, parsed and printed as apimachinery's ``resource.Quantity`` does (used by
+the kpack simulator's webhooks and by the reconcilers, which compare cache sizes).
 
 kpack's defaulting webhook decodes every object into Go types and encodes it again, so a quantity a client
 writes (``spec.cache.volume.size``, ``spec.build.resources``) comes back in Go's canonical form: ``2048Mi``
