@@ -30,31 +30,12 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import anyio.lowlevel
+import anyio.to_thread
 
+from benchmarks.common import GROUP, NS, PLURAL, VERSION, join, load_writes, workload
 from service.sim import watch as sim_watch
 from service.sim.crds import new_cluster
 from service.sim.server import running_apiserver
-
-GROUP, VERSION, PLURAL = "korifi.cloudfoundry.org", "v1alpha1", "buildworkloads"
-NS = "bench"
-
-
-def workload(i: int) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "BuildWorkload",
-        "metadata": {
-            "name": f"bw-{i}",
-            "namespace": NS,
-            "labels": {"korifi.cloudfoundry.org/app-guid": f"app-{i}"},
-        },
-        "spec": {
-            "buildRef": {"name": f"build-{i}"},
-            "builderName": "kpack-image-builder",
-            "source": {"registry": {"image": f"registry.example.com/apps/app-{i}:src"}},
-            "buildpacks": ["paketo-buildpacks/python"],
-        },
-    }
 
 
 def core_writes(n: int) -> float:
@@ -84,30 +65,7 @@ def core_fanout(n: int, watchers: int) -> float:
     return lines / (time.perf_counter() - start)
 
 
-# ---------------------------------------------------------------- load process (HTTP)
-async def _http_writes(url: str, n: int, concurrency: int, offset: int) -> None:
-    base = f"{url}/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}"
-    headers = {"Content-Type": "application/json"}
-    patch_headers = {"Content-Type": "application/merge-patch+json"}
-    patch = orjson.dumps({"metadata": {"labels": {"bench": "patched"}}})
-    queue = list(range(offset, offset + n))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-
-        async def worker() -> None:
-            while queue:
-                i = queue.pop()
-                async with session.post(base, data=orjson.dumps(workload(i)), headers=headers) as r:
-                    assert r.status == 201, await r.text()
-                async with session.patch(f"{base}/bw-{i}", data=patch, headers=patch_headers) as r:
-                    assert r.status == 200, await r.text()
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
-def _load_writes(url: str, n: int, concurrency: int, offset: int) -> None:
-    asyncio.run(_http_writes(url, n, concurrency, offset))
-
-
+# ---------------------------------------------------------------- load processes (HTTP)
 async def _http_watch(url: str, watchers: int, expect: int, rv: str, ready: Any, done: Any) -> None:
     path = f"{url}/apis/{GROUP}/{VERSION}/{PLURAL}?watch=true&resourceVersion={rv}"
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
@@ -138,25 +96,19 @@ async def http_benchmarks(n: int, watchers: int, concurrency: int) -> tuple[floa
     cluster.ensure_namespace(NS)
     async with running_apiserver(cluster) as api:
         # writes
-        proc = ctx.Process(target=_load_writes, args=(api.url, n, concurrency, 0))
-        start_rv = cluster.rv
+        start_rv, timing = cluster.rv, ctx.Queue()
+        proc = ctx.Process(target=load_writes, args=(api.url, n, concurrency, timing))
         proc.start()
-        while cluster.rv == start_rv:  # the load process is importing; start the clock at its first write
-            await anyio.sleep(0.001)
-        start = time.perf_counter()
-        while proc.is_alive():
-            await anyio.sleep(0.005)
-        writes = (cluster.rv - start_rv) / (time.perf_counter() - start)
-        if proc.exitcode != 0:
-            raise SystemExit("HTTP write load failed")
+        await join(proc)
+        write_start, write_end = timing.get(timeout=5)
+        writes = (cluster.rv - start_rv) / (write_end - write_start)
 
         # fan-out: K watchers in another process, writes made in this one
         ready, done = ctx.Event(), ctx.Queue()
         kind = cluster.lookup(GROUP, VERSION, PLURAL)
         proc = ctx.Process(target=_load_watch, args=(api.url, watchers, n, str(cluster.rv), ready, done))
         proc.start()
-        while not ready.is_set():
-            await anyio.sleep(0.01)
+        await anyio.to_thread.run_sync(ready.wait)
         with anyio.fail_after(60):
             while sum(len(ws) for ws in cluster.watchers.values()) < watchers:
                 await anyio.sleep(0.01)
@@ -169,8 +121,7 @@ async def http_benchmarks(n: int, watchers: int, concurrency: int) -> tuple[floa
                 await (
                     anyio.lowlevel.checkpoint()
                 )  # let the watch writers run, as a server between requests would
-        while proc.is_alive():
-            await anyio.sleep(0.005)
+        await join(proc)
         elapsed = time.perf_counter() - start
         received = done.get(timeout=5)
         events: list[sim_watch.Event] = [e for e in cluster.history[kind.key] if e.rv > fanout_rv]

@@ -57,7 +57,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 import anyio
 import anyio.lowlevel
 import orjson
@@ -65,6 +64,7 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import GROUP, NS, PLURAL, VERSION, join, load_writes, workload
 from service.kube.client import KubeClient
 from service.kube.config import explicit
 from service.kube.resources import BUILD_WORKLOAD, Resource
@@ -77,28 +77,8 @@ from service.sim.cluster import Cluster
 from service.sim.crds import new_cluster
 from service.sim.server import running_apiserver
 
-GROUP, VERSION, PLURAL = BUILD_WORKLOAD.group, BUILD_WORKLOAD.version, BUILD_WORKLOAD.plural
-NS = "bench"
 R = TypeVar("R", float, tuple[float, float])
 DEADLINE = 120.0  # seconds any single awaited stage may take before the benchmark gives up
-
-
-def workload(i: int) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "BuildWorkload",
-        "metadata": {
-            "name": f"bw-{i}",
-            "namespace": NS,
-            "labels": {"korifi.cloudfoundry.org/app-guid": f"app-{i}"},
-        },
-        "spec": {
-            "buildRef": {"name": f"build-{i}"},
-            "builderName": "kpack-image-builder",
-            "source": {"registry": {"image": f"registry.example.com/apps/app-{i}:src"}},
-            "buildpacks": ["paketo-buildpacks/python"],
-        },
-    }
 
 
 def requests(n: int) -> list[Request]:
@@ -128,7 +108,7 @@ async def queue_cycles(n: int, consumers: int, *, named: bool) -> float:
     async with anyio.create_task_group() as tg:
         for _ in range(consumers):
             tg.start_soon(consume)
-        await anyio.sleep(0.01)  # every consumer is waiting in get()
+        await anyio.wait_all_tasks_blocked()  # every consumer is waiting in get()
         start = time.perf_counter()
         for key in keys:
             queue.add(key)
@@ -183,7 +163,7 @@ async def queue_trickle(n: int, consumers: int) -> float:
     async with anyio.create_task_group() as tg:
         for _ in range(consumers):
             tg.start_soon(consume)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
         start = time.perf_counter()
         for key in keys:
             queue.add(key)
@@ -240,35 +220,6 @@ class ListedEmptyAt:
         return self.client.watch(res, namespace, **kwargs)
 
 
-async def _http_writes(url: str, n: int, concurrency: int, done: Any) -> None:
-    base = f"{url}/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}"
-    headers = {"Content-Type": "application/json"}
-    patch_headers = {"Content-Type": "application/merge-patch+json"}
-    patch = orjson.dumps({"metadata": {"labels": {"bench": "patched"}}})
-    bodies = [orjson.dumps(workload(i)) for i in range(n)]
-    todo = list(range(n - 1, -1, -1))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-
-        async def worker() -> None:
-            while todo:
-                i = todo.pop()
-                async with session.post(base, data=bodies[i], headers=headers) as r:
-                    assert r.status == 201, await r.text()
-                async with session.patch(f"{base}/bw-{i}", data=patch, headers=patch_headers) as r:
-                    assert r.status == 200, await r.text()
-
-        # perf_counter is CLOCK_MONOTONIC on Linux: comparable with the parent's.
-        start = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for _ in range(concurrency):
-                tg.start_soon(worker)
-        done.put((start, time.perf_counter()))
-
-
-def _load_writes(url: str, n: int, concurrency: int, done: Any) -> None:
-    anyio.run(_http_writes, url, n, concurrency, done)
-
-
 async def informer_watch(objects: int, concurrency: int) -> dict[str, float]:
     """Live events while a separate process writes, then the catch-up replay of the same events."""
     ctx = mp.get_context("spawn")
@@ -293,13 +244,10 @@ async def informer_watch(objects: int, concurrency: int) -> dict[str, float]:
                 await anyio.sleep(0.01)
         start_rv = str(cluster.rv)
         done = ctx.Queue()
-        proc = ctx.Process(target=_load_writes, args=(api.url, objects, concurrency, done))
+        proc = ctx.Process(target=load_writes, args=(api.url, objects, concurrency, done))
         proc.start()
         with anyio.fail_after(DEADLINE):
-            while proc.is_alive():
-                await anyio.sleep(0.01)
-        if proc.exitcode != 0:
-            raise SystemExit("HTTP write load failed")
+            await join(proc)
         with anyio.fail_after(DEADLINE):
             await live.all_seen.wait()
         write_start, write_end = done.get(timeout=5)

@@ -91,7 +91,9 @@ def workload(sample: Sample, registry: str) -> Obj:
     }
 
 
-async def create_space(client: KubeClient, space: str, registry: str) -> None:
+async def create_space(
+    client: KubeClient, space: str, registry: str, *, service_account: str = SERVICE_ACCOUNT
+) -> None:
     """A CF space as Korifi prepares it: the namespace, registry credentials and the builder account."""
     objects: list[tuple[r.Resource, Obj]] = [
         (r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": space}}),
@@ -101,7 +103,7 @@ async def create_space(client: KubeClient, space: str, registry: str) -> None:
             {
                 "apiVersion": "v1",
                 "kind": "ServiceAccount",
-                "metadata": {"name": SERVICE_ACCOUNT, "namespace": space},
+                "metadata": {"name": service_account, "namespace": space},
                 "secrets": [{"name": PULL_SECRET}],
                 "imagePullSecrets": [{"name": PULL_SECRET}],
             },

@@ -4,11 +4,13 @@ sleep standing in for an event."""
 from __future__ import annotations
 
 import inspect
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
+import pytest
 
 T = TypeVar("T")
 
@@ -45,3 +47,17 @@ async def consistently(check: Callable[[], T | Awaitable[T]], period: float, wha
         if not value:
             raise AssertionError(f"stopped holding: {what or check} (got {value!r})")
         await anyio.sleep(POLL * 5)
+
+
+async def promtool_check(exposition: str) -> None:
+    """Lint a /metrics exposition with Debian's promtool (``make`` installs it): no errors, no warnings.
+    Skips the calling test where promtool is missing, so that a machine without it says so."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed: the exposition was not linted")
+    with anyio.fail_after(30):
+        result = await anyio.run_process(
+            [promtool, "check", "metrics"], input=exposition.encode(), check=False
+        )
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
+    assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""

@@ -4,7 +4,6 @@ Debian's promtool), SIGTERM drain, and leader election between replicas."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from service.sim.crds import new_cluster
 from service.sim.devcluster import kubeconfig, write_kubeconfig
 from service.sim.faults import FaultRule
 from service.sim.server import RunningApiServer, running_apiserver
+from tests.helpers import promtool_check
 
 pytestmark = pytest.mark.anyio
 
@@ -145,7 +145,10 @@ async def replicas(kubeconfig_path: Path) -> AsyncIterator[Callable[..., Awaitab
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                env={**os.environ, "POD_NAME": f"replica-{len(started)}"},
+                env={
+                    **{k: v for k, v in os.environ.items() if not k.startswith("KPACK_IMAGE_BUILDER_")},
+                    "POD_NAME": f"replica-{len(started)}",
+                },
             )
             replica = Replica(process)
             started.append(replica)
@@ -236,19 +239,12 @@ async def test_run_serves_probes_and_metrics_and_drains_on_sigterm(
             assert f"\n{name}{{" in exposition or f"\n{name} " in exposition, name
         assert "_created" not in exposition
         assert 'workqueue_depth{controller="buildworkload",name="buildworkload",priority=""}' in exposition
-        promtool = shutil.which("promtool")
-        if promtool:
-            with anyio.fail_after(30):
-                checked = await anyio.run_process(
-                    [promtool, "check", "metrics"], input=exposition.encode(), check=False
-                )
-            assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
-
         replica.signal(signal.SIGTERM)
         assert await replica.exit_code(within=10) == 0
         messages = replica.messages()
         assert "shutting down" in messages and "manager stopped" in messages
         assert not [e for e in replica.logs if e.get("level") == "raw"], "every log line is JSON"
+        await promtool_check(exposition)  # last: it skips where promtool is missing
 
 
 async def test_replicas_elect_one_leader_and_hand_over(
@@ -277,8 +273,8 @@ async def test_replicas_elect_one_leader_and_hand_over(
         async def standby_leads() -> bool:
             return await standby.leading(http)
 
-        took = await eventually(standby_leads, 3.0, "the standby leading after a clean handover")
-        assert took < 3.0  # less than a lease duration: it did not wait for expiry
+        # Within a retry period and its jitter (0.5 s x 2.2), well before the 3 s lease could expire.
+        await eventually(standby_leads, 2.0, "the standby leading after a clean handover")
 
         # A killed leader cannot release: a new standby takes over once the lease has gone stale.
         third = await start(*ELECTION)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ import anyio
 import orjson
 import pytest
 
+from service.demo import create_space
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
@@ -25,7 +27,6 @@ from service.reconcilers import builderinfo, buildworkload, kpackbuild
 from service.reconcilers import korifi as k
 from service.reconcilers.buildworkload import BuilderSettings
 from service.reconcilers.images import RegistryImages
-from service.registry.auth import docker_config_secret
 from service.registry.client import RegistryClient
 from service.runtime.manager import Manager, ManagerOptions
 from service.sim.crds import new_cluster
@@ -201,24 +202,8 @@ class Env:
 
     # ------------------------------------------------------------------ Korifi's standard setup
     async def standard(self) -> None:
-        await self.create(
-            r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
-        )
-        await self.create(
-            r.SECRET,
-            docker_config_secret(
-                PULL_SECRET, self.namespace, "https://index.docker.io/v1/", "user", "password"
-            ),
-        )
-        await self.create(
-            r.SERVICE_ACCOUNT,
-            {
-                "apiVersion": "v1",
-                "kind": "ServiceAccount",
-                "metadata": {"name": SERVICE_ACCOUNT, "namespace": self.namespace},
-                "secrets": [{"name": PULL_SECRET}],
-                "imagePullSecrets": [{"name": PULL_SECRET}],
-            },
+        await create_space(
+            self.client, self.namespace, "https://index.docker.io/v1/", service_account=SERVICE_ACCOUNT
         )
         await self.cluster_builder()
 
@@ -268,16 +253,26 @@ async def env() -> AsyncIterator[Env]:
         KubeClient(explicit(api.url), timeout=5.0) as manager_client,
         RegistryClient(timeout=5.0) as images,
     ):
-        manager = Manager(
-            manager_client, ManagerOptions(name="test", metrics_address=None, probe_address=None)
-        )
         repositories = RecordingRepositories()
-        buildworkload.register(manager, settings, RegistryImages(images), repositories)
-        builderinfo.register(manager, settings)
-        kpackbuild.register(manager, settings, RegistryImages(images))
-        environment = Env(api, client, registry, images, manager, settings, repositories)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(manager.run)
+        async with running_controllers(manager_client, settings, images, repositories) as manager:
+            environment = Env(api, client, registry, images, manager, settings, repositories)
             await environment.standard()
             yield environment
-            manager.shutdown()
+
+
+@asynccontextmanager
+async def running_controllers(
+    client: KubeClient,
+    settings: BuilderSettings,
+    images: RegistryClient,
+    repositories: RecordingRepositories | None = None,
+) -> AsyncIterator[Manager]:
+    """A manager with the three controllers, as ``run`` wires them (no sidecar), for the block."""
+    manager = Manager(client, ManagerOptions(name="test", metrics_address=None, probe_address=None))
+    buildworkload.register(manager, settings, RegistryImages(images), repositories)
+    builderinfo.register(manager, settings)
+    kpackbuild.register(manager, settings, RegistryImages(images))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(manager.run)
+        yield manager
+        manager.shutdown()

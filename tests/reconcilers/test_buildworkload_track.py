@@ -11,7 +11,7 @@ import pytest
 from service.kube import resources as r
 from service.reconcilers import korifi as k
 from tests.helpers import consistently, eventually
-from tests.reconcilers.conftest import APP_GUID, PULL_SECRET, READINESS_TIMEOUT, Env
+from tests.reconcilers.conftest import APP_GUID, PULL_SECRET, READINESS_TIMEOUT, SERVICE_ACCOUNT, Env
 
 pytestmark = pytest.mark.anyio
 
@@ -181,7 +181,7 @@ async def test_a_missing_builder_service_account_keeps_the_workload_running(env:
     """U6: the droplet needs the builder service account's pull secrets."""
     workload = await running_workload(env)
     name = workload["metadata"]["name"]
-    await env.client.delete(r.SERVICE_ACCOUNT, "builder-service-account", env.namespace)
+    await env.client.delete(r.SERVICE_ACCOUNT, SERVICE_ACCOUNT, env.namespace)
     image = await env.push_droplet()
     await env.build("build", "1", "1", status={**succeeded("True"), "latestImage": image})
 
@@ -190,7 +190,7 @@ async def test_a_missing_builder_service_account_keeps_the_workload_running(env:
         return ready if ready and ready["status"] == "False" else None
 
     ready = await eventually(not_ready, what="Ready=False")
-    assert ready["message"] == 'ServiceAccount "builder-service-account" not found'
+    assert ready["message"] == f'ServiceAccount "{SERVICE_ACCOUNT}" not found'
 
 
 # ------------------------------------------------------------------------------ D

@@ -11,7 +11,7 @@ from service.kube import resources as r
 from service.reconcilers import korifi as k
 from service.registry.errors import NotFound as ImageNotFound
 from tests.helpers import consistently, eventually
-from tests.reconcilers.conftest import APP_GUID, Env
+from tests.reconcilers.conftest import APP_GUID, SERVICE_ACCOUNT, Env
 
 pytestmark = pytest.mark.anyio
 
@@ -163,7 +163,7 @@ async def test_a_registry_failure_never_holds_the_build(env: Env) -> None:
 async def test_without_the_builder_service_account_the_droplet_is_still_deleted(env: Env) -> None:
     """As k8schain: no service account means no credentials, not no attempt (the registry is open)."""
     name, image = await pushed_build(env, ["latest", "bob"])
-    await env.client.delete(r.SERVICE_ACCOUNT, "builder-service-account", env.namespace)
+    await env.client.delete(r.SERVICE_ACCOUNT, SERVICE_ACCOUNT, env.namespace)
     await env.client.delete(r.BUILD, name, env.namespace)
     await eventually(lambda: _gone(env, r.BUILD, name), what="the Build is released")
     with pytest.raises(ImageNotFound):

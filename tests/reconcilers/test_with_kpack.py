@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import pytest
 
 from service.demo import PULL_SECRET, SERVICE_ACCOUNT, create_space
@@ -15,18 +14,16 @@ from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import explicit
-from service.reconcilers import builderinfo, buildworkload, kpackbuild
 from service.reconcilers import korifi as k
 from service.reconcilers.buildworkload import BuilderSettings
-from service.reconcilers.images import RegistryImages
 from service.registry.client import RegistryClient
 from service.registry.errors import NotFound as RegistryNotFound
-from service.runtime.manager import Manager, ManagerOptions
 from service.sim.crds import new_cluster
 from service.sim.kpack import KpackOptions, KpackSimulator, running_kpack
 from service.sim.registry import RunningRegistry, running_registry
 from service.sim.server import running_apiserver
 from tests.helpers import eventually
+from tests.reconcilers.conftest import running_controllers
 
 pytestmark = pytest.mark.anyio
 
@@ -87,16 +84,8 @@ async def cluster() -> AsyncIterator[Cluster]:
             container_repository_prefix=f"{registry.host}/cf/",
         )
         await create_space(client, SPACE, registry.host)
-        manager = Manager(
-            manager_client, ManagerOptions(name="test", metrics_address=None, probe_address=None)
-        )
-        buildworkload.register(manager, settings, RegistryImages(images))
-        builderinfo.register(manager, settings)
-        kpackbuild.register(manager, settings, RegistryImages(images))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(manager.run)
+        async with running_controllers(manager_client, settings, images):
             yield Cluster(client, registry, kpack, settings)
-            manager.shutdown()
 
 
 async def test_kpack_builds_the_workload_and_the_image_settles(cluster: Cluster) -> None:

@@ -84,14 +84,28 @@ def new_manager(client: KubeClient, toy: Toy, **options: object) -> Manager:
     return manager
 
 
+@dataclass
+class Exit:
+    """The manager's exit code, once ``run`` returned."""
+
+    codes: list[int] = field(default_factory=list)
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    async def wait(self, within: float = 5.0) -> list[int]:
+        with anyio.fail_after(within):
+            await self.done.wait()
+        return self.codes
+
+
 @asynccontextmanager
-async def running(manager: Manager) -> AsyncIterator[tuple[str, list[int]]]:
-    """Run the manager in the background; yields the probe URL and a list that receives the exit code."""
-    codes: list[int] = []
+async def running(manager: Manager) -> AsyncIterator[tuple[str, Exit]]:
+    """Run the manager in the background; yields the probe URL and its ``Exit``."""
+    codes = Exit()
     async with anyio.create_task_group() as tg:
 
         async def run(*, task_status: anyio.abc.TaskStatus[dict[str, int]]) -> None:
-            codes.append(await manager.run(task_status=task_status))
+            codes.codes.append(await manager.run(task_status=task_status))
+            codes.done.set()
 
         ports = await tg.start(run)
         yield f"http://127.0.0.1:{ports['probes']}", codes
@@ -126,8 +140,8 @@ async def test_ready_only_after_informers_synced_and_not_while_stopping(
         await eventually(lambda: _is(status(http, probes + "/readyz"), 200), within=5)
         await eventually(lambda: toy.finished == ["one"])
         manager.shutdown()
-        await eventually(lambda: bool(codes))
-    assert codes == [0]
+        await codes.wait()
+    assert codes.codes == [0]
 
 
 async def _is(value: Awaitable[int], expected: int) -> bool:
@@ -146,12 +160,12 @@ async def test_shutdown_lets_in_flight_reconciles_finish(
         manager.shutdown()
         # Readiness turns false at once, while the reconcile is still running.
         await eventually(lambda: _is(status(http, probes + "/readyz"), 500))
-        assert toy.finished == [] and not codes
+        assert toy.finished == [] and not codes.done.is_set()
         # New events are not taken any more.
         await client.create(r.CONFIG_MAP, configmap("late"))
         toy.gate.set()  # type: ignore[union-attr]
-        await eventually(lambda: bool(codes))
-    assert codes == [0]
+        await codes.wait()
+    assert codes.codes == [0]
     assert toy.finished == ["slow"]
     assert "late" not in toy.seen
 
@@ -164,8 +178,8 @@ async def test_overrunning_the_grace_period_cancels_work_and_exits_1(client: Kub
         with anyio.fail_after(5):
             await toy.entered.wait()
         manager.shutdown()
-        await eventually(lambda: bool(codes), within=3)
-    assert codes == [1]
+        await codes.wait(within=3)
+    assert codes.codes == [1]
     assert toy.finished == []
 
 
@@ -190,8 +204,8 @@ async def test_a_dead_component_fails_healthz_and_stops_the_manager(
         async with http.get(probes + "/healthz/components") as resp:
             assert resp.status == 500
             assert "exploding part: RuntimeError: boom" in await resp.text()
-        await eventually(lambda: bool(codes))
-    assert codes == [1]
+        await codes.wait()
+    assert codes.codes == [1]
 
 
 def leader_options(identity: str) -> dict[str, object]:
@@ -223,8 +237,8 @@ async def test_only_the_leader_reconciles_and_a_clean_stop_hands_over(
                 assert not m2.leading.is_set() and toy2.seen == []
 
                 m1.shutdown()
-                await eventually(lambda: bool(codes1))
-                assert codes1 == [0]
+                await codes1.wait()
+                assert codes1.codes == [0]
                 # The released lease lets the standby lead within a retry period, not a lease duration.
                 with anyio.fail_after(1.5):
                     await m2.leading.wait()
@@ -232,8 +246,8 @@ async def test_only_the_leader_reconciles_and_a_clean_stop_hands_over(
                 # The new leader reconciles everything from its cache, including what the old one did.
                 await eventually(lambda: "b" in toy2.finished and "a" in toy2.finished)
                 m2.shutdown()
-                await eventually(lambda: bool(codes2))
-            assert codes2 == [0]
+                await codes2.wait()
+            assert codes2.codes == [0]
 
 
 async def test_losing_the_lease_stops_work_at_once_and_exits_1(api: RunningApiServer) -> None:
@@ -246,7 +260,7 @@ async def test_losing_the_lease_stops_work_at_once_and_exits_1(api: RunningApiSe
                 await toy.entered.wait()
             api.faults.add(FaultRule(method="*", path="/leases", status=500))
             # Lost within the renew deadline; the in-flight reconcile is cancelled, not awaited.
-            await eventually(lambda: bool(codes), within=1.0 + 2 * 0.44 + 2.0)
-        assert codes == [1]
+            await codes.wait(within=1.0 + 2 * 0.44 + 2.0)
+        assert codes.codes == [1]
         assert manager.lost_lease
         assert toy.finished == []
