@@ -10,15 +10,17 @@ MICRO_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def _moment(at: datetime | float | None) -> datetime:
+    """``at`` in UTC: now by default; an aware datetime converted, a naive one taken as UTC already."""
     if at is None:
         return datetime.now(UTC)
     if isinstance(at, datetime):
-        return at
+        return at if at.tzinfo is None else at.astimezone(UTC)
     return datetime.fromtimestamp(at, UTC)
 
 
 def rfc3339(at: datetime | float | None = None) -> str:
-    """A ``metav1.Time``: ``at`` (a datetime or a Unix time; default now) to the second, in UTC."""
+    """A ``metav1.Time``: ``at`` (a datetime or a Unix time; default now) to the second, in UTC (a naive
+    datetime is taken as UTC)."""
     return _moment(at).strftime(TIME)
 
 

@@ -160,6 +160,9 @@ def glob_match(pattern: str, name: str) -> bool:
     return rx is not None and rx.fullmatch(name) is not None
 
 
+_NEVER = re.compile("(?!)")  # a malformed glob: matches nothing
+
+
 # --- Go's net/url, as far as the keyring needs it ------------------------------------------------------
 
 
@@ -196,17 +199,48 @@ def _split_host_port(host: str) -> tuple[list[str], str]:
     return name.split("."), port
 
 
-def _urls_match(glob: str, target: str) -> bool:
-    g = _go_parse_url("https://" + glob)
-    t = _go_parse_url("https://" + target)
-    if g is None or t is None:
-        return False
-    (g_host, g_path), (t_host, t_path) = g, t
-    g_labels, g_port = _split_host_port(g_host)
-    t_labels, t_port = _split_host_port(t_host)
-    if g_port != t_port or len(g_labels) != len(t_labels) or not t_path.startswith(g_path):
-        return False
-    return all(glob_match(gl, tl) for gl, tl in zip(g_labels, t_labels, strict=True))
+@dataclass(frozen=True, slots=True)
+class _Split:
+    """An image or a keyring key as Go's ``URLsMatch`` compares them: host labels, port and path."""
+
+    labels: tuple[str, ...]
+    port: str
+    path: str
+
+    @classmethod
+    def of(cls, value: str) -> _Split | None:
+        """``value`` (no scheme) parsed as ``https://value``; None where Go's ``url.Parse`` fails."""
+        parsed = _go_parse_url("https://" + value)
+        if parsed is None:
+            return None
+        host, path = parsed
+        labels, port = _split_host_port(host)
+        return cls(tuple(labels), port, path)
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyPattern:
+    """A keyring key, parsed once and its host labels compiled as globs."""
+
+    key: str
+    split: _Split | None
+    globs: tuple[re.Pattern[str], ...]
+
+    @classmethod
+    def of(cls, key: str) -> _KeyPattern:
+        split = _Split.of(key)
+        globs = () if split is None else tuple(_glob_regex(label) or _NEVER for label in split.labels)
+        return cls(key, split, globs)
+
+    def matches(self, target: _Split) -> bool:
+        g = self.split
+        if g is None or g.port != target.port or len(g.labels) != len(target.labels):
+            return False
+        if not target.path.startswith(g.path):
+            return False
+        return all(
+            rx.fullmatch(label) is not None for rx, label in zip(self.globs, target.labels, strict=True)
+        )
 
 
 # --- secrets -------------------------------------------------------------------------------------------
@@ -302,6 +336,8 @@ class Keychain:
         for key, creds in entries:
             self._creds.setdefault(key, creds)  # for equal keys the first one wins
         self._index = sorted(self._creds, reverse=True)
+        # each key parsed and its globs compiled once, in the order they are tried
+        self._patterns = [_KeyPattern.of(key) for key in self._index]
 
     @classmethod
     def from_secrets(cls, secrets: Iterable[Mapping[str, Any]]) -> Keychain:
@@ -354,9 +390,12 @@ class Keychain:
         """The credentials for a repository (or a reference's repository, or a whole registry),
         ``ANONYMOUS`` if none match."""
         image = target.name if isinstance(target, Registry) else as_repository(target).name
-        for key in self._index:
-            if _urls_match(key, image):
-                return self._creds[key]
+        split = _Split.of(image)
+        if split is None:
+            return ANONYMOUS
+        for pattern in self._patterns:
+            if pattern.matches(split):
+                return self._creds[pattern.key]
         return ANONYMOUS
 
     def __len__(self) -> int:

@@ -4,13 +4,13 @@ Every method is synchronous, so each call is atomic on the event loop, as one et
 Stored objects are never mutated: a write stores a new dict, which lets lists, paginated snapshots
 and the watch history share objects by reference.
 
-Admission webhooks are in-process hooks (``AdmissionHook``), called where kube-apiserver calls webhooks:
-after the NamespaceLifecycle check, mutating hooks in registration order on the request object; then
-name generation, system fields, the status/spec split of the subresource, metadata and schema validation
-(pruning, defaults); then validating hooks on the final object (with its uid, creationTimestamp and
-generation), before the resourceVersion precondition of a create and the store. Mutating hooks on an
-update run before the optimistic-lock check, validating hooks after it, as in kube-apiserver's
-``Store.Update``; deletes get validating hooks after their preconditions.
+Admission webhooks are in-process hooks (``AdmissionHook``), called where kube-apiserver calls webhooks
+(only those whose rules match the written kind): after the NamespaceLifecycle check, mutating hooks in
+registration order on the request object; then name generation, system fields, the status/spec split of
+the subresource, metadata and schema validation (pruning, defaults); then validating hooks on the final
+object (with its uid, creationTimestamp and generation), before the resourceVersion precondition of a
+create and the store. Mutating hooks on an update run before the optimistic-lock check, validating hooks
+after it, as in kube-apiserver's ``Store.Update``; deletes get validating hooks after their preconditions.
 """
 
 from __future__ import annotations
@@ -168,17 +168,42 @@ MutateFunc = Callable[[AdmissionRequest, Obj], None]
 ValidateFunc = Callable[[AdmissionRequest, Obj | None], None]
 
 
+@dataclass(frozen=True, slots=True)
+class AdmissionRule:
+    """Which kinds a hook is called for, as a webhook configuration's ``rules`` name them: API groups
+    (``""`` is core) and resources (plurals), ``"*"`` matching any. A kind's subresources (``/status``) go
+    with it."""
+
+    api_groups: tuple[str, ...] = ("*",)
+    resources: tuple[str, ...] = ("*",)
+
+    def matches(self, kind: Kind) -> bool:
+        return ("*" in self.api_groups or kind.group in self.api_groups) and (
+            "*" in self.resources or kind.plural in self.resources
+        )
+
+
+EVERY_KIND: tuple[AdmissionRule, ...] = (AdmissionRule(),)
+
+
 @dataclass(frozen=True, eq=False)
 class AdmissionHook:
     """An admission webhook, in process. ``mutate`` may change the request object in place (CREATE and
     UPDATE); ``validate`` sees a copy of the final object (``None`` on DELETE). Either refuses by raising an
     ``errors.ApiError``, which the client receives as is; any other exception is a failed webhook call
-    (failurePolicy Fail): 500 ``InternalError``. Hooks decide for themselves which kinds, versions and
-    operations they handle."""
+    (failurePolicy Fail): 500 ``InternalError``.
+
+    ``rules`` say which kinds the hook is called for (every kind by default; none if empty): writes of
+    other kinds neither call it nor pay for building its request. Versions, operations, namespaces and
+    subresources the hook decides for itself."""
 
     name: str
     mutate: MutateFunc | None = None
     validate: ValidateFunc | None = None
+    rules: tuple[AdmissionRule, ...] = EVERY_KIND
+
+    def applies_to(self, kind: Kind) -> bool:
+        return any(rule.matches(kind) for rule in self.rules)
 
 
 class Cluster:
@@ -187,6 +212,8 @@ class Cluster:
     def __init__(self, *, history_limit: int = 100_000, watch_buffer: int = 100_000) -> None:
         self.rv = 1
         self.kinds: dict[tuple[str, str], Kind] = {}
+        # (group, kind name) -> the kinds so named, in registration order: how owner references are resolved
+        self._kinds_by_name: dict[tuple[str, str], list[Kind]] = {}
         self.served: dict[tuple[str, str, str], Kind] = {}  # (group, version, plural) -> kind
         self.objects: dict[tuple[str, str], dict[tuple[str, str], Obj]] = {}
         self.by_uid: dict[str, ObjKey] = {}
@@ -203,6 +230,7 @@ class Cluster:
         self.gc_pending: set[ObjKey] = set()
         self.work = anyio.Event()
         self.admission: list[AdmissionHook] = []
+        self._hooks_by_kind: dict[tuple[str, str], tuple[AdmissionHook, ...]] = {}  # (group, plural)
         for kind in built_in_kinds():
             self.register(kind)
 
@@ -210,10 +238,19 @@ class Cluster:
     def add_admission_hook(self, hook: AdmissionHook) -> None:
         """Install a webhook; mutating hooks run in the order they were added."""
         self.admission.append(hook)
+        self._hooks_by_kind.clear()
 
     def remove_admission_hook(self, hook: AdmissionHook) -> None:
         if hook in self.admission:
             self.admission.remove(hook)
+            self._hooks_by_kind.clear()
+
+    def _hooks_for(self, kind: Kind) -> tuple[AdmissionHook, ...]:
+        """The installed hooks whose rules match ``kind``, in installation order (cached per kind)."""
+        hooks = self._hooks_by_kind.get(kind.key)
+        if hooks is None:
+            hooks = self._hooks_by_kind[kind.key] = tuple(h for h in self.admission if h.applies_to(kind))
+        return hooks
 
     @staticmethod
     def _call_hook(hook: AdmissionHook, fn: Callable[..., None], *args: Any) -> None:
@@ -227,15 +264,19 @@ class Cluster:
                 f'Internal error occurred: failed calling webhook "{hook.name}": {exc}'
             ) from exc
 
-    def _mutating_admission(self, request: AdmissionRequest, obj: Obj) -> None:
-        for hook in list(self.admission):
+    def _mutating_admission(
+        self, hooks: tuple[AdmissionHook, ...], request: AdmissionRequest, obj: Obj
+    ) -> None:
+        for hook in hooks:
             if hook.mutate is not None:
                 self._call_hook(hook, hook.mutate, request, obj)
         if not isinstance(obj.get("metadata"), dict):
             raise errors.BadRequest("metadata must be an object")
 
-    def _validating_admission(self, request: AdmissionRequest, obj: Obj | None) -> None:
-        for hook in list(self.admission):
+    def _validating_admission(
+        self, hooks: tuple[AdmissionHook, ...], request: AdmissionRequest, obj: Obj | None
+    ) -> None:
+        for hook in hooks:
             if hook.validate is not None:
                 self._call_hook(hook, hook.validate, request, None if obj is None else _fresh(obj))
 
@@ -245,6 +286,15 @@ class Cluster:
         if old is not None:
             for v in old.versions:
                 self.served.pop((old.group, v, old.plural), None)
+            if old.kind != kind.kind:
+                self._drop_kind_name(old)
+        named = self._kinds_by_name.setdefault((kind.group, kind.kind), [])
+        for i, k in enumerate(named):
+            if k.key == kind.key:
+                named[i] = kind  # a re-registered kind keeps its place
+                break
+        else:
+            named.append(kind)
         self.kinds[kind.key] = kind
         for v in kind.versions:
             self.served[(kind.group, v, kind.plural)] = kind
@@ -257,6 +307,7 @@ class Cluster:
         kind = self.kinds.pop((group, plural), None)
         if kind is None:
             return
+        self._drop_kind_name(kind)
         for v in kind.versions:
             self.served.pop((group, v, plural), None)
         for w in self.watchers.pop(kind.key, set()):
@@ -264,6 +315,13 @@ class Cluster:
         self.objects.pop(kind.key, None)
         self.history.pop(kind.key, None)
         self.history_floor.pop(kind.key, None)
+
+    def _drop_kind_name(self, kind: Kind) -> None:
+        named = self._kinds_by_name.get((kind.group, kind.kind))
+        if named is not None:
+            named[:] = [k for k in named if k.key != kind.key]
+            if not named:
+                del self._kinds_by_name[(kind.group, kind.kind)]
 
     def lookup(self, group: str, version: str, plural: str) -> Kind:
         kind = self.served.get((group, version, plural))
@@ -609,8 +667,10 @@ class Cluster:
             meta["namespace"] = self._admit_create(kind, namespace or meta.get("namespace"), meta)
         else:
             meta.pop("namespace", None)
-        if self.admission:
+        hooks = self._hooks_for(kind)
+        if hooks:
             self._mutating_admission(
+                hooks,
                 AdmissionRequest(
                     "CREATE",
                     kind,
@@ -662,8 +722,9 @@ class Cluster:
         meta["creationTimestamp"] = rfc3339()
         if kind.uses_generation:
             meta["generation"] = 1
-        if self.admission:
+        if hooks:
             self._validating_admission(
+                hooks,
                 AdmissionRequest(
                     "CREATE", kind, version, meta.get("namespace", ""), name, None, user, dry_run, None
                 ),
@@ -770,12 +831,14 @@ class Cluster:
             raise errors.BadRequest(
                 "the namespace of the provided object does not match the namespace sent on the request"
             )
-        old_view: Obj | None = None
-        if self.admission:
+        hooks = self._hooks_for(kind)
+        request: AdmissionRequest | None = None
+        if hooks:
             old_view = _fresh(self.view(kind, version, old))
-            self._mutating_admission(
-                AdmissionRequest("UPDATE", kind, version, ns, name, subresource, user, dry_run, old_view), obj
+            request = AdmissionRequest(
+                "UPDATE", kind, version, ns, name, subresource, user, dry_run, old_view
             )
+            self._mutating_admission(hooks, request, obj)
             meta = obj["metadata"]
         given_rv = meta.get("resourceVersion")
         if given_rv:
@@ -840,11 +903,8 @@ class Cluster:
         unchanged = obj == old
         if not unchanged and kind.uses_generation and _spec_changed(old, obj, has_status):
             obj["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
-        if old_view is not None:
-            self._validating_admission(
-                AdmissionRequest("UPDATE", kind, version, ns, name, subresource, user, dry_run, old_view),
-                self.view(kind, version, obj),
-            )
+        if request is not None:
+            self._validating_admission(hooks, request, self.view(kind, version, obj))
         if unchanged:
             return self.view(kind, version, old)  # nothing changed: no write, no event, same resourceVersion
         obj["metadata"]["managedFields"] = self._managed(
@@ -989,8 +1049,10 @@ class Cluster:
                 f"{options.precondition_rv}, ResourceVersion in object meta: "
                 f"{meta['resourceVersion']}",
             )
-        if self.admission:
+        validators = tuple(h for h in self._hooks_for(kind) if h.validate is not None)
+        if validators:
             self._validating_admission(
+                validators,
                 AdmissionRequest(
                     "DELETE",
                     kind,
@@ -1155,8 +1217,8 @@ class Cluster:
         owner_kind = next(
             (
                 k
-                for k in self.kinds.values()
-                if k.group == group and k.kind == ref.get("kind") and version in k.versions
+                for k in self._kinds_by_name.get((group, str(ref.get("kind", ""))), ())
+                if version in k.versions
             ),
             None,
         )

@@ -54,10 +54,19 @@ class KindFieldSelector(FieldSelector):
     """A field selector over any of a kind's selectable fields, not only ``metadata.*``."""
 
     paths: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = ()
+    # each term with the paths of its label, resolved once (matching runs per object and per watch event)
+    _resolved: tuple[tuple[tuple[tuple[str, ...], ...], bool, str], ...] = field(
+        default=(), init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        paths = dict(self.paths)
+        object.__setattr__(
+            self, "_resolved", tuple((paths[label], equal, value) for label, equal, value in self.terms)
+        )
 
     def matches(self, obj: Any) -> bool:
-        paths = dict(self.paths)
-        return all((_field_value(obj, paths[label]) == value) == equal for label, equal, value in self.terms)
+        return all((_field_value(obj, paths) == value) == equal for paths, equal, value in self._resolved)
 
 
 @dataclass(slots=True)
@@ -102,9 +111,9 @@ class Kind:
     def field_selector(self, text: str | None) -> FieldSelector:
         """Parse a ``fieldSelector`` for this kind (SelectorError on a label it does not support)."""
         selector = parse_field_selector(text, self.field_paths)
-        if not selector.terms:
-            return selector
         labels = sorted({label for label, _, _ in selector.terms})
+        if all(self.field_paths[label] == OBJECT_META_FIELDS.get(label) for label in labels):
+            return selector  # only metadata.name / metadata.namespace: the plain selector reads them directly
         return KindFieldSelector(selector.terms, tuple((label, self.field_paths[label]) for label in labels))
 
     def api_version(self, version: str) -> str:

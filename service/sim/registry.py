@@ -21,6 +21,10 @@ Known differences from distribution 2.8 (everything else the client touches is m
 * uploads are kept in memory and checked only for the final digest (no ``Content-Range`` checks,
   ``_state`` is the upload's UUID, not signed state); an upload cancelled with ``DELETE`` answers
   ``BLOB_UPLOAD_UNKNOWN`` afterwards (not compared with 2.8); manifest bodies are not limited to 4 MiB;
+* so that a long-running demo or devcluster does not grow without bound, only the last
+  ``max_failed_uploads`` (1,000) uploads whose commit failed answer ``BLOB_UPLOAD_INVALID`` (older ones
+  ``BLOB_UPLOAD_UNKNOWN``), and at most ``max_grants`` (10,000) tokens are kept: expired ones are
+  forgotten, and past the limit the oldest go (their holders get ``invalid_token`` and fetch another);
 * no garbage collection, no ``Range`` requests on blobs, no blob redirects, no read-only mode;
 * the 500 ``UNKNOWN`` answer to a malformed digest (``…/manifests/sha256:abc``) has a shorter
   ``detail`` (no storage driver path).
@@ -54,6 +58,8 @@ MAX_BODY = 256 * 1024 * 1024  # uploads; distribution streams, the sim keeps the
 MAX_MANIFEST = 4 * 1024 * 1024
 API_HEADERS = {"Docker-Distribution-Api-Version": "registry/2.0"}
 JSON_UTF8 = "application/json; charset=utf-8"
+MAX_GRANTS = 10_000  # tokens kept (expired ones are dropped first, then the oldest)
+MAX_FAILED_UPLOADS = 1_000  # failed uploads remembered, to answer BLOB_UPLOAD_INVALID
 
 # Route patterns of distribution 2.8 (registry/api/v2/descriptors.go and the reference package).
 # distribution's component is [a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*; written unambiguously and atomic here,
@@ -201,7 +207,9 @@ class OciRegistry:
     ``"token"`` (Bearer tokens from ``/token`` on the same server, for ``users``; ``service`` names it).
     ``tag_deletion`` lets ``DELETE /v2/<name>/manifests/<tag>`` remove a tag, as OCI distribution 1.1
     registries do (2.8 refuses it, and so does the sim by default).
-    ``requests`` counts ``(method, route)`` pairs and ``log`` keeps the last requests, for tests."""
+    ``requests`` counts ``(method, route)`` pairs and ``log`` keeps the last requests, for tests.
+    ``max_grants`` and ``max_failed_uploads`` bound what the registry remembers of tokens and of failed
+    uploads (see the module docstring)."""
 
     def __init__(
         self,
@@ -215,6 +223,8 @@ class OciRegistry:
         anonymous_pull: bool = False,
         delete_enabled: bool = True,
         tag_deletion: bool = False,
+        max_grants: int = MAX_GRANTS,
+        max_failed_uploads: int = MAX_FAILED_UPLOADS,
     ) -> None:
         self.auth = auth
         self.users = dict(users or {})
@@ -229,8 +239,10 @@ class OciRegistry:
         self.blobs: dict[str, bytes] = {}  # the content store, shared by all repositories
         self.repositories: dict[str, _Repository] = {}
         self.uploads: dict[str, _Upload] = {}
-        self.failed_uploads: set[str] = set()
-        self.grants: dict[str, _Grant] = {}
+        self.max_grants = max_grants
+        self.max_failed_uploads = max_failed_uploads
+        self.failed_uploads: dict[str, None] = {}  # upload ids, oldest first (an insertion-ordered set)
+        self.grants: dict[str, _Grant] = {}  # by token, oldest first
         self.requests: Counter[tuple[str, str]] = Counter()
         self.log: deque[tuple[str, str]] = deque(maxlen=10_000)
 
@@ -330,6 +342,7 @@ class OciRegistry:
         else:
             grant = self.grants.get(token)
             if grant is None or grant.expires <= time.monotonic():
+                self.grants.pop(token, None)
                 error = "invalid_token"
             elif any(a not in grant.access for a in access):
                 error = "insufficient_scope"
@@ -382,7 +395,7 @@ class OciRegistry:
                     if user or (self.anonymous_pull and action == "pull"):
                         access.add((kind, target, action))
         token = secrets.token_urlsafe(24)
-        self.grants[token] = _Grant(user, access, time.monotonic() + self.token_ttl)
+        self._grant(token, _Grant(user, access, time.monotonic() + self.token_ttl))
         doc: dict[str, Any] = {
             "expires_in": self.token_ttl,
             "issued_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
@@ -392,6 +405,17 @@ class OciRegistry:
         if self.token_field in ("access_token", "both"):
             doc["access_token"] = token
         return web.Response(body=orjson.dumps(doc), content_type="application/json")
+
+    def _grant(self, token: str, grant: _Grant) -> None:
+        """Keep a new token's grant, first dropping the oldest grants while they have expired (tokens share
+        one lifetime, so the oldest expire first) or while there are ``max_grants`` of them."""
+        now = time.monotonic()
+        while self.grants:
+            oldest = next(iter(self.grants))
+            if self.grants[oldest].expires > now and len(self.grants) < self.max_grants:
+                break
+            del self.grants[oldest]
+        self.grants[token] = grant
 
     # ---------------------------------------------------------------------------------- handlers
     async def _base(self, request: web.Request) -> web.StreamResponse:
@@ -645,7 +669,9 @@ class OciRegistry:
         data = bytes(upload.data)
         if media.sha256_digest(data) != digest:
             del self.uploads[upload_id]  # 2.8 cancels the upload when the commit fails
-            self.failed_uploads.add(upload_id)
+            self.failed_uploads[upload_id] = None
+            while len(self.failed_uploads) > max(self.max_failed_uploads, 0):
+                del self.failed_uploads[next(iter(self.failed_uploads))]
             raise RegistryErrorResponse("DIGEST_INVALID", {"Digest": digest, "Reason": {}})
         del self.uploads[upload_id]
         self.blobs[digest] = data

@@ -437,11 +437,9 @@ class ApiServer:
                             if tables is not None:
                                 lines = [tables.line(line) for line in lines]
                             await resp.write(b"".join(lines))
-                    except (ConnectionResetError, OSError):
+                    except OSError:  # ConnectionResetError included
                         pass  # the client went away (caught here: the task group would wrap it in a group)
                 tg.cancel_scope.cancel()
-        except (ConnectionResetError, OSError):
-            pass  # the client went away
         finally:
             self.cluster.stop_watch(t.kind, w)
         return resp

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.registry import ANONYMOUS, Credentials, Keychain, KeychainError
+from service.registry import ANONYMOUS, Credentials, Keychain, KeychainError, auth
 from service.registry.auth import glob_match
 from service.registry.reference import Registry
 
@@ -330,3 +330,30 @@ def test_registry_token_and_docker_config() -> None:
 )
 def test_go_filepath_match(pattern: str, name: str, matches: bool) -> None:
     assert glob_match(pattern, name) is matches
+
+
+def test_keys_are_parsed_once_not_per_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    keychain = Keychain.from_secrets(
+        [
+            dockerconfigjson({"*.registry.io": user("glob")}, name="a"),
+            dockerconfigjson({"fake.registry.io/team": user("team")}, name="b"),
+        ]
+    )
+    calls: dict[str, int] = {"glob": 0, "url": 0}
+    real_glob, real_url = auth._glob_regex, auth._go_parse_url
+
+    def counting_glob(pattern: str) -> Any:
+        calls["glob"] += 1
+        return real_glob(pattern)
+
+    def counting_url(raw: str) -> Any:
+        calls["url"] += 1
+        return real_url(raw)
+
+    monkeypatch.setattr(auth, "_glob_regex", counting_glob)
+    monkeypatch.setattr(auth, "_go_parse_url", counting_url)
+    for _ in range(3):
+        assert resolved(keychain, "fake.registry.io/team/app") == "team"
+        assert resolved(keychain, "other.registry.io/app") == "glob"
+        assert resolved(keychain, "registry.io/app") is None
+    assert calls == {"glob": 0, "url": 9}  # only each image is parsed, once per resolve

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
+from service.sim.cluster import Cluster
 from tests.sim.conftest import (
     BW,
     CM,
+    GROUP,
     Kube,
     Obj,
     assert_status,
@@ -16,6 +20,8 @@ from tests.sim.conftest import (
     eventually,
     owner_ref,
     path,
+    widget,
+    widget_crd,
 )
 
 pytestmark = pytest.mark.anyio
@@ -127,3 +133,48 @@ async def test_deleting_a_namespace_deletes_everything_in_it(kube: Kube) -> None
     await eventually(namespace_gone)
     assert not await kube.gone(CM, "safe")
     assert_status(await kube.post(path(CM, "doomed"), configmap("late")), 404, "NotFound")
+
+
+def test_owner_kinds_are_found_as_crds_come_and_go() -> None:
+    """Owner kinds are looked up by group and kind, in a table kept up to date as kinds are (re)registered
+    and unregistered: an owner kind that is not served leaves the dependent alone."""
+    cluster = Cluster()
+    cluster.ensure_namespace("default")
+    crds = cluster.kind_for("apiextensions.k8s.io", "customresourcedefinitions")
+    cms = cluster.kind_for("", "configmaps")
+
+    def settle() -> None:
+        while cluster.run_controllers_once():
+            pass
+
+    def exists(name: str) -> bool:
+        return cluster.find(cms, "default", name) is not None
+
+    crd = cluster.create(crds, "v1", None, widget_crd(extra_versions=()))
+    widgets = cluster.kind_for(GROUP, "widgets")
+    owner = cluster.create(widgets, "v1", "default", widget("w"))
+    cluster.create(cms, "v1", "default", configmap("owned", metadata={"ownerReferences": [owner_ref(owner)]}))
+    ghost = {**owner_ref(owner), "name": "ghost", "uid": str(uuid.uuid4())}
+    unknown = {**ghost, "kind": "Gizmo"}
+    cluster.create(cms, "v1", "default", configmap("unknown-kind", metadata={"ownerReferences": [unknown]}))
+    settle()
+    assert exists("owned") and exists("unknown-kind")  # a live owner; an owner kind nobody serves
+
+    # Re-registering the kind (a CRD update) keeps it findable: the dangling reference is collected.
+    crd["metadata"]["labels"] = {"updated": "yes"}
+    cluster.update(crds, "v1", None, crd["metadata"]["name"], crd)
+    cluster.create(cms, "v1", "default", configmap("ghost-owned", metadata={"ownerReferences": [ghost]}))
+    settle()
+    assert exists("owned") and not exists("ghost-owned")
+
+    # Not served any more: its dependents are left alone; served again (the owner gone): collected.
+    cluster.unregister(GROUP, "widgets")
+    cluster.create(cms, "v1", "default", configmap("later", metadata={"ownerReferences": [ghost]}))
+    settle()
+    assert exists("owned") and exists("later")
+    cluster.register(widgets)
+    cluster.gc_pending.update(
+        {("", "configmaps", "default", "owned"), ("", "configmaps", "default", "later")}
+    )
+    settle()
+    assert not exists("owned") and not exists("later") and exists("unknown-kind")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from service.kube.selectors import FieldSelector
+from service.sim.kinds import KindFieldSelector, built_in_kinds
 from tests.sim.conftest import (
     CM,
     WIDGETS,
@@ -260,4 +262,27 @@ async def test_field_selectors_on_secrets_and_namespaces(kube: Kube) -> None:
         400,
         "BadRequest",
         "field label not supported: type",
+    )
+
+
+def test_field_selectors_resolve_their_paths_once() -> None:
+    kinds = {k.plural: k for k in built_in_kinds()}
+    # Only metadata.name / metadata.namespace: the plain selector, which reads metadata directly.
+    for kind, text in (
+        ("configmaps", "metadata.name=a,metadata.namespace!=b"),
+        ("namespaces", "metadata.name=a"),
+    ):
+        selector = kinds[kind].field_selector(text)
+        assert type(selector) is FieldSelector, kind
+        assert selector.matches({"metadata": {"name": "a", "namespace": "c"}})
+    # Other fields: each term carries its label's paths, resolved when the selector is made.
+    selector = kinds["events"].field_selector("source=kpack,metadata.name!=x")
+    assert isinstance(selector, KindFieldSelector)
+    assert selector == kinds["events"].field_selector("source=kpack,metadata.name!=x")
+    assert selector.matches({"metadata": {"name": "e"}, "reportingComponent": "kpack"})
+    assert not selector.matches({"metadata": {"name": "x"}, "source": {"component": "kpack"}})
+    assert not selector.matches({"metadata": {"name": "e"}, "source": {"component": "other"}})
+    phase = kinds["namespaces"].field_selector("status.phase=Active")
+    assert isinstance(phase, KindFieldSelector) and phase.matches(
+        {"metadata": {}, "status": {"phase": "Active"}}
     )

@@ -15,6 +15,7 @@ from service.kube.client import KubeClient
 from service.kube.resources import Resource
 from service.kube.timestamps import rfc3339
 from service.runtime.informer import Informer
+from service.runtime.store import NAMESPACE_INDEX
 from service.sim.kpack import gotypes
 from service.sim.kpack.options import KpackOptions
 
@@ -93,11 +94,16 @@ class Shared:
     def get(self, plural: str, namespace: str | None, name: str) -> Obj | None:
         return self.informers[plural].store.get_by(namespace, name)
 
+    def by_index(self, plural: str, index: str, value: str) -> list[Obj]:
+        """The cached objects of a kind that an index files under ``value``."""
+        return self.informers[plural].store.by_index(index, value)
+
     def list(self, plural: str, namespace: str | None = None) -> list[Obj]:
-        items = self.informers[plural].store.values()
+        """The cached objects of a kind, in one namespace (from the store's namespace index) or in all."""
+        store = self.informers[plural].store
         if namespace is None:
-            return list(items)
-        return [o for o in items if o["metadata"].get("namespace") == namespace]
+            return list(store.values())
+        return store.by_index(NAMESPACE_INDEX, namespace)
 
     async def write_status(self, res: Resource, typ: gotypes.Struct, stored: Obj, status: Obj) -> bool:
         """kpack's ``updateStatus``: set ``observedGeneration``, and PUT the status (with the cached

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from service.kube import quantity
+from service.kube.timestamps import rfc3339
 
 
 class DecodeError(ValueError):
@@ -207,7 +208,7 @@ class Time(GoType):
             raise DecodeError(
                 f'parsing time "{raw}" as "2006-01-02T15:04:05Z07:00": cannot parse "{raw}" as "2006"'
             ) from None
-        return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return rfc3339(parsed)
 
     def encode(self, value: Any) -> Any:
         return value

@@ -20,6 +20,7 @@ from service.kube import resources as r
 from service.kube.conditions import condition_of, is_true
 from service.registry.reference import try_parse_reference
 from service.runtime.controller import Request, Result
+from service.runtime.store import by_labels, index_value
 from service.sim.kpack import apis, gotypes
 from service.sim.kpack.base import (
     KPACK_API_VERSION,
@@ -38,6 +39,9 @@ from service.sim.kpack.validation import Context, default_image, need_volume_cac
 
 BUILD_NUMBER = "image.kpack.io/buildNumber"
 IMAGE_LABEL = "image.kpack.io/image"
+# Builds by their Image (namespace and image label), so a reconcile does not scan every Build.
+BUILDS_BY_IMAGE = "kpack-sim-builds-by-image"
+builds_by_image = by_labels(IMAGE_LABEL, namespaced=True)
 IMAGE_GENERATION = "image.kpack.io/imageGeneration"
 REASON = "image.kpack.io/reason"
 CHANGES = "image.kpack.io/buildChanges"
@@ -228,11 +232,7 @@ class ImageController:
 
     def _builds(self, image: Obj) -> list[Obj]:
         meta = image["metadata"]
-        builds = [
-            b
-            for b in self.shared.list("builds", meta["namespace"])
-            if (b["metadata"].get("labels") or {}).get(IMAGE_LABEL) == meta["name"]
-        ]
+        builds = self.shared.by_index("builds", BUILDS_BY_IMAGE, index_value(meta["namespace"], meta["name"]))
 
         def key(b: Obj) -> tuple[str, int, str]:
             number = (b["metadata"].get("labels") or {}).get(BUILD_NUMBER, "")

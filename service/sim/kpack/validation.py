@@ -10,7 +10,8 @@ only a defaulted object avoids, and the volume-cache rules that apply only when 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.kube import quantity
@@ -32,21 +33,41 @@ class WebhookPanic(Exception):
     """What would be a nil dereference in kpack's Go code (the webhook request then fails as a whole)."""
 
 
+def _no_storage_class() -> tuple[bool, bool]:
+    return False, False
+
+
 @dataclass
 class Context:
-    """What knative's webhook puts into the context of ``SetDefaults`` and ``Validate``."""
+    """What knative's webhook puts into the context of ``SetDefaults`` and ``Validate``.
+
+    ``storage_class`` answers (a default StorageClass exists, it allows volume expansion); it is asked
+    once, and only if defaulting or validation needs to know (an Image's volume cache)."""
 
     operation: str = "CREATE"
     old: Obj | None = None  # the baseline (the stored object, decoded) on UPDATE
     subresource: str | None = None
     user: str = ""
-    has_default_storage_class: bool = False
-    is_expandable: bool = False
+    storage_class: Callable[[], tuple[bool, bool]] = _no_storage_class
     reject_env_secret_key_refs: bool = False  # kpack 0.17.2 behaviour
+    _storage: tuple[bool, bool] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def in_update(self) -> bool:
         return self.operation == "UPDATE" and self.old is not None
+
+    def _storage_class(self) -> tuple[bool, bool]:
+        if self._storage is None:
+            self._storage = self.storage_class()
+        return self._storage
+
+    @property
+    def has_default_storage_class(self) -> bool:
+        return self._storage_class()[0]
+
+    @property
+    def is_expandable(self) -> bool:
+        return self._storage_class()[1]
 
 
 # ------------------------------------------------------------------ shared helpers (pkg/apis/validate)

@@ -5,10 +5,13 @@ They behave as kpack's knative webhooks do where a client can tell: they admit t
 SourceResolver) in ``v1alpha2`` only, on CREATE and UPDATE of the resource and of its ``/status``, skip
 namespaces labelled ``webhooks.knative.dev/exclude``; the defaulter decodes the object into kpack's Go type,
 applies ``SetDefaults`` and answers with the re-encoded object (the round trip of ``gotypes``), and the
-validator decodes strictly and runs ``Validate`` with the stored object as the baseline of an update. A
-default StorageClass (annotation ``storageclass.kubernetes.io/is-default-class: "true"``) is looked up
-at each request, as kpack's informer-backed lister would see it. Refusals are 400 ``BadRequest`` with
-kube-apiserver's ``admission webhook "<name>" denied the request: <reason>`` text.
+validator decodes strictly and runs ``Validate`` with the stored object as the baseline of an update. Both
+hooks declare rules naming those kinds, so the emulator does not call them (nor build their requests) for
+writes of any other kind. A default StorageClass (annotation
+``storageclass.kubernetes.io/is-default-class: "true"``) is looked up when a request needs it (an Image's
+volume cache, in defaulting or validation), as kpack's informer-backed lister would see it at that moment.
+Refusals are 400 ``BadRequest`` with kube-apiserver's ``admission webhook "<name>" denied the request:
+<reason>`` text.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from service.kube import errors
 from service.kube.resources import KPACK, STORAGE_CLASS
-from service.sim.cluster import AdmissionHook, AdmissionRequest, Cluster
+from service.sim.cluster import AdmissionHook, AdmissionRequest, AdmissionRule, Cluster
 from service.sim.kpack import gotypes
 from service.sim.kpack.apis import ADMITTED, BUILD_SPEC
 from service.sim.kpack.validation import DEFAULTERS, VALIDATORS, Context, WebhookPanic, validate_build
@@ -30,6 +33,8 @@ VALIDATING = "validation.webhook.kpack.io"
 EXCLUDE_LABEL = "webhooks.knative.dev/exclude"
 DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 _WEBHOOK_URL = "https://kpack-webhook.kpack.svc:443"
+# The kinds both webhooks are registered for (their configurations' rules); subresources go with them.
+RULES = (AdmissionRule(api_groups=(KPACK,), resources=tuple(ADMITTED)),)
 
 
 def denied(webhook: str, reason: str) -> errors.BadRequest:
@@ -50,8 +55,8 @@ class KpackWebhooks:
     reject_env_secret_key_refs: bool = False  # kpack 0.17.2; Korifi pins 0.17.1, which accepts them
 
     def __post_init__(self) -> None:
-        self.defaulting = AdmissionHook(DEFAULTING, mutate=self.mutate)
-        self.validating = AdmissionHook(VALIDATING, validate=self.validate)
+        self.defaulting = AdmissionHook(DEFAULTING, mutate=self.mutate, rules=RULES)
+        self.validating = AdmissionHook(VALIDATING, validate=self.validate, rules=RULES)
 
     def install(self) -> KpackWebhooks:
         self.cluster.add_admission_hook(self.defaulting)
@@ -85,14 +90,12 @@ class KpackWebhooks:
         return False, False
 
     def _context(self, request: AdmissionRequest, old: Obj | None) -> Context:
-        has_default, expandable = self.storage_context()
         return Context(
             operation=request.operation,
             old=old,
             subresource=request.subresource,
             user=request.user,
-            has_default_storage_class=has_default,
-            is_expandable=expandable,
+            storage_class=self.storage_context,  # looked up only if the request needs it
             reject_env_secret_key_refs=self.reject_env_secret_key_refs,
         )
 

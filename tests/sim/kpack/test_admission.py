@@ -506,3 +506,32 @@ async def test_uninstalled_webhooks_admit_nothing(webhooks: KpackWebhooks, clien
     webhooks.uninstall()
     created = await client.create(r.IMAGE, image(tag=""))
     assert created["spec"]["tag"] == ""
+
+
+async def test_the_webhooks_match_kpack_kinds_and_look_up_storage_classes_only_when_needed(
+    webhooks: KpackWebhooks, api: RunningApiServer, client: KubeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kinds = api.cluster.kinds.values()
+    admitted = {res.plural for res in RESOURCES.values()}
+    for hook in (webhooks.defaulting, webhooks.validating):
+        assert {(k.group, k.plural) for k in kinds if hook.applies_to(k)} == {
+            ("kpack.io", p) for p in admitted
+        }
+
+    lookups = 0
+    lookup = webhooks.storage_context
+
+    def counting() -> tuple[bool, bool]:
+        nonlocal lookups
+        lookups += 1
+        return lookup()
+
+    monkeypatch.setattr(webhooks, "storage_context", counting)
+    await client.create(r.BUILD, build())
+    await client.create(r.BUILDER, builder())
+    await client.create(r.IMAGE, image("nocache", cache={}))
+    await client.create(r.CONFIG_MAP, {"metadata": {"name": "c"}}, NS)
+    assert lookups == 0  # nothing asked about a volume cache
+    created = await client.create(r.IMAGE, image())
+    assert created["spec"]["cache"] == {"volume": {"size": "2G"}}
+    assert lookups == 2  # once for defaulting the cache, once for validating its storage class

@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 
 from service.kube import errors
-from service.sim.cluster import AdmissionHook, AdmissionRequest, Cluster
+from service.sim import cluster as cluster_module
+from service.sim.cluster import AdmissionHook, AdmissionRequest, AdmissionRule, Cluster
 from service.sim.server import ADMIN_USER, ANONYMOUS, RunningApiServer, running_apiserver
 from tests.sim.kpack.conftest import Obj
 
@@ -225,3 +226,77 @@ async def test_the_admin_token_user(recorder: Recorder) -> None:
     assert [req.user for req, _ in recorder.of("validate")] == [ADMIN_USER]
     cluster.remove_admission_hook(recorder.hook)
     assert cluster.admission == []
+
+
+def test_rules_choose_the_kinds_a_hook_is_called_for(recorder: Recorder) -> None:
+    cluster = Cluster()
+    cluster.ensure_namespace("default")
+    cluster.create(
+        cluster.kind_for("apiextensions.k8s.io", "customresourcedefinitions"), "v1", None, gadget_crd()
+    )
+    gadgets, configmaps = cluster.kind_for(GROUP, "gadgets"), cluster.kind_for("", "configmaps")
+    secrets = cluster.kind_for("", "secrets")
+    assert AdmissionHook("any").applies_to(configmaps)  # by default, every kind
+    assert not AdmissionHook("none", rules=()).applies_to(configmaps)
+    core = AdmissionHook("core", rules=(AdmissionRule(api_groups=("",), resources=("configmaps",)),))
+    assert core.applies_to(configmaps) and not core.applies_to(secrets) and not core.applies_to(gadgets)
+    assert AdmissionHook("all-core", rules=(AdmissionRule(api_groups=("",)),)).applies_to(secrets)
+
+    only = (AdmissionRule(api_groups=(GROUP,), resources=("gadgets",)),)
+    cluster.add_admission_hook(
+        AdmissionHook("gadgets", mutate=recorder.mutate, validate=recorder.validate, rules=only)
+    )
+    cluster.create(configmaps, "v1", "default", {"metadata": {"name": "c"}})
+    cluster.update(configmaps, "v1", "default", "c", {"metadata": {"name": "c"}, "data": {"a": "b"}})
+    cluster.delete(configmaps, "v1", "default", "c")
+    assert recorder.seen == []
+    cluster.create(gadgets, "v1", "default", gadget())
+    cluster.patch(
+        gadgets,
+        "v1",
+        "default",
+        "g",
+        "application/merge-patch+json",
+        b'{"status": {"phase": "Up"}}',
+        subresource="status",
+    )
+    cluster.delete(gadgets, "v1", "default", "g")
+    assert [(phase, req.operation, req.subresource) for phase, req, _ in recorder.seen] == [
+        ("mutate", "CREATE", None),
+        ("validate", "CREATE", None),
+        ("mutate", "UPDATE", "status"),  # a kind's subresources go with it
+        ("validate", "UPDATE", "status"),
+        ("validate", "DELETE", None),
+    ]
+
+
+def test_writes_no_hook_matches_make_no_admission_copies(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copies = 0
+    fresh = cluster_module._fresh
+
+    def counting(obj: Obj) -> Obj:
+        nonlocal copies
+        copies += 1
+        return fresh(obj)
+
+    monkeypatch.setattr(cluster_module, "_fresh", counting)
+
+    def copies_for_writes(rules: tuple[AdmissionRule, ...] | None) -> int:
+        nonlocal copies
+        cluster = Cluster()
+        cluster.ensure_namespace("default")
+        if rules is not None:
+            cluster.add_admission_hook(
+                AdmissionHook("h", mutate=recorder.mutate, validate=recorder.validate, rules=rules)
+            )
+        configmaps = cluster.kind_for("", "configmaps")
+        copies = 0
+        cluster.create(configmaps, "v1", "default", {"metadata": {"name": "c"}})
+        cluster.update(configmaps, "v1", "default", "c", {"metadata": {"name": "c"}, "data": {"a": "b"}})
+        cluster.delete(configmaps, "v1", "default", "c")
+        return copies
+
+    others = (AdmissionRule(api_groups=(GROUP,), resources=("gadgets",)),)
+    assert copies_for_writes(None) == copies_for_writes(others) < copies_for_writes((AdmissionRule(),))

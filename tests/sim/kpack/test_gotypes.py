@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
 from service.kube import quantity
+from service.kube.timestamps import micro_time, rfc3339
 from service.sim.kpack import apis, fielderror, gotypes
 from service.sim.kpack.refs import build_tags, child_name
 
@@ -172,3 +173,15 @@ def test_build_number_tags() -> None:
         "foo/app:extra",
     ]
     assert build_tags("app:latest", [], 1, "None", moment) == ["app:latest"]
+
+
+def test_times_are_written_in_utc_whatever_the_zone_given() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    assert rfc3339(datetime(2026, 3, 1, 12, 0, 5, tzinfo=plus_two)) == "2026-03-01T10:00:05Z"
+    assert rfc3339(datetime(2026, 3, 1, 12, 0, 5)) == "2026-03-01T12:00:05Z"  # naive: taken as UTC
+    assert micro_time(datetime(2026, 3, 1, 0, 30, 0, 1, tzinfo=plus_two)) == "2026-02-28T22:30:00.000001Z"
+    time_type = apis.IMAGE.field_type("status").field_type("conditions")
+    conditions = gotypes.roundtrip(
+        time_type, [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-03-01T00:00:05.9-01:30"}]
+    )
+    assert conditions[0]["lastTransitionTime"] == "2026-03-01T01:30:05Z"
