@@ -25,17 +25,25 @@ async def _value(check: Callable[[], T | Awaitable[T]]) -> T:
     return value
 
 
-async def eventually(check: Callable[[], T | Awaitable[T]], within: float = DEADLINE, what: str = "") -> T:
-    """Poll ``check`` (sync or async) until it returns something truthy, and return that; fail with
-    ``what`` (and the last value) when ``within`` seconds pass first."""
+async def eventually(
+    check: Callable[[], T | Awaitable[T]],
+    within: float = DEADLINE,
+    what: str = "",
+    *,
+    until: Callable[[T], object] | None = None,
+    interval: float = POLL,
+) -> T:
+    """Poll ``check`` (sync or async) until it returns something truthy — or, with ``until``, something
+    ``until`` accepts — and return that; fail with ``what`` (and the last value) when ``within`` seconds
+    pass first."""
     deadline = time.monotonic() + within
     while True:
         value = await _value(check)
-        if value:
+        if until(value) if until is not None else value:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {within} s: {what or check} (last: {value!r})")
-        await anyio.sleep(POLL)
+        await anyio.sleep(interval)
 
 
 async def consistently(check: Callable[[], T | Awaitable[T]], period: float, what: str = "") -> None:

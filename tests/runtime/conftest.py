@@ -4,7 +4,6 @@ handlers, and polling with deadlines for the few things nothing can be awaited o
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from service.runtime.informer import Backoff, Informer
 from service.runtime.store import Obj, object_key
 from service.sim.crds import new_cluster
 from service.sim.server import RunningApiServer, running_apiserver
+from tests.helpers import eventually  # noqa: F401
 
 C = TypeVar("C", bound=KubeClient)
 
@@ -69,15 +69,6 @@ async def client(api: RunningApiServer) -> AsyncIterator[KubeClient]:
 def cm(name: str, namespace: str = "default", **extra: Any) -> Obj:
     meta: Obj = {"name": name, "namespace": namespace, **extra.pop("metadata", {})}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": extra.pop("data", {"k": "v"})}
-
-
-async def eventually(predicate: Callable[[], bool], within: float = DEADLINE, what: str = "") -> None:
-    """Poll a cheap synchronous condition; fail when ``within`` seconds pass first."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s: {what or predicate}")
-        await anyio.sleep(0.005)
 
 
 async def settle() -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,10 +14,10 @@ import pytest
 
 from service.kube import resources as r
 from service.kube.client import KubeClient
-from service.kube.config import explicit
 from service.runtime.events import MAX_MESSAGE, EventRecorder
 from service.sim.faults import FaultRule
-from service.sim.server import RunningApiServer, running_apiserver
+from service.sim.server import RunningApiServer
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -29,18 +28,14 @@ RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[RunningApiServer]:
-    async with running_apiserver() as s:
-        s.cluster.ensure_namespace("default")
-        s.cluster.ensure_namespace("apps")
-        yield s
+def server(api: RunningApiServer) -> RunningApiServer:
+    api.cluster.ensure_namespace("apps")
+    return api
 
 
 @pytest.fixture
-async def kube(server: RunningApiServer) -> AsyncIterator[KubeClient]:
-    options: dict[str, Any] = {"qps": 0, "max_retry_after": 0.02, "backoff_base": 0.005, "backoff_cap": 0.02}
-    async with KubeClient(explicit(server.url), **options) as c:
-        yield c
+def kube(server: RunningApiServer, client: KubeClient) -> KubeClient:
+    return client
 
 
 @pytest.fixture
@@ -48,15 +43,6 @@ async def configmap(kube: KubeClient) -> Obj:
     return await kube.create(
         r.CONFIG_MAP, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-1"}}, "apps"
     )
-
-
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll a cheap condition (nothing signals these) until it holds; fail after DEADLINE seconds."""
-    deadline = time.monotonic() + DEADLINE
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {DEADLINE} s: {what}")
-        await anyio.sleep(0.005)
 
 
 @asynccontextmanager
@@ -76,7 +62,7 @@ async def test_event_is_created_with_the_object_reference(kube: KubeClient, conf
     recorder = EventRecorder(kube, COMPONENT, "pod-1")
     async with writing(recorder):
         recorder.record(configmap, "Normal", "Built", "image built")
-        await until(lambda: recorder.written == 1, "the event is written")
+        await eventually(lambda: recorder.written == 1, what="the event is written")
 
     [event] = await events_in(kube, "apps")
     meta = configmap["metadata"]
@@ -104,10 +90,10 @@ async def test_repeats_are_aggregated_into_one_event(kube: KubeClient, configmap
     recorder = EventRecorder(kube, COMPONENT)
     async with writing(recorder):
         recorder.record(configmap, "Warning", "Failed", "no builder")
-        await until(lambda: recorder.written == 1, "first write")
+        await eventually(lambda: recorder.written == 1, what="first write")
         [first] = await events_in(kube, "apps")
         recorder.record(configmap, "Warning", "Failed", "no builder")
-        await until(lambda: recorder.written == 2, "second write")
+        await eventually(lambda: recorder.written == 2, what="second write")
         [repeat] = await events_in(kube, "apps")
         assert repeat["metadata"]["name"] == first["metadata"]["name"]
         assert repeat["count"] == 2
@@ -117,14 +103,14 @@ async def test_repeats_are_aggregated_into_one_event(kube: KubeClient, configmap
         assert repeat["source"] == {"component": COMPONENT}  # no instance, no host
 
         recorder.record(configmap, "Warning", "Failed", "no builder")
-        await until(lambda: recorder.written == 3, "third write")
+        await eventually(lambda: recorder.written == 3, what="third write")
         [third] = await events_in(kube, "apps")
         assert third["count"] == 3
 
         # Another message, reason or type is another event.
         recorder.record(configmap, "Warning", "Failed", "no stack")
         recorder.record(configmap, "Normal", "Failed", "no builder")
-        await until(lambda: recorder.written == 5, "two more writes")
+        await eventually(lambda: recorder.written == 5, what="two more writes")
     events = await events_in(kube, "apps")
     assert sorted((e["type"], e["message"], e["count"]) for e in events) == [
         ("Normal", "no builder", 1),
@@ -138,7 +124,7 @@ async def test_event_about_a_cluster_scoped_object_goes_to_default(kube: KubeCli
     recorder = EventRecorder(kube, COMPONENT)
     async with writing(recorder):
         recorder.record(namespace, "Normal", "Seen", "namespace seen")
-        await until(lambda: recorder.written == 1, "write")
+        await eventually(lambda: recorder.written == 1, what="write")
     [event] = await events_in(kube, "default")
     assert event["metadata"]["namespace"] == "default"
     assert event["involvedObject"]["kind"] == "Namespace"
@@ -159,10 +145,10 @@ async def test_full_buffer_drops_and_counts(
     assert len(drop_logs) == 1  # logged once, counted every time
 
     async with writing(recorder):
-        await until(lambda: recorder.written == 2, "the buffered two are written")
+        await eventually(lambda: recorder.written == 2, what="the buffered two are written")
         assert sorted(e["message"] for e in await events_in(kube, "apps")) == ["step 0", "step 1"]
         recorder.record(configmap, "Normal", "Step", "step 4")  # room again once drained
-        await until(lambda: recorder.written == 3, "a later event is written")
+        await eventually(lambda: recorder.written == 3, what="a later event is written")
     assert recorder.dropped == 2
     assert len(await events_in(kube, "apps")) == 3
 
@@ -172,19 +158,19 @@ async def test_repeat_after_the_event_expired_creates_a_new_one(kube: KubeClient
     async with writing(recorder):
         recorder.record(configmap, "Normal", "Built", "image built")
         recorder.record(configmap, "Normal", "Built", "image built")
-        await until(lambda: recorder.written == 2, "create and patch")
+        await eventually(lambda: recorder.written == 2, what="create and patch")
         [old] = await events_in(kube, "apps")
         assert old["count"] == 2
         await kube.delete(r.EVENT, old["metadata"]["name"], "apps")  # the API server's event TTL
 
         recorder.record(configmap, "Normal", "Built", "image built")
-        await until(lambda: recorder.written == 3, "the repeat is written")
+        await eventually(lambda: recorder.written == 3, what="the repeat is written")
         [new] = await events_in(kube, "apps")
         assert new["metadata"]["name"] != old["metadata"]["name"]
         assert new["count"] == 1
 
         recorder.record(configmap, "Normal", "Built", "image built")  # and aggregation resumes on it
-        await until(lambda: recorder.written == 4, "the next repeat is written")
+        await eventually(lambda: recorder.written == 4, what="the next repeat is written")
     [again] = await events_in(kube, "apps")
     assert again["metadata"]["name"] == new["metadata"]["name"]
     assert again["count"] == 2
@@ -199,13 +185,13 @@ async def test_api_errors_are_logged_and_the_writer_keeps_going(
         async with writing(recorder):
             recorder.record(configmap, "Warning", "Lost", "this one hits the fault")
             recorder.record(configmap, "Normal", "Kept", "this one is written")
-            await until(lambda: recorder.written == 1, "the second event is written")
+            await eventually(lambda: recorder.written == 1, what="the second event is written")
 
             # A failing patch of a repeat is logged too, and the next repeat still lands.
             patch_rule = server.faults.add(FaultRule(method="PATCH", path="/events/", status=503, count=1))
             recorder.record(configmap, "Normal", "Kept", "this one is written")
             recorder.record(configmap, "Normal", "Kept", "this one is written")
-            await until(lambda: recorder.written == 2, "the second repeat is written")
+            await eventually(lambda: recorder.written == 2, what="the second repeat is written")
     assert rule.hits == 1 and patch_rule.hits == 1
     [event] = await events_in(kube, "apps")
     assert (event["reason"], event["count"] >= 2) == ("Kept", True)
@@ -223,7 +209,7 @@ async def test_unsupported_type_is_dropped_and_long_messages_are_cut(
     assert [rec.getMessage() for rec in caplog.records] == ["dropping event of unsupported type"]
     async with writing(recorder):
         recorder.record(configmap, "Normal", "Long", "x" * 5000)
-        await until(lambda: recorder.written == 1, "write")
+        await eventually(lambda: recorder.written == 1, what="write")
     [event] = await events_in(kube, "apps")
     assert event["reason"] == "Long"
     assert len(event["message"]) == MAX_MESSAGE and event["message"].endswith("...")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -11,11 +11,12 @@ from prometheus_client import CollectorRegistry
 
 from service.kube import resources as r
 from service.kube.client import KubeClient
-from service.kube.config import explicit
 from service.runtime.leader import LeaderElectionConfig, LeaderElector, LeadershipLost
 from service.runtime.metrics import RuntimeMetrics
 from service.sim.faults import FaultRule
-from service.sim.server import RunningApiServer, running_apiserver
+from service.sim.server import RunningApiServer
+from tests.helpers import eventually
+from tests.runtime.conftest import fast_client
 
 pytestmark = pytest.mark.anyio
 
@@ -23,32 +24,14 @@ LEASE_NAME = "test-lock"
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[RunningApiServer]:
-    async with running_apiserver() as server:
-        server.cluster.ensure_namespace("default")
-        yield server
-
-
-@pytest.fixture
 async def client(api: RunningApiServer) -> AsyncIterator[KubeClient]:
-    async with KubeClient(explicit(api.url), timeout=2.0, backoff_base=0.005, backoff_cap=0.02) as c:
+    async with fast_client(api.url, timeout=2.0) as c:
         yield c
 
 
 def elector(client: KubeClient, identity: str, metrics: RuntimeMetrics | None = None) -> LeaderElector:
     config = LeaderElectionConfig(LEASE_NAME, "default", identity, 2.0, 1.0, 0.2)
     return LeaderElector(client, config, metrics=metrics)
-
-
-async def eventually(condition: Callable[[], Awaitable[bool] | bool], within: float = 5.0) -> None:
-    with anyio.fail_after(within):
-        while True:
-            value = condition()
-            if not isinstance(value, bool):
-                value = await value
-            if value:
-                return
-            await anyio.sleep(0.02)
 
 
 async def lease_spec(client: KubeClient) -> dict[str, object]:

@@ -3,7 +3,7 @@ component failure, and leader election between two managers."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -19,7 +19,9 @@ from service.runtime.leader import LeaderElectionConfig
 from service.runtime.manager import Manager, ManagerOptions
 from service.runtime.sidecar import BindAddress
 from service.sim.faults import FaultRule
-from service.sim.server import RunningApiServer, running_apiserver
+from service.sim.server import RunningApiServer
+from tests.helpers import eventually
+from tests.runtime.conftest import fast_client
 
 pytestmark = pytest.mark.anyio
 
@@ -27,15 +29,8 @@ LOCAL = BindAddress("127.0.0.1", 0)
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[RunningApiServer]:
-    async with running_apiserver() as server:
-        server.cluster.ensure_namespace("default")
-        yield server
-
-
-@pytest.fixture
 async def client(api: RunningApiServer) -> AsyncIterator[KubeClient]:
-    async with KubeClient(explicit(api.url), timeout=2.0, backoff_base=0.005, backoff_cap=0.02) as c:
+    async with fast_client(api.url, timeout=2.0) as c:
         yield c
 
 
@@ -43,17 +38,6 @@ async def client(api: RunningApiServer) -> AsyncIterator[KubeClient]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-async def eventually(condition: Callable[[], Awaitable[bool] | bool], within: float = 5.0) -> None:
-    with anyio.fail_after(within):
-        while True:
-            value = condition()
-            if not isinstance(value, bool):
-                value = await value
-            if value:
-                return
-            await anyio.sleep(0.02)
 
 
 @dataclass

@@ -7,7 +7,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -20,7 +20,10 @@ from prometheus_client import CollectorRegistry
 from service.kube.metrics import RestClientMetrics
 from service.runtime.metrics import RuntimeMetrics, new_registry
 from service.runtime.sidecar import BindAddress, Check, Checks, LoopMonitor, Sidecar
-from tests.helpers import promtool_check
+from tests.helpers import (
+    eventually,
+    promtool_check,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -315,13 +318,6 @@ def test_bind_address_rejects(text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- loop monitor
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll a cheap condition (nothing signals these) until it holds; fail after DEADLINE seconds."""
-    deadline = time.monotonic() + DEADLINE
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {DEADLINE} s: {what}")
-        await anyio.sleep(0.005)
 
 
 async def test_loop_monitor_reports_a_stall_then_recovers() -> None:
@@ -329,21 +325,23 @@ async def test_loop_monitor_reports_a_stall_then_recovers() -> None:
     async with anyio.create_task_group() as tg, serving({"event-loop": monitor.check}) as served:
         tg.start_soon(monitor.run)
         first_tick = monitor.last_tick
-        await until(lambda: monitor.last_tick > first_tick, "the monitor ticks")
+        await eventually(lambda: monitor.last_tick > first_tick, what="the monitor ticks")
         assert monitor.check() is None
         assert (await served.get("/healthz")).status == 200
 
         time.sleep(0.4)  # noqa: ASYNC251 - block the event loop on purpose: nothing else can run
         assert (monitor.check() or "").startswith("event loop monitor has not run for")
 
-        await until(lambda: "stalled" in (monitor.check() or ""), "the monitor notices the stall")
+        await eventually(lambda: "stalled" in (monitor.check() or ""), what="the monitor notices the stall")
         message = monitor.check() or ""
         assert re.fullmatch(r"event loop stalled for \d+\.\d s, \d+ s ago", message), message
         assert monitor.worst_lag >= 0.3
         answer = await served.get("/healthz/event-loop")
         assert answer.status == 500 and "event loop stalled" in answer.body
 
-        await until(lambda: monitor.check() is None, "the stall is forgotten after the memory window")
+        await eventually(
+            lambda: monitor.check() is None, what="the stall is forgotten after the memory window"
+        )
         assert (await served.get("/healthz")).status == 200
         tg.cancel_scope.cancel()
 
@@ -354,9 +352,9 @@ async def test_loop_monitor_short_hiccups_are_not_stalls() -> None:
         tg.start_soon(monitor.run)
         start = monitor.last_tick
         time.sleep(0.05)  # noqa: ASYNC251 - a hiccup well under the threshold
-        await until(lambda: monitor.last_tick > start, "the monitor ticks")
+        await eventually(lambda: monitor.last_tick > start, what="the monitor ticks")
         first = monitor.last_tick
-        await until(lambda: monitor.last_tick > first, "another tick")
+        await eventually(lambda: monitor.last_tick > first, what="another tick")
         assert monitor.check() is None
         tg.cancel_scope.cancel()
 

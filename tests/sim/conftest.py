@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 
 from service.sim.crds import new_cluster
 from service.sim.server import RunningApiServer, running_apiserver
+from tests.helpers import eventually  # noqa: F401
 
 Obj = dict[str, Any]
 
@@ -255,22 +255,6 @@ async def install_crd(kube: Kube, crd: Obj) -> Obj:
     assert reply.status == 201, reply.body
     out: Obj = reply.body
     return out
-
-
-async def eventually(
-    predicate: Callable[[], Awaitable[bool]], within: float = DEADLINE, interval: float = 0.02
-) -> None:
-    """Poll ``predicate`` until it holds; fail the test when ``within`` seconds pass first.
-
-    Only for background work nothing can be awaited on (garbage collection, namespace cleanup).
-    """
-    deadline = time.monotonic() + within
-    while True:
-        if await predicate():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await anyio.sleep(interval)
 
 
 class WatchReader:

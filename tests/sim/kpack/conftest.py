@@ -4,11 +4,9 @@ with deadlines for the things that happen in the background."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-import anyio
 import pytest
 
 from service.kube import errors
@@ -19,6 +17,7 @@ from service.sim.crds import new_cluster
 from service.sim.kpack import KpackOptions, KpackSimulator, KpackWebhooks, install_webhooks, running_kpack
 from service.sim.registry import RunningRegistry, running_registry
 from service.sim.server import RunningApiServer, running_apiserver
+from tests.helpers import eventually
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -28,20 +27,6 @@ BUILD_SECONDS = 0.05
 NS = "cf"
 CLUSTER_BUILDER = "cf-kpack-cluster-builder"
 PACKAGE = "registry.example.com/cf/app-packages@sha256:" + "1" * 64
-
-
-async def eventually(
-    fetch: Callable[[], Awaitable[T]], check: Callable[[T], bool], within: float = DEADLINE, what: str = ""
-) -> T:
-    """Fetch until ``check`` holds; fail with the last value seen when ``within`` seconds pass first."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await fetch()
-        if check(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what or check}; last: {value}")
-        await anyio.sleep(0.01)
 
 
 async def get_or_none(
@@ -113,7 +98,7 @@ async def kpack(api: RunningApiServer, client: KubeClient) -> AsyncIterator[Kpac
 async def builder_ready(client: KubeClient, name: str = CLUSTER_BUILDER) -> Obj:
     found = await eventually(
         lambda: get_or_none(client, r.CLUSTER_BUILDER, name),
-        lambda b: (
+        until=lambda b: (
             b is not None
             and condition(b, "Ready").get("status") == "True"
             and b["metadata"]["generation"] == b["status"].get("observedGeneration")

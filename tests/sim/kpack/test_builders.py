@@ -187,7 +187,9 @@ async def cluster_builder(client: KubeClient, name: str, *order: str, **extra: A
 
 
 async def builder_status(client: KubeClient, name: str, check: Any) -> Obj:
-    return await eventually(lambda: client.get(r.CLUSTER_BUILDER, name), check, what=f"ClusterBuilder {name}")
+    return await eventually(
+        lambda: client.get(r.CLUSTER_BUILDER, name), until=check, what=f"ClusterBuilder {name}"
+    )
 
 
 def up_to_date(status: str) -> Any:
@@ -278,7 +280,7 @@ async def test_a_namespaced_builder_resolves_namespace_buildpacks_first(
     )
     mine = await eventually(
         lambda: client.get(r.BUILDER, "mine", NS),
-        lambda b: condition(b, "Ready").get("status") == "True",
+        until=lambda b: condition(b, "Ready").get("status") == "True",
         what="Builder ready",
     )
     assert mine["status"]["order"] == [{"group": [{"id": "paketo-buildpacks/procfile", "version": "5.11.0"}]}]
@@ -290,7 +292,7 @@ async def test_the_unready_builders_option(api: RunningApiServer, client: KubeCl
         await client.create(r.IMAGE, image())
         waiting = await eventually(
             lambda: client.get(r.IMAGE, "app", NS),
-            lambda i: condition(i, "Ready").get("reason") == "BuilderNotReady",
+            until=lambda i: condition(i, "Ready").get("reason") == "BuilderNotReady",
             what="image waiting for its builder",
         )
     assert condition(waiting, "BuilderReady")["status"] == "False"

@@ -45,7 +45,7 @@ async def pushing(
 async def finished_build(client: KubeClient, name: str) -> Obj:
     return await eventually(
         lambda: get_or_none(client, r.BUILD, name, NS),
-        lambda b: b is not None and condition(b, "Succeeded").get("status") in ("True", "False"),
+        until=lambda b: b is not None and condition(b, "Succeeded").get("status") in ("True", "False"),
         what=f"build {name} finished",
     )
 

@@ -47,7 +47,7 @@ async def test_devcluster_with_kpack(tmp_path: Path) -> None:
                 await client.create(r.IMAGE, image(tag=f"{registry}/cf/app-droplets"))
                 build = await eventually(
                     lambda: get_or_none(client, r.BUILD, "app-build-1", "cf"),
-                    lambda b: b is not None and condition(b, "Succeeded").get("status") == "True",
+                    until=lambda b: b is not None and condition(b, "Succeeded").get("status") == "True",
                     what="build 1 succeeded",
                 )
             async with RegistryClient() as reg:

@@ -38,7 +38,7 @@ async def get_image(client: KubeClient, name: str = "app") -> Obj:
 
 
 async def wait_image(client: KubeClient, check: Any, name: str = "app", what: str = "") -> Obj:
-    return await eventually(lambda: get_image(client, name), check, what=what or f"image {name}")
+    return await eventually(lambda: get_image(client, name), until=check, what=what or f"image {name}")
 
 
 async def builds_of(client: KubeClient, name: str = "app") -> list[Obj]:
@@ -311,7 +311,7 @@ async def test_history_limits_prune_the_oldest_finished_builds(
         )
         await wait_image(client, up_to_date(n, n))
     names = await eventually(
-        lambda: builds_of(client), lambda bs: len(bs) == 1, what="one successful build kept"
+        lambda: builds_of(client), until=lambda bs: len(bs) == 1, what="one successful build kept"
     )
     assert [b["metadata"]["name"] for b in names] == ["app-build-3"]
 
