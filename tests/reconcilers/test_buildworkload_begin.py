@@ -88,19 +88,19 @@ async def test_an_existing_image_is_overwritten(env: Env) -> None:
     await assert_initial_reconciliation(env, workload, image)
 
 
-async def test_a_cache_on_a_non_expandable_class_recreates_the_image(env: Env) -> None:
-    """Behaviours 10-13."""
+async def image_with_cache(env: Env, storage_class: str, *, expandable: bool) -> Obj:
+    """An app Image made before, with a 512Mi cache volume of a new StorageClass."""
     await env.create(
         r.STORAGE_CLASS,
         {
             "apiVersion": "storage.k8s.io/v1",
             "kind": "StorageClass",
-            "metadata": {"name": "non-resizable-class"},
+            "metadata": {"name": storage_class},
             "provisioner": "example.com/none",
-            "allowVolumeExpansion": False,
+            "allowVolumeExpansion": expandable,
         },
     )
-    old = await env.create(
+    return await env.create(
         r.IMAGE,
         {
             "apiVersion": k.KPACK_API_VERSION,
@@ -110,10 +110,15 @@ async def test_a_cache_on_a_non_expandable_class_recreates_the_image(env: Env) -
                 "tag": f"{PREFIX}{APP_GUID}-droplets",
                 "builder": {"kind": "ClusterBuilder", "name": "x"},
                 "source": {"registry": {"image": "old"}},
-                "cache": {"volume": {"size": "512Mi", "storageClassName": "non-resizable-class"}},
+                "cache": {"volume": {"size": "512Mi", "storageClassName": storage_class}},
             },
         },
     )
+
+
+async def test_a_cache_on_a_non_expandable_class_recreates_the_image(env: Env) -> None:
+    """Behaviours 10-13."""
+    old = await image_with_cache(env, "non-resizable-class", expandable=False)
     workload = await env.create_workload(env.workload_body())
 
     async def recreated() -> Obj | None:
@@ -127,30 +132,7 @@ async def test_a_cache_on_a_non_expandable_class_recreates_the_image(env: Env) -
 
 async def test_an_expandable_class_is_resized_in_place_keeping_the_class(env: Env) -> None:
     """U7, and better than Korifi: the storage class stays (kpack refuses to change it)."""
-    await env.create(
-        r.STORAGE_CLASS,
-        {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {"name": "resizable"},
-            "provisioner": "example.com/none",
-            "allowVolumeExpansion": True,
-        },
-    )
-    old = await env.create(
-        r.IMAGE,
-        {
-            "apiVersion": k.KPACK_API_VERSION,
-            "kind": "Image",
-            "metadata": {"name": APP_GUID, "namespace": env.namespace},
-            "spec": {
-                "tag": f"{PREFIX}{APP_GUID}-droplets",
-                "builder": {"kind": "ClusterBuilder", "name": "x"},
-                "source": {"registry": {"image": "old"}},
-                "cache": {"volume": {"size": "512Mi", "storageClassName": "resizable"}},
-            },
-        },
-    )
+    old = await image_with_cache(env, "resizable", expandable=True)
     workload = await env.create_workload(env.workload_body())
     await env.wait_succeeded(workload["metadata"]["name"], "Unknown")
     image = await image_of(env)
