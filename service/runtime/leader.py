@@ -4,8 +4,13 @@
   saw changed less than ``leaseDurationSeconds`` ago (never by comparing ``renewTime`` to the local
   clock, so clock skew between nodes does not matter).
 - Every write sends back the resourceVersion last read: two candidates cannot both win (409 Conflict).
-- The leader renews every retry period; if no renewal succeeds within the renew deadline it has lost
-  the lease (``LeadershipLost``) and must stop work at once.
+- The leader renews every retry period, and only a lease whose holder is itself: a renewal is never
+  built from a Lease object another replica wrote (that would take a validly held lease back).
+- The leader has lost the lease (``LeadershipLost``, stop work at once) as soon as it reads another
+  holder, or when its renew deadline has passed since the *start* of its last successful renewal. Time
+  counts while the process is frozen (SIGSTOP, a paused VM, a stalled event loop): a leader that resumes
+  after its deadline steps down before trying again, and a write answered after the freeze does not
+  count as fresh, since the others measured the lease from when it was written.
 - On a clean shutdown the leader releases the lease (empty holder, 1 s duration) so that a successor
   takes over at its next retry instead of waiting out the lease.
 """
@@ -18,7 +23,7 @@ import random
 import socket
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 
@@ -98,19 +103,31 @@ class LeaderElector:
         )
 
     async def hold(self) -> None:
-        """Renew the lease until cancelled; raises ``LeadershipLost`` when a renewal deadline is missed."""
+        """Renew the lease until cancelled; raises ``LeadershipLost`` when the renew deadline passes or
+        another replica holds the lease."""
+        cfg = self.config
         while True:
-            await anyio.sleep(self.config.retry_period)
-            renewed = False
-            with anyio.move_on_after(self.config.renew_deadline):
-                while not renewed:
+            await self.clock.sleep_until(self.clock.now() + cfg.retry_period)
+            while True:
+                # The deadline counts from the last renewal, not from this attempt: after a freeze it may
+                # have passed already, and then trying again could only take the lease from a successor.
+                remaining = self.last_renewal + cfg.renew_deadline - self.clock.now()
+                if remaining <= 0:
+                    self._lose(f"lease {cfg.name} not renewed within the renew deadline")
+                renewed = False
+                with anyio.move_on_after(remaining):
                     renewed = await self._try_acquire_or_renew()
-                    if not renewed:
-                        await anyio.sleep(self.config.retry_period)
-            if not renewed:
-                self._set_leading(False)
-                log.error("failed to renew lease", extra={"lease": self.config.name})
-                raise LeadershipLost(f"leader election lost: lease {self.config.name} not renewed in time")
+                if renewed:
+                    break
+                if self.current_holder and self.current_holder != cfg.identity:
+                    self._lose(f"lease {cfg.name} is held by {self.current_holder}")
+                remaining = self.last_renewal + cfg.renew_deadline - self.clock.now()
+                await self.clock.sleep_until(self.clock.now() + max(0.0, min(cfg.retry_period, remaining)))
+
+    def _lose(self, why: str) -> NoReturn:
+        self._set_leading(False)
+        log.error("leader election lost: %s", why, extra={"lease": self.config.name})
+        raise LeadershipLost(f"leader election lost: {why}")
 
     async def release(self) -> None:
         """Give the lease up (if still ours) so that a successor need not wait for it to expire."""
@@ -176,12 +193,15 @@ class LeaderElector:
 
     async def _attempt(self) -> bool:
         now = micro_time()
+        started = self.clock.now()
         cfg = self.config
-        # Fast path: still ours as far as we know, so renew on the object we hold.
-        if self.leading and self._lease is not None and self._valid():
+        # Fast path: the last Lease we read or wrote names us and is still valid: renew on that object.
+        # Never on one another replica wrote: its resourceVersion is current, so the write would succeed
+        # and take the lease back from a successor that holds it validly.
+        if self.leading and self._lease is not None and self._held_by_me(self._lease) and self._valid():
             lease = {**self._lease, "spec": self._spec(self._lease.get("spec"), now)}
             try:
-                self._remember(await self.client.update(LEASE, lease), renewed=True)
+                self._remember(await self.client.update(LEASE, lease), renewed_at=started)
                 return True
             except errors.ApiError:
                 pass  # someone else wrote it: take the slow path
@@ -195,7 +215,7 @@ class LeaderElector:
                 "spec": {**self._spec(None, now), "leaseTransitions": 0},  # a new lease, not a takeover
             }
             try:
-                self._remember(await self.client.create(LEASE, body), renewed=True)
+                self._remember(await self.client.create(LEASE, body), renewed_at=started)
             except errors.AlreadyExists:
                 return False
             return True
@@ -210,25 +230,30 @@ class LeaderElector:
             log.info("new leader observed", extra={"lease": cfg.name, "holder": holder or "(none)"})
         if holder and holder != cfg.identity and self._valid():
             return False
+        if holder and holder != cfg.identity and self.leading:
+            return False  # another replica took over: ``hold`` steps down, it must not take the lease back
         update = {**lease, "spec": self._spec(spec, now)}
         try:
-            self._remember(await self.client.update(LEASE, update), renewed=True)
+            self._remember(await self.client.update(LEASE, update), renewed_at=started)
         except errors.Conflict:
             return False
         return True
+
+    def _held_by_me(self, lease: Obj) -> bool:
+        return bool((lease.get("spec") or {}).get("holderIdentity") == self.config.identity)
 
     def _valid(self) -> bool:
         spec = self._observed_spec or {}
         duration = float(spec.get("leaseDurationSeconds") or 0)
         return self._observed_at + duration > self.clock.now()
 
-    def _remember(self, lease: Obj, *, renewed: bool) -> None:
+    def _remember(self, lease: Obj, *, renewed_at: float) -> None:
+        """A Lease we wrote; the renewal counts from ``renewed_at``, when the write was sent."""
         self._lease = lease
         self._observed_spec = lease.get("spec") or {}
-        self._observed_at = self.clock.now()
+        self._observed_at = renewed_at
         self.current_holder = self._observed_spec.get("holderIdentity") or ""
-        if renewed:
-            self.last_renewal = self.clock.now()
+        self.last_renewal = renewed_at
 
 
 def default_identity() -> str:

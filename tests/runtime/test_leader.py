@@ -116,10 +116,10 @@ async def test_renewal_failures_lose_leadership_within_the_renew_deadline(
     await a.acquire()
     api.faults.add(FaultRule(method="PUT", path="/leases/", status=500))
     api.faults.add(FaultRule(method="GET", path="/leases/", status=500))
-    started = time.monotonic()
     with anyio.fail_after(1.0 + 2 * 0.2 + 2.0), pytest.raises(LeadershipLost):
         await a.hold()
-    assert time.monotonic() - started >= 1.0  # it kept trying for the whole renew deadline
+    # It kept trying for the whole renew deadline, counted from its last renewal.
+    assert time.monotonic() - a.last_renewal >= 1.0
     assert not a.leading
     assert registry.get_sample_value("leader_election_master_status", {"name": LEASE_NAME}) == 0
 
@@ -175,3 +175,59 @@ async def test_health_fails_when_a_leader_stops_renewing(client: KubeClient) -> 
     assert a.healthy(tolerance=1.0)
     clock.advance(1.0)
     assert not a.healthy(tolerance=1.0)
+
+
+async def take_over(client: KubeClient, identity: str) -> None:
+    """Another replica's valid takeover, written as it would write it."""
+    lease = await client.get(r.LEASE, LEASE_NAME, "default")
+    lease["spec"] = {**lease["spec"], "holderIdentity": identity, "renewTime": lease["spec"]["renewTime"]}
+    await client.update(r.LEASE, lease)
+
+
+async def test_a_leader_that_reads_another_holder_steps_down_at_once(client: KubeClient) -> None:
+    """The split brain the chaos soak found: after reading the successor's Lease, the next renewal was
+    built from that object and took the lease back. Now the first read of another holder ends leadership
+    (within one retry period), and the successor's lease is left alone."""
+    registry = CollectorRegistry()
+    a = elector(client, "a", RuntimeMetrics(registry))
+    await a.acquire()
+    await take_over(client, "b")
+    taken = await lease_spec(client)
+    started = time.monotonic()
+    with anyio.fail_after(2.0), pytest.raises(LeadershipLost, match="held by b"):
+        await a.hold()
+    assert time.monotonic() - started < 0.2 + 0.3  # one retry period, and the read
+    assert not a.leading
+    assert registry.get_sample_value("leader_election_master_status", {"name": LEASE_NAME}) == 0
+    assert await lease_spec(client) == taken
+
+
+async def test_a_leader_resumed_after_its_renew_deadline_steps_down_without_writing(
+    api: RunningApiServer, client: KubeClient
+) -> None:
+    """Frozen (SIGSTOP, a stalled loop) past its renew deadline, a leader gives up before any request: a
+    successor may hold the lease by now, and a write could only take it back."""
+    a = elector(client, "a")
+    await a.acquire()
+    time.sleep(1.2)  # noqa: ASYNC251 - the fault itself: the loop frozen past the 1 s renew deadline
+    puts = api.faults.add(FaultRule(method="PUT", path="/leases/", status=0))
+    gets = api.faults.add(FaultRule(method="GET", path="/leases/", status=0))
+    with anyio.fail_after(1.0), pytest.raises(LeadershipLost, match="renew deadline"):
+        await a.hold()
+    assert puts.hits == 0 and gets.hits == 0
+    assert not a.leading
+
+
+async def test_a_renewal_answered_after_a_freeze_does_not_count_as_fresh(
+    api: RunningApiServer, client: KubeClient
+) -> None:
+    """Others measure a lease from when it was written, so a renewal counts from when it was sent: one
+    whose answer comes back after the renew deadline does not extend leadership."""
+    a = elector(client, "a")
+    await a.acquire()
+    sent = time.monotonic()
+    api.faults.add(FaultRule(method="PUT", path="/leases/", status=0, latency=1.2, count=1))
+    assert await a._try_acquire_or_renew()
+    assert a.last_renewal <= sent + 0.1
+    with anyio.fail_after(1.0), pytest.raises(LeadershipLost, match="renew deadline"):
+        await a.hold()
