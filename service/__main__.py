@@ -50,15 +50,28 @@ def _devcluster(args: argparse.Namespace) -> int:
     return 0
 
 
+# The setting behind each server of the sidecar, for its listen errors.
+_BIND_SETTINGS = {"metrics": "metricsBindAddress", "probes": "healthProbeBindAddress"}
+
+
+def _sole(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups, else ``exc`` itself: an error raised under a
+    task group comes out wrapped, whatever else was running beside it."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _run(args: argparse.Namespace) -> int:
     from service import config
     from service.app import serve
     from service.kube.config import ConfigError as ClusterConfigError
     from service.runtime.logs import setup_logging
+    from service.runtime.sidecar import ListenError
 
-    def fail(exc: Exception) -> int:
+    def fail(message: object) -> int:
         # One line, whatever the message holds (a path or a YAML problem with a newline in it).
-        print(f"kpack-image-builder: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"kpack-image-builder: {' '.join(str(message).split())}", file=sys.stderr)
         return 2
 
     try:
@@ -69,8 +82,15 @@ def _run(args: argparse.Namespace) -> int:
     loaded.log_ignored()
     try:
         code: int = anyio.run(serve, loaded.config)
-    except (config.ConfigError, ClusterConfigError) as exc:
-        return fail(exc)
+    except (config.ConfigError, ClusterConfigError, ListenError, BaseExceptionGroup) as caught:
+        error = _sole(caught)
+        if isinstance(error, ListenError):
+            keys = [_BIND_SETTINGS[role] for role in error.roles]
+            settings = "; ".join(f"{key}, {loaded.sources.get(key, 'default')}" for key in keys)
+            return fail(f"{error} ({settings})")
+        if isinstance(error, config.ConfigError | ClusterConfigError):
+            return fail(error)
+        raise
     return code
 
 

@@ -92,6 +92,8 @@ def positive_float(value: Any) -> float:
         number = float(str(value).strip())
     except ValueError:
         raise ValueError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):  # float() takes inf, nan and 1e999; a rate limiter cannot use them
+        raise ValueError(f"expected a finite number, got {value!r}")
     if not number > 0:
         raise ValueError(f"must be more than 0, got {value!r}")
     return number
@@ -113,7 +115,10 @@ def duration(value: Any) -> float:
         return float(value)
     text = str(value).strip()
     if _PLAIN_NUMBER.fullmatch(text):  # seconds, as a bare YAML number (and as docs/configuration.md says)
-        return float(text)
+        seconds = float(text)
+        if not math.isfinite(seconds):  # enough digits overflow to inf
+            raise ValueError(f"duration {value!r} is out of range")
+        return seconds
     sign = -1.0 if text.startswith("-") else 1.0
     body = text[1:] if text[:1] in ("-", "+") else text  # one sign at most, as Go's ParseDuration
     if body == "0":
@@ -446,7 +451,17 @@ SETTINGS = {f.metadata["key"]: f for f in fields(Config)}
 
 
 # ------------------------------------------------------------------ loading
+# argparse reads an argument that starts with "-" as an option unless its _negative_number_matcher says it
+# is a negative number, and Python 3.11's matcher knows only -1 and -1.5: `--lease-duration -3s` stopped
+# with the usage text while `--lease-duration=-3s` reached the setting's own check. Go's flag packages take
+# the next argument as the value whatever it is; here anything that starts like a number (-3s, -.5s, -1e3,
+# -inf, -nan) is taken as a value, so both forms mean the same, and a mistyped flag (`--workers --bogus`)
+# still is not swallowed as one. No option of ours looks like a number, which argparse needs for this.
+_NEGATIVE_VALUE = re.compile(r"-(?:\.?\d|inf|nan)", re.IGNORECASE)
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser._negative_number_matcher = _NEGATIVE_VALUE
     parser.add_argument(
         "--config",
         metavar="PATH",
@@ -532,15 +547,23 @@ def read_config_files(path: Path) -> dict[str, Any]:
     return merged
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` for sections this service owns; other values stay whole."""
+def _flatten(data: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` for sections this service owns; other values stay whole.
+
+    A section of ours must be a mapping: anything else would pass for a key we do not use and leave the
+    section's settings at their defaults without a word. An empty section (``cfStagingResources:``, null in
+    YAML) sets nothing."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and any(k.startswith(path + ".") for k in SETTINGS):
-            out.update(_flatten(value, path + "."))
-        else:
+        inside = [k.removeprefix(path + ".") for k in SETTINGS if k.startswith(path + ".")]
+        if not inside:
             out[path] = value
+        elif isinstance(value, dict):
+            out.update(_flatten(value, source, path + "."))
+        elif value is not None:
+            expected = ", ".join(inside[:-1]) + " or " + inside[-1] if len(inside) > 1 else inside[0]
+            raise ConfigError(f"{path} (from {source}): expected a mapping with {expected}, got {value!r}")
     return out
 
 
@@ -595,12 +618,13 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         ignored_set: set[str] = set()
         # Files one by one (later ones win), so that an error names the file the value came from.
         for file in _config_files(Path(config_path)):
-            raw = _flatten(_read_file(file))
+            source = f"config {file}"
+            raw = _flatten(_read_file(file), source)
             ignored_set.update(_check_keys(raw, str(file)))
             for key, value in raw.items():
                 if key in SETTINGS:
                     values[key] = value
-                    sources[key] = f"config {file}"
+                    sources[key] = source
         ignored = sorted(ignored_set)
 
     known_env = {env_name(key): key for key in SETTINGS} | {CONFIG_ENV: ""}

@@ -82,7 +82,7 @@ def test_duration_parses_go_durations(text: Any, seconds: float) -> None:
 @pytest.mark.parametrize(
     "text",
     ["abc", "", "-", "s", "1 s", "1.2.3", "--1", "1m 30s", "1x", "1s2", "--1s", "+-1s", "1d", "1e3s", "ms5",
-     True, None, float("nan"), float("inf"), "9" * 400 + "h"],
+     True, None, float("nan"), float("inf"), "9" * 400 + "h", "9" * 400, "-" + "9" * 400],
 )  # fmt: skip
 def test_duration_rejects_what_go_rejects(text: Any) -> None:
     with pytest.raises(ValueError):
@@ -133,9 +133,12 @@ def test_numbers() -> None:
     assert config.positive_float("0.5") == 0.5
     assert config.positive_float(10) == 10.0
     assert config.positive_float("1e3") == 1000.0
-    for bad in ("0", "-1", "nan", "abc", "", True, None):
+    for bad in ("0", "-1", "abc", "", True, None):
         with pytest.raises(ValueError):
             config.positive_float(bad)
+    for infinite in ("inf", "-inf", "Infinity", "nan", "-nan", "1e999", float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="expected a finite number"):
+            config.positive_float(infinite)
 
 
 def test_strings_and_choices() -> None:
@@ -291,11 +294,71 @@ def test_durations_read_alike_from_every_source(tmp_path: Path) -> None:
 
 
 def test_negative_graceful_shutdown_timeout_means_no_limit() -> None:
-    # argparse takes "-1s" after a space for a flag of its own; the = form is how to pass it.
     assert load(["--graceful-shutdown-timeout=-1s"]).config.graceful_shutdown_timeout == -1.0
+    assert load(["--graceful-shutdown-timeout", "-1s"]).config.graceful_shutdown_timeout == -1.0
+    assert load(["--graceful-shutdown-timeout", "-1"]).config.graceful_shutdown_timeout == -1.0
     environ = {"KPACK_IMAGE_BUILDER_GRACEFUL_SHUTDOWN_TIMEOUT": "-1s"}
     assert load([], environ).config.graceful_shutdown_timeout == -1.0
     assert load(["--graceful-shutdown-timeout", "1m30s"]).config.graceful_shutdown_timeout == 90.0
+
+
+NEGATIVE_VALUES = ["-3s", "-1", "-1.5", "-.5s", "-1m30s", "-0", "-1e3", "-inf", "-Inf", "-nan"]
+
+
+def _outcome(argv: list[str]) -> Config | str:
+    try:
+        return load(argv).config
+    except ConfigError as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize("value", NEGATIVE_VALUES)
+def test_a_negative_value_after_a_space_means_what_it_means_after_an_equals_sign(value: str) -> None:
+    """argparse took "-3s" after a space for an unknown option and printed its usage text; Go's flag
+    packages take it as the value, as ``--flag=-3s`` always was."""
+    for f in fields(Config):
+        flag = f.metadata["flag"]
+        assert _outcome([flag, value]) == _outcome([f"{flag}={value}"]), flag
+
+
+def test_negative_durations_and_rates_after_a_space() -> None:
+    assert config_error(["--lease-duration", "-3s"]) == (
+        "leaseDuration (from flag --lease-duration): must be more than 0, got '-3s'"
+    )
+    assert config_error(["--renew-deadline", "-1s"]) == (
+        "renewDeadline (from flag --renew-deadline): must be more than 0, got '-1s'"
+    )
+    assert config_error(["--kube-api-qps", "-1"]) == (
+        "kubeAPIQPS (from flag --kube-api-qps): must be more than 0, got '-1'"
+    )
+    assert config_error(["--kube-api-qps", "-inf"]) == (
+        "kubeAPIQPS (from flag --kube-api-qps): expected a finite number, got '-inf'"
+    )
+    assert load(["--namespace", "a", "--sync-period", "-0", "--workers", "2"]).config.workers == 2
+
+
+def test_a_missing_value_is_still_not_taken_from_the_next_flag() -> None:
+    with pytest.raises(argparse.ArgumentError, match="expected one argument"):
+        parser().parse_args(["--workers", "--leader-elect"])
+    with pytest.raises(argparse.ArgumentError, match="expected one argument"):
+        parser().parse_args(["--kubeconfig", "--log-level=debug"])
+
+
+@pytest.mark.parametrize(
+    ("source", "value"),
+    [("flag", "inf"), ("flag", "nan"), ("flag", "1e999"), ("environment", "inf"), ("environment", "NaN"),
+     ("config", ".inf"), ("config", ".nan"), ("config", "-.inf"), ("config", "inf")],
+)  # fmt: skip
+def test_kube_api_qps_must_be_finite(tmp_path: Path, source: str, value: str) -> None:
+    file = write(tmp_path / "c.yaml", f"kubeAPIQPS: {value}\n")
+    env = config.env_name("kubeAPIQPS")
+    argv, environ, where = {
+        "flag": ([f"--kube-api-qps={value}"], {}, "flag --kube-api-qps"),
+        "environment": ([], {env: value}, f"environment {env}"),
+        "config": (["--config", str(file)], {}, f"config {file}"),
+    }[source]
+    message = config_error(argv, environ)
+    assert message.startswith(f"kubeAPIQPS (from {where}): expected a finite number, got "), message
 
 
 def test_every_setting_from_every_source(tmp_path: Path) -> None:
@@ -672,6 +735,48 @@ def test_an_unknown_key_in_a_section_of_ours_is_an_error(tmp_path: Path) -> None
     file = write(tmp_path / "c.yaml", "cfStagingResources:\n  buildCacheGB: 2\n")
     assert "unknown key 'cfStagingResources.buildCacheGB' in section 'cfStagingResources'" in config_error(
         ["--config", str(file)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("5", "5"), ("[1, 2]", "[1, 2]"), ('"x"', "'x'"), ("true", "True"), ("[]", "[]"), ("0", "0")],
+)
+def test_a_section_of_ours_that_is_not_a_mapping_is_an_error(tmp_path: Path, text: str, shown: str) -> None:
+    """Before, such a section passed for a key of Korifi's other controllers and its settings silently
+    kept their defaults."""
+    file = write(tmp_path / "c.yaml", f"workers: 2\ncfStagingResources: {text}\n")
+    assert config_error(["--config", str(file)]) == (
+        f"cfStagingResources (from config {file}): expected a mapping with buildCacheMB, diskMB or memoryMB, "
+        f"got {shown}"
+    )
+
+
+def test_a_section_error_names_the_file_of_a_folder(tmp_path: Path) -> None:
+    write(tmp_path / "conf" / "a.yaml", "cfStagingResources: {diskMB: 1}\n")
+    bad = write(tmp_path / "conf" / "b.yaml", "cfStagingResources: x\n")
+    assert config_error(["--config", str(tmp_path / "conf")]).startswith(
+        f"cfStagingResources (from config {bad}):"
+    )
+
+
+@pytest.mark.parametrize(
+    "text", ["cfStagingResources:\n", "cfStagingResources: {}\n", "cfStagingResources: ~\n"]
+)
+def test_an_empty_section_sets_nothing(tmp_path: Path, text: str) -> None:
+    loaded = load(["--config", str(write(tmp_path / "c.yaml", text))])
+    assert loaded.config == Config()
+    assert loaded.sources == {} and loaded.ignored_keys == []
+
+
+def test_a_wrong_value_inside_a_section_names_the_nested_key(tmp_path: Path) -> None:
+    file = write(tmp_path / "c.yaml", "cfStagingResources: {diskMB: 5, buildCacheMB: lots}\n")
+    assert config_error(["--config", str(file)]) == (
+        f"cfStagingResources.buildCacheMB (from config {file}): expected a whole number, got 'lots'"
+    )
+    nested = write(tmp_path / "n.yaml", "cfStagingResources:\n  memoryMB:\n    limit: 5\n")
+    assert config_error(["--config", str(nested)]) == (
+        f"cfStagingResources.memoryMB (from config {nested}): expected a whole number, got {{'limit': 5}}"
     )
 
 

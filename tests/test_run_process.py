@@ -1,10 +1,12 @@
 """The real ``kpack-image-builder run`` process against the API emulator: probes, metrics (checked by
-Debian's promtool), SIGTERM drain, and leader election between replicas."""
+Debian's promtool), SIGTERM drain, leader election between replicas, and one line with exit status 2 for
+bad input."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -281,3 +283,165 @@ async def test_replicas_elect_one_leader_and_hand_over(
         assert took >= 1.0, "took over while the killed leader's lease was still valid"
         third.signal(signal.SIGTERM)
         assert await third.exit_code(within=10) == 0
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+async def run_to_exit(
+    kubeconfig_path: Path, *flags: str, environ: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """A ``run`` process that is expected to stop by itself, with its output."""
+    with anyio.fail_after(30):
+        return await anyio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "run",
+                f"--kubeconfig={kubeconfig_path}",
+                "--metrics-bind-address=127.0.0.1:0",
+                "--health-probe-bind-address=127.0.0.1:0",
+                "--container-repository-prefix=registry.example.com/cf/",
+                *flags,
+            ],
+            stdin=subprocess.DEVNULL,
+            check=False,
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("KPACK_IMAGE_BUILDER_")},
+                **(environ or {}),
+            },
+        )
+
+
+def count_requests(api: RunningApiServer) -> FaultRule:
+    """A rule that fails and delays nothing: its ``hits`` count every request the emulator gets."""
+    return api.faults.add(FaultRule(status=0))
+
+
+def assert_one_line(result: subprocess.CompletedProcess[bytes], expected: str) -> None:
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr, stderr
+    assert result.returncode == 2, stderr
+    assert result.stdout == b""
+    assert stderr.splitlines() == [f"kpack-image-builder: {expected}"]
+
+
+QPS_ERROR = "kubeAPIQPS (from {source}): expected a finite number, got {value}"
+SECTION_ERROR = "cfStagingResources (from config {file}): expected a mapping with buildCacheMB, diskMB or memoryMB, got {value}"
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "file_text", "expected"),
+    [
+        pytest.param(
+            ["--kube-api-qps", "inf"], {}, None,
+            QPS_ERROR.format(source="flag --kube-api-qps", value="'inf'"), id="qps-inf-flag",
+        ),
+        pytest.param(
+            ["--kube-api-qps=nan"], {}, None,
+            QPS_ERROR.format(source="flag --kube-api-qps", value="'nan'"), id="qps-nan-flag",
+        ),
+        pytest.param(
+            [], {"KPACK_IMAGE_BUILDER_KUBE_API_QPS": "inf"}, None,
+            QPS_ERROR.format(source="environment KPACK_IMAGE_BUILDER_KUBE_API_QPS", value="'inf'"),
+            id="qps-inf-environment",
+        ),
+        pytest.param(
+            [], {}, "kubeAPIQPS: .nan\n", QPS_ERROR.format(source="config {file}", value="nan"), id="qps-nan-file",
+        ),
+        pytest.param(
+            [], {}, "kubeAPIQPS: .inf\n", QPS_ERROR.format(source="config {file}", value="inf"), id="qps-inf-file",
+        ),
+        pytest.param([], {}, "cfStagingResources: 5\n", SECTION_ERROR.format(file="{file}", value="5"), id="section-5"),
+        pytest.param(
+            [], {}, "cfStagingResources: [1, 2]\n", SECTION_ERROR.format(file="{file}", value="[1, 2]"),
+            id="section-list",
+        ),
+        pytest.param(
+            [], {}, 'cfStagingResources: "x"\n', SECTION_ERROR.format(file="{file}", value="'x'"),
+            id="section-string",
+        ),
+        pytest.param(
+            [], {}, "cfStagingResources: {buildCacheMB: lots}\n",
+            "cfStagingResources.buildCacheMB (from config {file}): expected a whole number, got 'lots'",
+            id="section-nested-value",
+        ),
+        pytest.param(
+            ["--lease-duration", "-3s"], {}, None,
+            "leaseDuration (from flag --lease-duration): must be more than 0, got '-3s'", id="lease-duration--3s",
+        ),
+        pytest.param(
+            ["--renew-deadline", "-1s"], {}, None,
+            "renewDeadline (from flag --renew-deadline): must be more than 0, got '-1s'", id="renew-deadline--1s",
+        ),
+        pytest.param(
+            ["--kube-api-qps", "-1"], {}, None,
+            "kubeAPIQPS (from flag --kube-api-qps): must be more than 0, got '-1'", id="qps--1",
+        ),
+    ],
+)  # fmt: skip
+async def test_run_exits_2_with_one_line_on_bad_input(
+    api: RunningApiServer,
+    kubeconfig_file: Path,
+    tmp_path: Path,
+    flags: list[str],
+    environ: dict[str, str],
+    file_text: str | None,
+    expected: str,
+) -> None:
+    requests = count_requests(api)
+    file = tmp_path / "config.yaml"
+    if file_text is not None:
+        file.write_text(file_text, encoding="utf-8")
+        flags = [f"--config={file}", *flags]
+    result = await run_to_exit(kubeconfig_file, *flags, environ=environ)
+    assert_one_line(result, expected.format(file=file))
+    assert requests.hits == 0
+
+
+METRICS = ("--metrics-bind-address", "metricsBindAddress")
+PROBES = ("--health-probe-bind-address", "healthProbeBindAddress")
+
+
+@pytest.mark.parametrize(
+    ("on_port", "server"),
+    [
+        pytest.param([METRICS], "metrics server", id="metrics"),
+        pytest.param([PROBES], "health probe server", id="probes"),
+        pytest.param([METRICS, PROBES], "metrics and health probe server", id="both-on-one-port"),
+    ],
+)
+async def test_run_exits_2_with_one_line_when_its_port_is_taken(
+    api: RunningApiServer, kubeconfig_file: Path, on_port: list[tuple[str, str]], server: str
+) -> None:
+    requests = count_requests(api)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        flags = [f"{flag}=127.0.0.1:{port}" for flag, _ in on_port]
+        # At the error level: the "starting" line logged before the manager binds is not what is judged.
+        result = await run_to_exit(kubeconfig_file, "--log-level=error", *flags)
+    settings = "; ".join(f"{key}, flag {flag}" for flag, key in on_port)
+    assert_one_line(
+        result, f"{server}: cannot listen on 127.0.0.1:{port}: address already in use ({settings})"
+    )
+    # The sidecar binds first: no informer, elector or event recorder has reached the cluster yet.
+    assert requests.hits == 0
+
+
+async def test_a_negative_graceful_shutdown_timeout_after_a_space_means_no_limit(
+    api: RunningApiServer, kubeconfig_file: Path, http: aiohttp.ClientSession
+) -> None:
+    requests = count_requests(api)
+    async with replicas(kubeconfig_file) as start:
+        replica = await start("--graceful-shutdown-timeout", "-1s")  # after the fixture's =5s: it wins
+
+        async def ready() -> bool:
+            return await replica.probe(http, "/readyz") == 200
+
+        await eventually(ready, 10, "/readyz 200 once informers synced")
+        assert requests.hits > 0  # the counter the tests above rely on does count
+        replica.signal(signal.SIGTERM)
+        assert await replica.exit_code(within=10) == 0
+    [stopping] = [e for e in replica.logs if e.get("msg") == "stopping controllers"]
+    assert stopping["gracePeriodSeconds"] is None  # infinity, which JSON has no number for

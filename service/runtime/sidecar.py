@@ -10,6 +10,8 @@ aggregate endpoint is public, so reasons stay hidden); ``?exclude=<name>`` skips
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -157,6 +159,31 @@ class BindAddress:
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
 
+class ListenError(OSError):
+    """A server of the sidecar cannot listen on its address; the message is one line, as Go's
+    ``listen tcp :8080: bind: address already in use`` but naming the server. An OSError still, so that
+    callers that report any OS error in one line (the demo) keep doing so."""
+
+    def __init__(self, roles: tuple[str, ...], address: BindAddress, reason: str) -> None:
+        self.roles, self.address, self.reason = roles, address, reason
+        names = " and ".join(_ROLE_NAMES[role] for role in roles)
+        super().__init__(f"{names} server: cannot listen on {address}: {reason}")
+
+
+_ROLE_NAMES = {"metrics": "metrics", "probes": "health probe"}
+
+
+def _listen_reason(exc: OSError) -> str:
+    # asyncio's bind error puts the address into strerror ("error while attempting to bind on address
+    # ('127.0.0.1', 8080): address already in use"); the errno alone says it once, and the message names
+    # the address itself. A resolver error has no errno of the OS's, only its own text.
+    if isinstance(exc, socket.gaierror) or not exc.errno:
+        reason = exc.strerror or str(exc)
+    else:
+        reason = os.strerror(exc.errno)
+    return reason[:1].lower() + reason[1:]
+
+
 @dataclass
 class Sidecar:
     registry: CollectorRegistry
@@ -188,14 +215,17 @@ class Sidecar:
         ports: dict[str, int] = {}
         async with AsyncExitStack() as servers:
             for address, app in self._apps():
-                port = await servers.enter_async_context(serving(app, address.host, address.port))
-                roles = []
-                if address == self.metrics_address:
-                    ports["metrics"] = port
-                    roles.append("metrics")
-                if address == self.probe_address:
-                    ports["probes"] = port
-                    roles.append("probes")
+                roles = tuple(
+                    role
+                    for role, wanted in (("metrics", self.metrics_address), ("probes", self.probe_address))
+                    if address == wanted
+                )
+                try:
+                    port = await servers.enter_async_context(serving(app, address.host, address.port))
+                except OSError as exc:
+                    raise ListenError(roles, address, _listen_reason(exc)) from exc
+                for role in roles:
+                    ports[role] = port
                 log.info(
                     "serving",
                     extra={"address": str(BindAddress(address.host, port)), "serves": "+".join(roles)},
