@@ -19,9 +19,9 @@ from service.kube import config as kube_config
 from service.kube.client import KubeClient
 from service.kube.config import ClusterConfig
 from service.kube.metrics import RestClientMetrics
-from service.reconcilers import builderinfo, buildworkload, kpackbuild
-from service.reconcilers.buildworkload import BuilderSettings
 from service.reconcilers.images import RegistryImages
+from service.reconcilers.settings import BuilderSettings
+from service.reconcilers.wiring import add_controllers
 from service.registry.client import RegistryClient
 from service.runtime.leader import LeaderElectionConfig, default_identity
 from service.runtime.manager import Manager, ManagerOptions
@@ -79,11 +79,12 @@ def builder_settings(config: Config) -> BuilderSettings:
 
 
 def register_controllers(manager: Manager, config: Config, registry: RegistryClient) -> None:
-    settings = builder_settings(config)
-    images = RegistryImages(registry)
-    buildworkload.register(manager, settings, images)
-    builderinfo.register(manager, settings)
-    kpackbuild.register(manager, settings, images)
+    add_controllers(
+        manager,
+        builder_settings(config),
+        RegistryImages(registry),
+        registry_concurrency=config.registry_concurrency,
+    )
 
 
 async def _handle_signals(manager: Manager) -> None:

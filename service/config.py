@@ -445,6 +445,12 @@ class Config:
     registry_timeout: float = setting(
         "registryTimeout", 30.0, positive_duration, "time limit of each call to a container registry"
     )
+    registry_concurrency: int = setting(
+        "registryConcurrency",
+        8,
+        positive_int,
+        "registry calls at once per registry host, run beside the workers (a hanging registry holds none)",
+    )
 
 
 SETTINGS = {f.metadata["key"]: f for f in fields(Config)}

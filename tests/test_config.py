@@ -393,6 +393,7 @@ def test_every_setting_from_every_source(tmp_path: Path) -> None:
         "cfStagingResources.memoryMB": ("0", 0),
         "insecureRegistries": ("registry.local:5000", ("registry.local:5000",)),
         "registryTimeout": ("5s", 5.0),
+        "registryConcurrency": ("3", 3),
     }
     flag_argv: list[str] = ["--namespace", "ns-a"]
     environ = {config.env_name("namespaces"): "ns-a"}

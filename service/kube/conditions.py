@@ -3,6 +3,8 @@ writes them) — found and read the same way.
 
 ``set_condition`` follows apimachinery's ``meta.SetStatusCondition``: ``lastTransitionTime`` moves only
 when the status flips, so a condition rewritten with the same status keeps the time it first took it.
+Messages are cut to ``metav1.Condition``'s 32768-character limit: a longer one would make the API server
+refuse the whole status write (422), and the object would show no status at all.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any
 from service.kube.timestamps import rfc3339
 
 Obj = dict[str, Any]
+
+MAX_MESSAGE = 32768  # metav1.Condition's message maxLength
 
 
 def find(conditions: list[Obj] | None, type_: str) -> Obj | None:
@@ -47,6 +51,8 @@ def set_condition(
     now: str | None = None,
 ) -> bool:
     """Add or update one condition in place; True if anything changed."""
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 3] + "..."
     existing = find(conditions, type_)
     if existing is None:
         condition: Obj = {

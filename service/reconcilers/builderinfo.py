@@ -14,7 +14,7 @@ from service.kube.conditions import find, is_true, set_condition
 from service.kube.patches import merge_diff
 from service.kube.resources import BUILDER_INFO, CLUSTER_BUILDER
 from service.reconcilers import korifi as k
-from service.reconcilers.buildworkload import BuilderSettings
+from service.reconcilers.settings import BuilderSettings
 from service.runtime.controller import Funcs, Request, Result
 from service.runtime.informer import Lister
 from service.runtime.manager import Manager

@@ -3,7 +3,8 @@ back (reference: korifi.md §4.1.3).
 
 A workload passes through three phases, decided from its ``Succeeded`` condition:
 
-- none yet → **begin**: validate buildpacks and make the custom Builder, check pull secrets, create or
+- none yet → **begin**: reject a workload that can never build (``workload_checks``), wait for the
+  builder service account and pull secrets, validate buildpacks and make the custom Builder, create or
   patch the kpack Image, mark ``Succeeded=Unknown/BuildRunning`` with the Image generation label;
 - ``Unknown`` → **track**: recover builds kpack skipped, wait for the builder (woken by its events; the
   readiness timeout is a delayed requeue), find the latest Build of this workload's Image generation, fail
@@ -12,11 +13,18 @@ A workload passes through three phases, decided from its ``Succeeded`` condition
 
 Deletion: the last workload of an Image generation deletes that generation's Builds, then lets go.
 
-Reads come from informer caches; Secrets and ServiceAccounts are read from the API when needed (a
-cluster-wide Secret cache would cost memory for every secret in the cluster). Writes are merge patches
-guarded by the cached resourceVersion, so a stale view is refused (409) and retried from fresh state
-instead of overwriting someone else's change. Where Korifi has known defects this does better; each
-difference is listed in docs/differences-from-korifi.md.
+Each reconcile is one *pass*: fetch from the cache → the phase works on a copy → write what changed →
+then, and only then, record the pass's Events (a pass whose write conflicts is retried, and its Events
+would otherwise be recorded again).
+
+Reads come from informer caches; where a cache miss would end a workload for good (a Builder, the
+ClusterBuilder, Builds), the absence is confirmed with the API first (``service.runtime.reads``): caches
+lag. Secrets and ServiceAccounts are read from the API when needed (a cluster-wide Secret cache would cost
+memory for every secret in the cluster). The registry is read off the workers (``service.runtime.offload``)
+so that a registry that hangs holds no worker. Writes are merge patches guarded by the cached
+resourceVersion, so a stale view is refused (409) and retried from fresh state instead of overwriting
+someone else's change. Where Korifi has known defects this does better; each difference is listed in
+docs/differences-from-korifi.md.
 """
 
 from __future__ import annotations
@@ -24,12 +32,11 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
-from service.kube import errors, quantity
+from service.kube import errors
 from service.kube.client import KubeClient
 from service.kube.conditions import find, is_true, set_condition, status_of
 from service.kube.patches import merge_diff
@@ -41,20 +48,36 @@ from service.kube.resources import (
     IMAGE,
     KORIFI,
     SECRET,
+    SERVICE_ACCOUNT,
     STORAGE_CLASS,
 )
 from service.kube.timestamps import parse_rfc3339
 from service.reconcilers import korifi as k
+from service.reconcilers import workload_checks
 from service.reconcilers.droplet import DropletError, droplet
 from service.reconcilers.images import (
+    ImageConfig,
     ImageConfigReader,
     NoRepositoryCreator,
     RepositoryCreator,
     builder_credentials,
+    registry_lane,
 )
-from service.runtime.controller import Funcs, Request, Result, enqueue_owner
+from service.reconcilers.kpack_objects import (
+    add_owner,
+    custom_builder_ref,
+    default_builder_ref,
+    desired_builder,
+    desired_image,
+    permanent_refusal,
+    quantity_value,
+)
+from service.reconcilers.settings import BuilderSettings
+from service.runtime.controller import Controller, Funcs, Request, Result, enqueue_owner
 from service.runtime.informer import Lister
 from service.runtime.manager import Manager
+from service.runtime.offload import Offload
+from service.runtime.reads import get_confirmed, list_confirmed
 from service.runtime.store import Obj, by_labels, index_value
 
 log = logging.getLogger("service.reconcilers.buildworkload")
@@ -68,25 +91,52 @@ BY_IMAGE_GENERATION = "image/generation"
 BY_BUILDER = "builder"
 
 FINALIZE_RETRY = 1.0  # seconds between checks that a finalized generation's Builds are gone
+WAIT_POLL_MAX = 30.0  # at most this long between looks for a Secret or ServiceAccount a workload waits for
+REGISTRY_SAFETY_REQUEUE = 60.0  # a workload whose registry read runs in the background is looked at again
 
-
-@dataclass(frozen=True)
-class BuilderSettings:
-    """What the builder needs from the configuration (Korifi's keys)."""
-
-    cluster_builder_name: str = "cf-kpack-cluster-builder"
-    builder_service_account: str = "kpack-service-account"
-    builder_readiness_timeout: float = 30.0
-    container_repository_prefix: str = ""
-    build_cache_mb: int = 2048
-    disk_mb: int = 0
-    memory_mb: int = 0
-    cf_root_namespace: str = "cf"
+INVALID_WORKLOAD = "InvalidWorkload"
+IMAGE_REJECTED = "ImageRejected"
+BUILDER_REJECTED = "BuilderRejected"
 
 
 class Failure(Exception):
     """A reconcile that failed: its message becomes ``Ready=False/Unknown`` and it is retried with backoff
     (registry calls, unusable labels, as Korifi's plain errors)."""
+
+
+class Waiting(Exception):
+    """The workload waits for something another actor makes (a pull secret, the builder service account):
+    ``Ready=False`` says what, and it is looked at again within ``WAIT_POLL_MAX`` — not after an error's
+    backoff, which grows to many minutes — and not counted as a reconcile error."""
+
+
+@dataclass
+class Pass:
+    """One reconcile of one workload: the copy the phases change, and the Events to record once the
+    changes are stored."""
+
+    request: Request
+    work: Obj
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def namespace(self) -> str:
+        return str(self.work["metadata"]["namespace"])
+
+    @property
+    def name(self) -> str:
+        return str(self.work["metadata"]["name"])
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))
+
+    def succeeded(self, status: str, reason: str, message: str) -> None:
+        set_condition(_conditions(self.work), k.SUCCEEDED, status, reason, message, _generation(self.work))
+
+    def fail(self, reason: str, message: str) -> None:
+        """``Succeeded=False`` for good, with a Warning Event saying the same."""
+        self.succeeded("False", reason, message)
+        self.event("Warning", reason, message)
 
 
 # --------------------------------------------------------------------------- small accessors
@@ -122,6 +172,10 @@ def _image_builder_index(obj: Obj) -> Iterable[str]:
     return (f"{kind}/{namespace}/{name}",)
 
 
+def _builds_selector(app_guid: str, generation: int | str) -> str:
+    return f"{k.KPACK_IMAGE_LABEL}={app_guid},{k.KPACK_IMAGE_GENERATION_LABEL}={generation}"
+
+
 def is_ours(workload: Obj) -> bool:
     return (workload.get("spec") or {}).get("builderName") == k.BUILDER_NAME
 
@@ -130,63 +184,9 @@ def _completed(workload: Obj) -> bool:
     return status_of(workload, k.SUCCEEDED) in ("True", "False")
 
 
-def _quantity_value(value: Any) -> Decimal | None:
-    """A quantity's value, as apimachinery parses it (``1024Mi`` == ``1Gi``); None if absent or invalid."""
-    try:
-        return quantity.parse(str(value).strip()).value if value else None
-    except quantity.QuantityError:
-        return None
-
-
-def build_resources(settings: BuilderSettings) -> Obj:
-    """Build pod requests (never limits): decimal megabytes, each only when configured."""
-    requests: Obj = {}
-    if settings.disk_mb:
-        requests["ephemeral-storage"] = f"{settings.disk_mb}M"
-    if settings.memory_mb:
-        requests["memory"] = f"{settings.memory_mb}M"
-    return {"requests": requests} if requests else {}
-
-
-def add_owner(obj: Obj, owner: Obj) -> None:
-    """A non-controller owner reference to ``owner``, kept alongside existing ones. As controller-runtime's
-    ``SetOwnerReference``, a reference to the same group, kind and name is updated (an owner deleted and
-    created again under its name gets its new uid), not added twice."""
-    refs: list[Obj] = _meta(obj).setdefault("ownerReferences", [])
-    ref = {
-        "apiVersion": owner.get("apiVersion", k.KORIFI_API_VERSION),
-        "kind": owner.get("kind", "BuildWorkload"),
-        "name": owner["metadata"]["name"],
-        "uid": owner["metadata"]["uid"],
-    }
-    group = ref["apiVersion"].rpartition("/")[0]
-    for i, existing in enumerate(refs):
-        same = (
-            str(existing.get("apiVersion", "")).rpartition("/")[0],
-            existing.get("kind"),
-            existing.get("name"),
-        )
-        if same == (group, ref["kind"], ref["name"]):
-            refs[i] = {**existing, **ref}
-            return
-    refs.append(ref)
-
-
-# kpack refusals that no retry can overcome: changing what kpack keeps immutable, or shrinking a volume.
-_PERMANENT_REFUSALS = ("Immutable field changed", "Field cannot be decreased")
-
-
-def permanent_refusal(exc: errors.ApiError) -> str | None:
-    """The text of a kpack validation refusal that retrying cannot fix, or None (other refusals, e.g. for
-    state of the cluster that may change, and other errors are retried)."""
-    message = exc.message
-    if (
-        isinstance(exc, errors.BadRequest)
-        and 'admission webhook "validation.webhook.kpack.io" denied the request' in message
-        and any(rule in message for rule in _PERMANENT_REFUSALS)
-    ):
-        return message
-    return None
+def _age(work: Obj) -> float:
+    created = parse_rfc3339(work["metadata"].get("creationTimestamp"))
+    return (datetime.now(UTC) - created).total_seconds() if created else 0.0
 
 
 # --------------------------------------------------------------------------- the reconciler
@@ -196,12 +196,15 @@ class BuildWorkloadReconciler:
         manager: Manager,
         settings: BuilderSettings,
         images: ImageConfigReader,
+        offload: Offload,
         repositories: RepositoryCreator | None = None,
     ) -> None:
         self.client: KubeClient = manager.client
         self.settings = settings
         self.image_configs = images
+        self.offload = offload
         self.repositories = repositories or NoRepositoryCreator()
+        self.controller: Controller | None = None  # set by ``register``: registry reads wake through it
         factory = manager.informers
         self.workloads: Lister = factory.lister(BUILD_WORKLOAD)
         self.images: Lister = factory.lister(IMAGE)
@@ -236,19 +239,23 @@ class BuildWorkloadReconciler:
                     out.append(Request.for_object(workload))
         return out
 
-    # ------------------------------------------------------------------ reconcile
+    # ------------------------------------------------------------------ one pass
     async def reconcile(self, request: Request) -> Result | None:
         cached = self.workloads.get(request.namespace, request.name)
         if cached is None or not is_ours(cached):
             return None
-        work = copy.deepcopy(cached)
+        attempt = Pass(request, copy.deepcopy(cached))
         result: Result | None = None
         failure: Exception | None = None
         try:
-            result = await self._reconcile(work)
+            result = await self._run_phase(attempt)
             ready = ("True", k.READY_REASON, k.READY_MESSAGE)
         except errors.Conflict:
             raise  # the cache was behind a write: retried from fresh state, nothing to report
+        except Waiting as exc:
+            ready = ("False", k.UNKNOWN_REASON, str(exc))
+            result = Result(requeue_after=min(WAIT_POLL_MAX, max(1.0, _age(attempt.work) / 2)))
+            log.info("build workload waits: %s", exc, extra={"buildWorkload": str(request)})
         except (errors.ApiError, DropletError, Failure) as exc:
             ready = (
                 "False",
@@ -256,28 +263,33 @@ class BuildWorkloadReconciler:
                 str(exc) if not isinstance(exc, errors.ApiError) else exc.message,
             )
             failure = exc
-        set_condition(_conditions(work), k.READY, *ready, _generation(cached))
-        await self._write(cached, work)
+        set_condition(_conditions(attempt.work), k.READY, *ready, _generation(cached))
+        try:
+            await self._store(cached, attempt.work)
+        except errors.NotFound:
+            return None  # deleted meanwhile: nothing is left to report on, and nothing to retry
+        for type_, reason, message in attempt.events:
+            self.events.record(attempt.work, type_, reason, message)
         if failure is not None:
             raise failure
         return result
 
-    async def _reconcile(self, work: Obj) -> Result | None:
+    async def _run_phase(self, attempt: Pass) -> Result | None:
+        work = attempt.work
         work.setdefault("status", {})["observedGeneration"] = _generation(work)
         if _meta(work).get("deletionTimestamp"):
-            return await self._finalize(work)
+            return await self._finalize(attempt)
         finalizers: list[str] = _meta(work).setdefault("finalizers", [])
         if k.BUILD_WORKLOAD_FINALIZER not in finalizers:
             finalizers.append(k.BUILD_WORKLOAD_FINALIZER)
         if _completed(work):
             return None
         if find(_conditions(work), k.SUCCEEDED) is None:
-            await self._begin(work)
+            await self._begin(attempt)
             return None
-        return await self._track(work)
+        return await self._track(attempt)
 
-    # ------------------------------------------------------------------ writes
-    async def _write(self, cached: Obj, work: Obj) -> None:
+    async def _store(self, cached: Obj, work: Obj) -> None:
         """Persist metadata, then status, each only if it changed, each guarded by resourceVersion."""
         meta, ns, name = cached["metadata"], cached["metadata"].get("namespace"), cached["metadata"]["name"]
         rv = meta.get("resourceVersion")
@@ -301,52 +313,58 @@ class BuildWorkloadReconciler:
                 BUILD_WORKLOAD, name, {"metadata": {"resourceVersion": rv}, "status": status_patch}, ns
             )
 
-    def _succeeded(self, work: Obj, status: str, reason: str, message: str) -> None:
-        set_condition(_conditions(work), k.SUCCEEDED, status, reason, message, _generation(work))
-
     # ------------------------------------------------------------------ begin
-    async def _begin(self, work: Obj) -> None:
+    async def _begin(self, attempt: Pass) -> None:
+        work = attempt.work
+        problem = workload_checks.problem(work)
+        if problem is not None:
+            attempt.fail(INVALID_WORKLOAD, problem)
+            return
         spec = work.get("spec") or {}
-        namespace = work["metadata"]["namespace"]
-        builder_ref: Obj = {
-            "kind": k.CLUSTER_BUILDER_KIND,
-            "name": self.settings.cluster_builder_name,
-            "apiVersion": k.KPACK_API_VERSION,
-        }
+        builder_ref = default_builder_ref(self.settings)
         if spec.get("buildpacks"):
-            custom = await self._ensure_custom_builder(work)
+            custom = await self._ensure_custom_builder(attempt)
             if custom is None:
                 return  # Succeeded=False says why; retrying cannot help
-            builder_ref = {
-                "kind": k.BUILDER_KIND,
-                "name": custom,
-                "namespace": namespace,
-                "apiVersion": k.KPACK_API_VERSION,
-            }
+            builder_ref = custom_builder_ref(custom, attempt.namespace)
         for ref in ((spec.get("source") or {}).get("registry") or {}).get("imagePullSecrets") or ():
-            await self._get_named(SECRET, "Secret", namespace, ref.get("name", ""))
-        image = await self._reconcile_image(work, builder_ref)
+            await self._require(SECRET, "Secret", attempt.namespace, ref.get("name", ""))
+        await self._require_service_account(attempt.namespace)
+        image = await self._reconcile_image(attempt, builder_ref)
         if image is None:
             return
-        self._succeeded(work, "Unknown", k.BUILD_RUNNING, k.BUILD_RUNNING_MESSAGE)
+        attempt.succeeded("Unknown", k.BUILD_RUNNING, k.BUILD_RUNNING_MESSAGE)
         _meta(work).setdefault("labels", {})[k.IMAGE_GENERATION_LABEL] = str(_generation(image))
-        self.events.record(
-            work, "Normal", k.BUILD_RUNNING, f"kpack Image {image['metadata']['name']} ready to build"
-        )
+        attempt.event("Normal", k.BUILD_RUNNING, f"kpack Image {image['metadata']['name']} ready to build")
 
-    async def _get_named(self, resource: Any, kind: str, namespace: str, name: str) -> Obj:
-        """A direct read whose NotFound reads as Korifi's cached client words it (``Secret "x" not found``)."""
+    async def _require(self, resource: Any, kind: str, namespace: str, name: str) -> Obj:
+        """A direct read; a missing object is waited for (another actor creates pull secrets)."""
         try:
-            return await self.client.get(resource, name, namespace)
+            obj: Obj = await self.client.get(resource, name, namespace)
+            return obj
         except errors.NotFound:
-            raise errors.NotFound(f'{kind} "{name}" not found') from None
+            raise Waiting(
+                f'{kind} "{name}" not found'
+            ) from None  # Korifi's words: the namespace is the workload's
 
-    async def _ensure_custom_builder(self, work: Obj) -> str | None:
+    async def _require_service_account(self, namespace: str) -> None:
+        account = self.settings.builder_service_account
+        try:
+            await self.client.get(SERVICE_ACCOUNT, account, namespace)
+        except errors.NotFound:
+            raise Waiting(
+                f'ServiceAccount "{account}" not found: kpack builds with its registry credentials'
+            ) from None
+
+    async def _ensure_custom_builder(self, attempt: Pass) -> str | None:
         """The Builder for this workload's buildpacks; None after failing the workload (Succeeded=False)."""
+        work = attempt.work
         buildpacks: list[str] = list(work["spec"]["buildpacks"])
-        cluster_builder = self.cluster_builders.get(None, self.settings.cluster_builder_name)
+        cluster_builder = await get_confirmed(
+            self.cluster_builders, self.client, None, self.settings.cluster_builder_name
+        )
         if cluster_builder is None:
-            self._succeeded(work, "False", k.BUILDER_NOT_READY, k.DEFAULT_CLUSTER_BUILDER_NOT_FOUND)
+            attempt.fail(k.BUILDER_NOT_READY, k.DEFAULT_CLUSTER_BUILDER_NOT_FOUND)
             return None
         valid = {
             (entry.get("group") or [{}])[0].get("id")
@@ -355,7 +373,7 @@ class BuildWorkloadReconciler:
         }
         for buildpack in buildpacks:
             if buildpack not in valid:
-                self._succeeded(work, "False", k.INVALID_BUILDPACKS, k.invalid_buildpack_message(buildpack))
+                attempt.fail(k.INVALID_BUILDPACKS, k.invalid_buildpack_message(buildpack))
                 return None
         name = k.builder_name(buildpacks)
         repository = k.builder_repository(self.settings.container_repository_prefix, name)
@@ -363,43 +381,28 @@ class BuildWorkloadReconciler:
             await self.repositories.create_repository(repository)
         except Exception as exc:
             raise Failure(f"failed ensuring custom builder: failed to create builder repo: {exc}") from exc
-        namespace = work["metadata"]["namespace"]
-        cb_spec = cluster_builder.get("spec") or {}
-        desired_spec = {
-            "tag": repository,
-            "stack": cb_spec.get("stack"),
-            "store": cb_spec.get("store"),
-            "serviceAccountName": self.settings.builder_service_account,
-            "order": [{"group": [{"id": bp}]} for bp in buildpacks],
-        }
-        existing = self.builders.get(namespace, name)
+        desired = desired_builder(work, name, repository, cluster_builder, self.settings)
+        existing = self.builders.get(attempt.namespace, name)
         try:
             if existing is None:
-                builder: Obj = {
-                    "apiVersion": k.KPACK_API_VERSION,
-                    "kind": k.BUILDER_KIND,
-                    "metadata": {"name": name, "namespace": namespace},
-                    "spec": desired_spec,
-                }
-                add_owner(builder, work)
                 try:
-                    await self.client.create(BUILDER, builder, namespace)
+                    await self.client.create(BUILDER, desired, attempt.namespace)
                 except errors.AlreadyExists:
                     raise errors.Conflict(f'Builder "{name}" was created concurrently; retrying') from None
             else:
                 updated = copy.deepcopy(existing)
-                updated["spec"] = {**(existing.get("spec") or {}), **desired_spec}
+                updated["spec"] = {**(existing.get("spec") or {}), **desired["spec"]}
                 add_owner(updated, work)
                 patch = merge_diff(existing, updated)
                 if patch:
                     patch.setdefault("metadata", {})["resourceVersion"] = existing["metadata"][
                         "resourceVersion"
                     ]
-                    await self.client.merge_patch(BUILDER, name, patch, namespace)
+                    await self.client.merge_patch(BUILDER, name, patch, attempt.namespace)
         except errors.ApiError as exc:
-            refused = permanent_refusal(exc)
+            refused = permanent_refusal(exc, creating=existing is None)
             if refused is not None:
-                self._succeeded(work, "False", "BuilderRejected", refused)
+                attempt.fail(BUILDER_REJECTED, refused)
                 return None
             if isinstance(exc, errors.Conflict):
                 raise
@@ -407,44 +410,6 @@ class BuildWorkloadReconciler:
                 f"failed ensuring custom builder: failed creating or updating kpack Builder: {exc.message}"
             ) from exc
         return name
-
-    def _desired_image(self, work: Obj, builder_ref: Obj, existing: Obj | None) -> Obj:
-        spec = work.get("spec") or {}
-        app_guid = _labels(work)[k.APP_GUID_LABEL]
-        registry = (spec.get("source") or {}).get("registry") or {}
-        source_registry: Obj = {"image": registry.get("image", "")}
-        if registry.get("imagePullSecrets"):
-            source_registry["imagePullSecrets"] = registry["imagePullSecrets"]
-        build: Obj = {"resources": build_resources(self.settings)}
-        if spec.get("services"):
-            build["services"] = spec["services"]
-        if spec.get("env"):
-            build["env"] = spec["env"]
-        volume: Obj = {"size": f"{self.settings.build_cache_mb}Mi"}
-        old_volume = (((existing or {}).get("spec") or {}).get("cache") or {}).get("volume") or {}
-        if old_volume.get("storageClassName"):
-            # kpack refuses any change of the class; Korifi's patch would clear it and be refused forever.
-            volume["storageClassName"] = old_volume["storageClassName"]
-        image = {
-            "apiVersion": k.KPACK_API_VERSION,
-            "kind": "Image",
-            "metadata": {
-                **(copy.deepcopy(existing["metadata"]) if existing else {}),
-                "name": app_guid,
-                "namespace": work["metadata"]["namespace"],
-                "labels": {k.BUILD_WORKLOAD_LABEL: work["metadata"]["name"]},
-            },
-            "spec": {
-                "tag": k.droplet_repository(self.settings.container_repository_prefix, app_guid),
-                "builder": builder_ref,
-                "serviceAccountName": self.settings.builder_service_account,
-                "source": {"registry": source_registry},
-                "build": build,
-                "cache": {"volume": volume},
-            },
-        }
-        add_owner(image, work)
-        return image
 
     async def _resizable(self, storage_class: str | None) -> bool:
         """Whether a cache volume of this class (None: the default class) can grow in place."""
@@ -457,28 +422,29 @@ class BuildWorkloadReconciler:
                 return sc.get("allowVolumeExpansion") is True
         return False
 
-    async def _reconcile_image(self, work: Obj, builder_ref: Obj) -> Obj | None:
+    async def _reconcile_image(self, attempt: Pass, builder_ref: Obj) -> Obj | None:
         """Create or patch the app's kpack Image; the written Image, or None when it must be recreated or
         kpack refuses it (then Succeeded=False says why)."""
-        namespace = work["metadata"]["namespace"]
-        app_guid = _labels(work).get(k.APP_GUID_LABEL)
-        if not app_guid:
-            raise errors.Invalid(
-                f"BuildWorkload has no {k.APP_GUID_LABEL} label: cannot name its kpack Image"
-            )
+        work, namespace = attempt.work, attempt.namespace
+        app_guid = workload_checks.app_guid(work)
         repository = k.droplet_repository(self.settings.container_repository_prefix, app_guid)
         try:
             await self.repositories.create_repository(repository)
         except Exception as exc:
             raise Failure(f"failed to create droplet repo: {exc}") from exc
         existing = self.images.get(namespace, app_guid)
-        desired = self._desired_image(work, builder_ref, existing)
+        desired = desired_image(work, app_guid, builder_ref, existing, self.settings)
         try:
             if existing is None:
-                return await self.client.create(IMAGE, desired, namespace)
+                try:
+                    created: Obj = await self.client.create(IMAGE, desired, namespace)
+                except errors.AlreadyExists:
+                    # Another workload of the app made it first, or the cache has not seen it yet.
+                    raise errors.Conflict(f'Image "{app_guid}" exists already; retrying') from None
+                return created
             old_volume = ((existing.get("spec") or {}).get("cache") or {}).get("volume") or {}
             new_size = desired["spec"]["cache"]["volume"]["size"]
-            old_bytes, new_bytes = _quantity_value(old_volume.get("size")), _quantity_value(new_size)
+            old_bytes, new_bytes = quantity_value(old_volume.get("size")), quantity_value(new_size)
             if old_volume.get("size") and old_bytes != new_bytes:
                 if not await self._resizable(old_volume.get("storageClassName")):
                     # As Korifi: a cache that cannot grow in place means a new Image. Its deletion event
@@ -498,20 +464,21 @@ class BuildWorkloadReconciler:
             if not patch:
                 return existing
             patch.setdefault("metadata", {})["resourceVersion"] = existing["metadata"]["resourceVersion"]
-            return await self.client.merge_patch(IMAGE, app_guid, patch, namespace)
+            patched: Obj = await self.client.merge_patch(IMAGE, app_guid, patch, namespace)
+            return patched
         except errors.ApiError as exc:
-            refused = permanent_refusal(exc)
+            refused = permanent_refusal(exc, creating=existing is None)
             if refused is None:
                 raise
-            self._succeeded(work, "False", "ImageRejected", refused)
+            attempt.fail(IMAGE_REJECTED, refused)
             return None
 
     # ------------------------------------------------------------------ track
-    async def _track(self, work: Obj) -> Result | None:
-        namespace = work["metadata"]["namespace"]
+    async def _track(self, attempt: Pass) -> Result | None:
+        work, namespace = attempt.work, attempt.namespace
         labels = _labels(work)
         app_guid = labels.get(k.APP_GUID_LABEL, "")
-        image = self.images.get(namespace, app_guid)
+        image = await get_confirmed(self.images, self.client, namespace, app_guid)
         if image is None:
             raise errors.NotFound(f'failed getting kpack Image: Image.kpack.io "{app_guid}" not found')
         try:
@@ -519,34 +486,49 @@ class BuildWorkloadReconciler:
         except ValueError as exc:
             raise Failure(f"couldn't parse image generation on buildworkload label: {exc}") from None
         await self._recover_skipped_build(image, generation)
-        waiting = self._wait_for_builder(work, image)
+        waiting = await self._wait_for_builder(attempt, image)
         if waiting is not None:
             return waiting
         builds = self.builds.by_index(BY_IMAGE_GENERATION, index_value(namespace, app_guid, str(generation)))
         if not builds:
-            if self._skipped(image, generation):
-                self._succeeded(work, "False", k.KPACK_MISSED_BUILD, k.KPACK_MISSED_BUILD_MESSAGE)
+            if self._skipped(image, generation) and not await self._builds_exist(
+                namespace, app_guid, generation
+            ):
+                attempt.fail(k.KPACK_MISSED_BUILD, k.KPACK_MISSED_BUILD_MESSAGE)
             return None  # the Build's creation (or the Image moving on) will wake this workload
         latest = max(builds, key=_build_number)
-        await self._fail_skipped_siblings(work, namespace, app_guid, generation)
+        await self._fail_skipped_siblings(attempt, app_guid, generation)
         outcome = status_of(latest, k.SUCCEEDED)
         if outcome == "False":
-            self._succeeded(work, "False", k.BUILD_FAILED, k.BUILD_FAILED_MESSAGE)
+            attempt.succeeded("False", k.BUILD_FAILED, k.BUILD_FAILED_MESSAGE)
             # Korifi's message is fixed ("Check build log output"); the Event says what kpack said.
             why = (find((latest.get("status") or {}).get("conditions"), k.SUCCEEDED) or {}).get("message")
-            self.events.record(
-                work,
+            attempt.event(
                 "Warning",
                 k.BUILD_FAILED,
                 f"kpack Build {latest['metadata']['name']} failed: {why or 'no reason given'}",
             )
         elif outcome == "True":
-            work["status"]["droplet"] = await self._droplet(work, latest)
-            self._succeeded(work, "True", k.BUILD_SUCCEEDED, k.BUILD_SUCCEEDED_MESSAGE)
-            self.events.record(
-                work, "Normal", k.BUILD_SUCCEEDED, f"droplet {work['status']['droplet']['registry']['image']}"
-            )
+            result = await self._droplet(attempt, latest)
+            if result is None:
+                return Result(requeue_after=REGISTRY_SAFETY_REQUEUE)  # the registry read wakes it sooner
+            work["status"]["droplet"] = result
+            attempt.succeeded("True", k.BUILD_SUCCEEDED, k.BUILD_SUCCEEDED_MESSAGE)
+            attempt.event("Normal", k.BUILD_SUCCEEDED, f"droplet {result['registry']['image']}")
         return None
+
+    async def _builds_exist(self, namespace: str, app_guid: str, generation: int) -> bool:
+        """Whether the API has Builds of this Image generation (the cache said none)."""
+        return bool(
+            await list_confirmed(
+                self.builds,
+                self.client,
+                BY_IMAGE_GENERATION,
+                index_value(namespace, app_guid, str(generation)),
+                namespace,
+                _builds_selector(app_guid, generation),
+            )
+        )
 
     def _skipped(self, image: Obj, generation: int) -> bool:
         """kpack will never build this generation: the Image moved past it and built a later one. (Korifi
@@ -572,14 +554,12 @@ class BuildWorkloadReconciler:
         latest_ref = status.get("latestBuildRef")
         if not latest_ref:
             return  # never built: kpack's first build is on its way (Korifi asks for a Build named "")
-        build = self.builds.get(image["metadata"]["namespace"], latest_ref)
+        try:
+            build = await get_confirmed(self.builds, self.client, image["metadata"]["namespace"], latest_ref)
+        except errors.ApiError as exc:
+            raise errors.ApiError(f'failed to get latest kpack build "{latest_ref}": {exc.message}') from exc
         if build is None:
-            try:
-                build = await self.client.get(BUILD, latest_ref, image["metadata"]["namespace"])
-            except errors.ApiError as exc:
-                raise errors.ApiError(
-                    f'failed to get latest kpack build "{latest_ref}": {exc.message}'
-                ) from exc
+            raise errors.NotFound(f'failed to get latest kpack build "{latest_ref}": not found')
         if (build["metadata"].get("annotations") or {}).get(k.BUILD_NEEDED_ANNOTATION) == "true":
             return
         try:
@@ -594,39 +574,41 @@ class BuildWorkloadReconciler:
                 f'failed to request additional build for build "{latest_ref}": {exc.message}'
             ) from exc
 
-    def _wait_for_builder(self, work: Obj, image: Obj) -> Result | None:
+    async def _wait_for_builder(self, attempt: Pass, image: Obj) -> Result | None:
         """None when the Image's builder is ready; else a requeue at the readiness deadline (builder events
-        wake the workload sooner), or Succeeded=False once the deadline has passed."""
+        wake the workload sooner), or Succeeded=False once the deadline has passed or the builder is gone
+        (as the API server, not only the cache, says)."""
         ref = (image.get("spec") or {}).get("builder") or {}
         kind, name = ref.get("kind"), ref.get("name", "")
         if kind == k.CLUSTER_BUILDER_KIND:
-            builder = self.cluster_builders.get(None, name)
+            builder = await get_confirmed(self.cluster_builders, self.client, None, name)
             missing = k.CLUSTER_BUILDER_NOT_FOUND
         elif kind == k.BUILDER_KIND:
-            builder = self.builders.get(work["metadata"]["namespace"], name)
+            builder = await get_confirmed(self.builders, self.client, attempt.namespace, name)
             missing = k.CUSTOM_BUILDER_NOT_FOUND
         else:
             raise Failure(f"failed getting builder readiness condition: unknown kind {kind!r}")
         if builder is None:
-            self._succeeded(work, "False", k.BUILDER_NOT_READY, missing)
+            attempt.fail(k.BUILDER_NOT_READY, missing)
             return Result()
         if is_true(builder, k.READY):
             return None
-        created = parse_rfc3339(work["metadata"].get("creationTimestamp"))
+        created = parse_rfc3339(attempt.work["metadata"].get("creationTimestamp"))
         # The timestamp has whole seconds: count from the end of that second, so that a builder always
         # gets at least the whole timeout (Korifi's count can fall up to a second short).
         waited = (datetime.now(UTC) - created).total_seconds() - 1.0 if created else float("inf")
         remaining = self.settings.builder_readiness_timeout - waited
         if remaining > 0:
             return Result(requeue_after=remaining)
-        self._succeeded(work, "False", k.BUILDER_NOT_READY, f'Check {kind} "{name}"')
+        attempt.fail(k.BUILDER_NOT_READY, f'Check {kind} "{name}"')
         return Result()
 
-    async def _fail_skipped_siblings(self, work: Obj, namespace: str, app_guid: str, generation: int) -> None:
+    async def _fail_skipped_siblings(self, attempt: Pass, app_guid: str, generation: int) -> None:
         """Older workloads of the same app that kpack will never build for (a newer generation superseded
         theirs before a Build was made) are failed with KpackMissedBuild. Errors are logged, not raised."""
+        namespace = attempt.namespace
         for sibling in self.workloads.by_index(BY_APP, index_value(namespace, app_guid)):
-            if sibling["metadata"]["name"] == work["metadata"]["name"] or not is_ours(sibling):
+            if sibling["metadata"]["name"] == attempt.name or not is_ours(sibling):
                 continue
             try:
                 theirs = int(_labels(sibling).get(k.IMAGE_GENERATION_LABEL, ""))
@@ -634,54 +616,81 @@ class BuildWorkloadReconciler:
                 continue  # not started yet, or failed before its Image: not skipped by kpack
             if theirs >= generation or status_of(sibling, k.SUCCEEDED) != "Unknown":
                 continue
-            if self.builds.by_index(BY_IMAGE_GENERATION, index_value(namespace, app_guid, str(theirs))):
-                continue
-            status = copy.deepcopy(sibling.get("status") or {})
-            conditions = status.setdefault("conditions", [])
-            set_condition(
-                conditions,
-                k.SUCCEEDED,
-                "False",
-                k.KPACK_MISSED_BUILD,
-                k.KPACK_MISSED_BUILD_MESSAGE,
-                _generation(sibling),
-            )
             try:
-                await self.client.patch_status(
-                    BUILD_WORKLOAD,
-                    sibling["metadata"]["name"],
-                    {
-                        "metadata": {"resourceVersion": sibling["metadata"]["resourceVersion"]},
-                        "status": {"conditions": conditions},
-                    },
-                    namespace,
-                )
-            except errors.Conflict:
-                log.info(  # it sees its own skip from its Image's events (``_skipped``)
-                    "older build workload changed meanwhile; it will find itself skipped",
-                    extra={"sibling": sibling["metadata"]["name"]},
-                )
+                if await self._builds_exist(namespace, app_guid, theirs):
+                    continue
             except errors.ApiError as exc:
-                log.warning(
-                    "failed to patch older build workload: %s",
-                    exc.message,
-                    extra={"sibling": sibling["metadata"]["name"]},
-                )
+                log.warning("could not list the builds of an older build workload: %s", exc.message)
+                continue
+            await self._fail_sibling(sibling)
 
-    async def _droplet(self, work: Obj, build: Obj) -> Obj:
-        refs, secrets = await builder_credentials(
-            self.client, work["metadata"]["namespace"], self.settings.builder_service_account
+    async def _fail_sibling(self, sibling: Obj) -> None:
+        status = copy.deepcopy(sibling.get("status") or {})
+        conditions = status.setdefault("conditions", [])
+        set_condition(
+            conditions,
+            k.SUCCEEDED,
+            "False",
+            k.KPACK_MISSED_BUILD,
+            k.KPACK_MISSED_BUILD_MESSAGE,
+            _generation(sibling),
         )
+        meta = sibling["metadata"]
+        try:
+            await self.client.patch_status(
+                BUILD_WORKLOAD,
+                meta["name"],
+                {
+                    "metadata": {"resourceVersion": meta["resourceVersion"]},
+                    "status": {"conditions": conditions},
+                },
+                meta["namespace"],
+            )
+        except (errors.Conflict, errors.NotFound):
+            log.info(  # it sees its own skip from its Image's events (``_skipped``), if it still exists
+                "older build workload changed meanwhile; it will find itself skipped",
+                extra={"sibling": meta["name"]},
+            )
+        except errors.ApiError as exc:
+            log.warning(
+                "failed to patch older build workload: %s", exc.message, extra={"sibling": meta["name"]}
+            )
+        else:
+            self.events.record(sibling, "Warning", k.KPACK_MISSED_BUILD, k.KPACK_MISSED_BUILD_MESSAGE)
+
+    async def _droplet(self, attempt: Pass, build: Obj) -> Obj | None:
+        """The droplet of a successful Build; None while its image config is read in the background."""
+        try:
+            refs, secrets = await builder_credentials(
+                self.client, attempt.namespace, self.settings.builder_service_account
+            )
+        except errors.NotFound as exc:
+            raise Waiting(exc.message) from None  # Korifi's words: 'ServiceAccount "x" not found'
         status = build.get("status") or {}
         image = status.get("latestImage", "")
-        try:
-            config = await self.image_configs.image_config(image, secrets)
-        except Exception as exc:
-            raise Failure(f"failed getting image config: {exc}") from exc
+
+        async def read() -> ImageConfig:
+            return await self.image_configs.image_config(image, secrets)
+
+        outcome = await self.offload.collect(
+            ("image-config", attempt.namespace, attempt.name, image),
+            registry_lane(image),
+            read,
+            lambda: self._wake(attempt.request),
+        )
+        if outcome is None:
+            return None
+        if outcome.error is not None:
+            raise Failure(f"failed getting image config: {outcome.error}") from outcome.error
+        config = outcome.get()
         return droplet(image, (status.get("stack") or {}).get("id", ""), config.labels, config.ports, refs)
 
+    def _wake(self, request: Request) -> None:
+        if self.controller is not None:
+            self.controller.enqueue(request)
+
     # ------------------------------------------------------------------ finalize
-    async def _finalize(self, work: Obj) -> Result | None:
+    async def _finalize(self, attempt: Pass) -> Result | None:
         """The last workload of an Image generation deletes that generation's Builds (each then has its
         droplet deleted from the registry by the kpack Build controller) and waits until they are gone.
 
@@ -689,11 +698,11 @@ class BuildWorkloadReconciler:
         builds again when every Build of a live Image goes, and Korifi, deleting and waiting for those
         too, holds the workload in that loop for as long as its Image lives. A Build kpack makes later
         goes with the Image, which goes with its last owner."""
+        work, namespace = attempt.work, attempt.namespace
         finalizers: list[str] = list(_meta(work).get("finalizers") or [])
         if k.BUILD_WORKLOAD_FINALIZER not in finalizers:
             return None
         labels = _labels(work)
-        namespace = work["metadata"]["namespace"]
         app_guid, generation = labels.get(k.APP_GUID_LABEL), labels.get(k.IMAGE_GENERATION_LABEL)
         if app_guid is not None and generation is not None:
             same = self.workloads.by_index(BY_APP_GENERATION, index_value(namespace, app_guid, generation))
@@ -740,10 +749,12 @@ def register(
     manager: Manager,
     settings: BuilderSettings,
     images: ImageConfigReader,
+    offload: Offload,
     repositories: RepositoryCreator | None = None,
 ) -> BuildWorkloadReconciler:
-    reconciler = BuildWorkloadReconciler(manager, settings, images, repositories)
+    reconciler = BuildWorkloadReconciler(manager, settings, images, offload, repositories)
     controller = manager.new_controller(CONTROLLER, reconciler.reconcile)
+    reconciler.controller = controller
     ours = Funcs(create=is_ours, update=lambda _old, new: is_ours(new), delete=is_ours)
     controller.watch(reconciler.workloads.informers, predicates=[ours])
     controller.watch(

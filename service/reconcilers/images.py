@@ -1,6 +1,10 @@
 """The registry as the reconcilers need it: image configs for droplets, and deletion of a droplet's
 tags. Credentials come from the builder service account's image pull secrets, as Korifi's k8schain
-keychain takes them (reference: korifi.md §4.1.7)."""
+keychain takes them (reference: korifi.md §4.1.7).
+
+Deletion also falls back to the builder service account of the CF root namespace, which Korifi copies
+into every space: when a space is deleted, its Secrets and ServiceAccount go at once while its Builds wait
+for their finalizer, and without the fallback every droplet of the space would stay in the registry."""
 
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ from service.kube import errors
 from service.kube.client import KubeClient
 from service.registry.auth import Keychain
 from service.registry.client import RegistryClient
+from service.registry.errors import KeychainError
 from service.registry.k8schain import service_account_secrets
+from service.registry.reference import try_parse_reference
 from service.runtime.store import Obj
 
 log = logging.getLogger("service.reconcilers.images")
@@ -57,6 +63,41 @@ async def builder_credentials(
         return await service_account_secrets(client, namespace, service_account)
     except errors.NotFound:
         raise errors.NotFound(f'ServiceAccount "{service_account}" not found') from None
+
+
+async def deletion_secrets(
+    client: KubeClient, namespace: str, service_account: str, root_namespace: str, image: str
+) -> list[Obj]:
+    """Credentials to delete ``image`` with: the namespace's builder service account's Secrets, then, when
+    those have nothing for the image's registry (the namespace is being deleted, or never had them), the
+    root namespace's. API errors are raised (the caller retries); missing accounts are no credentials."""
+    try:
+        _, secrets = await service_account_secrets(client, namespace, service_account)
+    except errors.NotFound:
+        secrets = []
+    if not root_namespace or root_namespace == namespace or _covers(secrets, image):
+        return secrets
+    try:
+        _, fallback = await service_account_secrets(client, root_namespace, service_account)
+    except errors.NotFound:
+        return secrets
+    return [*secrets, *fallback]  # the namespace's own entries win where both have one
+
+
+def _covers(secrets: Sequence[Obj], image: str) -> bool:
+    ref = try_parse_reference(image)
+    if ref is None:
+        return True  # nothing to look up: the registry call will say what is wrong
+    try:
+        return not Keychain.from_secrets(secrets).resolve(ref).anonymous
+    except KeychainError:
+        return False
+
+
+def registry_lane(image: str) -> str:
+    """The registry host of an image reference: the unit of concurrency for registry work."""
+    ref = try_parse_reference(image)
+    return ref.registry.name if ref is not None else ""
 
 
 class RegistryImages:

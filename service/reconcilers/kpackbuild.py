@@ -5,28 +5,36 @@ Korifi adds that finalizer with a fail-closed mutating webhook on every kpack Bu
 this controller adds it to Builds carrying the ``build-workload-name`` label as soon as it sees them, so
 that kpack keeps working when this service is down. A registry failure is logged and never holds the
 deletion: a leaked image is cheaper than a Build that cannot be deleted.
+
+The registry deletion runs off the workers (``service.runtime.offload``): a registry that hangs holds the
+Builds waiting for it, never the workers that release the others. Credentials come from the namespace's
+builder service account, else from the root namespace's (``images.deletion_secrets``): when a whole space
+is deleted, its Secrets go before its Builds let go.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 
 from service.kube import errors
 from service.kube.client import KubeClient
 from service.kube.resources import BUILD
 from service.reconcilers import korifi as k
-from service.reconcilers.buildworkload import BuilderSettings
-from service.reconcilers.images import ImageDeleter, builder_credentials
+from service.reconcilers.images import ImageDeleter, deletion_secrets, registry_lane
+from service.reconcilers.settings import BuilderSettings
 from service.registry.reference import tags_of_build_tags
-from service.runtime.controller import Funcs, Request, Result
+from service.runtime.controller import Controller, Funcs, Request, Result
 from service.runtime.informer import Lister
 from service.runtime.manager import Manager
+from service.runtime.offload import Offload
 from service.runtime.store import Obj
 
 log = logging.getLogger("service.reconcilers.kpackbuild")
 
 CONTROLLER = "kpackbuild"
+SAFETY_REQUEUE = 60.0  # a Build whose droplet deletion runs in the background is looked at again
 
 
 def for_a_workload(build: Obj) -> bool:
@@ -34,10 +42,14 @@ def for_a_workload(build: Obj) -> bool:
 
 
 class KpackBuildReconciler:
-    def __init__(self, manager: Manager, settings: BuilderSettings, images: ImageDeleter) -> None:
+    def __init__(
+        self, manager: Manager, settings: BuilderSettings, images: ImageDeleter, offload: Offload
+    ) -> None:
         self.client: KubeClient = manager.client
         self.settings = settings
         self.images = images
+        self.offload = offload
+        self.controller: Controller | None = None  # set by ``register``: deletions wake through it
         self.builds: Lister = manager.informers.lister(BUILD)
 
     async def reconcile(self, request: Request) -> Result | None:
@@ -53,28 +65,47 @@ class KpackBuildReconciler:
         if k.KPACK_BUILD_FINALIZER not in finalizers:
             return None
         image = (build.get("status") or {}).get("latestImage")
-        if image:
-            await self._delete_droplet(build, image)
+        if image and not await self._droplet_deleted(request, build, image):
+            return Result(requeue_after=SAFETY_REQUEUE)  # the deletion's end wakes it sooner
         await self._set_finalizers(build, [f for f in finalizers if f != k.KPACK_BUILD_FINALIZER])
         return None
 
-    async def _delete_droplet(self, build: Obj, image: str) -> None:
+    async def _droplet_deleted(self, request: Request, build: Obj, image: str) -> bool:
+        """Whether the droplet's deletion has been tried (successfully or not); False while it runs."""
         tags = tags_of_build_tags((build.get("spec") or {}).get("tags") or ())
         namespace = build["metadata"]["namespace"]
+        secrets = await deletion_secrets(
+            self.client,
+            namespace,
+            self.settings.builder_service_account,
+            self.settings.cf_root_namespace,
+            image,
+        )
+        outcome = await self.offload.collect(
+            ("delete-droplet", namespace, build["metadata"]["name"], image),
+            registry_lane(image),
+            lambda: self._delete(build, image, tags, secrets),
+            lambda: self._wake(request),
+        )
+        return outcome is not None
+
+    async def _delete(self, build: Obj, image: str, tags: Sequence[str], secrets: Sequence[Obj]) -> None:
         try:
-            try:
-                _, secrets = await builder_credentials(
-                    self.client, namespace, self.settings.builder_service_account
-                )
-            except errors.NotFound:
-                secrets = []  # as k8schain: a missing service account means no credentials, not no attempt
             await self.images.delete_image(image, tags, secrets)
         except Exception as exc:  # never hold the Build: log and let go
             log.warning(
                 "could not delete the droplet image of a deleted kpack Build: %s",
                 exc,
-                extra={"namespace": namespace, "build": build["metadata"]["name"], "image": image},
+                extra={
+                    "namespace": build["metadata"]["namespace"],
+                    "build": build["metadata"]["name"],
+                    "image": image,
+                },
             )
+
+    def _wake(self, request: Request) -> None:
+        if self.controller is not None:
+            self.controller.enqueue(request)
 
     async def _set_finalizers(self, build: Obj, finalizers: list[str]) -> None:
         meta = build["metadata"]
@@ -83,9 +114,12 @@ class KpackBuildReconciler:
             await self.client.merge_patch(BUILD, meta["name"], patch, meta["namespace"])
 
 
-def register(manager: Manager, settings: BuilderSettings, images: ImageDeleter) -> KpackBuildReconciler:
-    reconciler = KpackBuildReconciler(manager, settings, images)
+def register(
+    manager: Manager, settings: BuilderSettings, images: ImageDeleter, offload: Offload
+) -> KpackBuildReconciler:
+    reconciler = KpackBuildReconciler(manager, settings, images, offload)
     controller = manager.new_controller(CONTROLLER, reconciler.reconcile)
+    reconciler.controller = controller
     labelled = Funcs(
         create=for_a_workload, update=lambda _old, new: for_a_workload(new), delete=for_a_workload
     )

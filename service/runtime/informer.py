@@ -313,6 +313,10 @@ class Lister:
     def __init__(self, informers: Sequence[Informer]) -> None:
         self.informers = list(informers)
 
+    @property
+    def resource(self) -> Resource:
+        return self.informers[0].resource
+
     def get(self, namespace: str | None, name: str) -> Obj | None:
         for informer in self.informers:
             obj = informer.store.get_by(namespace, name)

@@ -1,8 +1,9 @@
 """The manager: owns informers, controllers, leader election, the event recorder and the sidecar, and the
 order in which they start and stop — all in one anyio task group.
 
-Start: sidecar (probes answer at once, not ready) → informers on every replica (warm standby; ready once
-synced) → leader election, if enabled → controllers' workers, only while leading.
+Start: sidecar (probes answer at once, not ready) → informers and runnables added with
+``needs_leader=False`` on every replica (warm standby; ready once synced) → leader election, if enabled
+→ runnables that need the leader (e.g. background I/O pools) and controllers' workers, only while leading.
 
 Stop (``shutdown``, e.g. on SIGTERM): readiness goes false; controllers stop taking work and in-flight
 reconciles get up to the graceful-shutdown timeout to finish; informers stop; the lease is released so
@@ -69,6 +70,7 @@ class Manager:
         )
         self.events = EventRecorder(client, options.name, options.instance)
         self.controllers: list[Controller] = []
+        self.runnables: list[tuple[str, Callable[[], Awaitable[object]], bool]] = []
         self.elector = (
             LeaderElector(leader_client or client, options.leader_election, metrics=self.metrics, clock=clock)
             if options.leader_election
@@ -132,6 +134,11 @@ class Manager:
         self.controllers.append(controller)
         return controller
 
+    def add(self, name: str, run: Callable[[], Awaitable[object]], *, needs_leader: bool = True) -> None:
+        """A component that runs until cancelled: on every replica, or only while this one leads (then it
+        starts before the controllers and stops after them, so in-flight reconciles can still use it)."""
+        self.runnables.append((name, run, needs_leader))
+
     # --------------------------------------------------------------- lifecycle
     def shutdown(self) -> None:
         """Begin a graceful stop (idempotent)."""
@@ -167,13 +174,19 @@ class Manager:
             self.shutdown()
 
     async def run(self, *, task_status: TaskStatus[dict[str, int]] = anyio.TASK_STATUS_IGNORED) -> int:
-        """Run until ``shutdown``; returns the process exit code. ``task_status`` gets the bound ports."""
+        """Run until ``shutdown``; returns the process exit code. ``task_status`` gets the bound ports.
+
+        The sidecar listens before anything else starts, so an address it cannot have (``ListenError``)
+        stops the manager before it has sent a request to the API server."""
         exit_code = 0
         try:
             async with self.sidecar.serving() as ports, anyio.create_task_group() as background:
                 background.start_soon(self._guard, "event-loop monitor", self.loop_monitor.run)
                 background.start_soon(self._guard, "event recorder", self.events.run)
                 background.start_soon(self._guard, "informers", self.informers.run)
+                for name, runnable, needs_leader in self.runnables:
+                    if not needs_leader:
+                        background.start_soon(self._guard, name, runnable)
                 task_status.started(ports)
                 if await self._lead():
                     exit_code = await self._run_controllers()
@@ -210,6 +223,9 @@ class Manager:
     async def _run_controllers(self) -> int:
         exit_code = 0
         async with anyio.create_task_group() as tg:
+            for name, runnable, needs_leader in self.runnables:
+                if needs_leader:
+                    tg.start_soon(self._guard, name, runnable)
             for controller in self.controllers:
                 tg.start_soon(self._guard, f"controller {controller.name}", controller.run)
             if self.elector is not None:

@@ -23,10 +23,10 @@ from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import explicit
-from service.reconcilers import builderinfo, buildworkload, kpackbuild
 from service.reconcilers import korifi as k
-from service.reconcilers.buildworkload import BuilderSettings
 from service.reconcilers.images import RegistryImages
+from service.reconcilers.settings import BuilderSettings
+from service.reconcilers.wiring import add_controllers
 from service.registry.client import RegistryClient
 from service.runtime.manager import Manager, ManagerOptions
 from service.sim.crds import new_cluster
@@ -269,9 +269,7 @@ async def running_controllers(
 ) -> AsyncIterator[Manager]:
     """A manager with the three controllers, as ``run`` wires them (no sidecar), for the block."""
     manager = Manager(client, ManagerOptions(name="test", metrics_address=None, probe_address=None))
-    buildworkload.register(manager, settings, RegistryImages(images), repositories)
-    builderinfo.register(manager, settings)
-    kpackbuild.register(manager, settings, RegistryImages(images))
+    add_controllers(manager, settings, RegistryImages(images), repositories)
     async with anyio.create_task_group() as tg:
         tg.start_soon(manager.run)
         yield manager

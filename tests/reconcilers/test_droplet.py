@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from service.kube.conditions import set_condition
 from service.reconcilers import korifi as k
-from service.reconcilers.buildworkload import BuilderSettings, build_resources
 from service.reconcilers.droplet import DropletError, droplet, go_quote, process_types, stable_ports
+from service.reconcilers.kpack_objects import build_resources
+from service.reconcilers.settings import BuilderSettings
 
 
 @pytest.mark.parametrize(
@@ -144,16 +145,27 @@ def test_set_condition_moves_the_transition_time_only_when_the_status_flips() ->
     ]
 
 
-def test_only_permanent_kpack_refusals_fail_a_workload() -> None:
+def test_only_permanent_refusals_fail_a_workload() -> None:
     from service.kube import errors
-    from service.reconcilers.buildworkload import permanent_refusal
+    from service.reconcilers.kpack_objects import permanent_refusal
 
     prefix = 'admission webhook "validation.webhook.kpack.io" denied the request: validation failed: '
     immutable = errors.BadRequest(prefix + "Immutable field changed: spec.tag\ngot: a, want: b")
     assert permanent_refusal(immutable) == immutable.message
     assert permanent_refusal(errors.BadRequest(prefix + "Field cannot be decreased: spec.cache.volume.size"))
-    # A refusal about the cluster's current state, another vendor's webhook, other errors: retried.
-    assert permanent_refusal(errors.BadRequest(prefix + "spec.cache.volume.size cannot be set")) is None
+    malformed = errors.BadRequest(prefix + "invalid value: not a reference!: spec.source.registry.image")
+    assert permanent_refusal(malformed) == malformed.message
+    # The API server refuses a new object it finds invalid, or one too large, every time.
+    assert permanent_refusal(errors.Invalid('Image.kpack.io "A_B" is invalid'), creating=True)
+    too_large = errors.ApiError("the request is too large", code=413)
+    assert permanent_refusal(too_large) == too_large.message
+    # The one kpack rule about the cluster's state, another vendor's webhook, a 422 on a patch (it may be
+    # about the stored object's state), other errors: retried.
+    no_default = prefix + (
+        "spec.cache.volume.size cannot be set without spec.cache.volume.storageClassName or a default "
+        "StorageClass: "
+    )
+    assert permanent_refusal(errors.BadRequest(no_default)) is None
     assert (
         permanent_refusal(
             errors.BadRequest(
@@ -163,10 +175,11 @@ def test_only_permanent_kpack_refusals_fail_a_workload() -> None:
         is None
     )
     assert permanent_refusal(errors.Invalid("Immutable field changed")) is None
+    assert permanent_refusal(errors.InternalError("failed calling webhook"), creating=True) is None
 
 
 def test_owner_references_are_kept_per_owner_name_and_follow_a_new_uid() -> None:
-    from service.reconcilers.buildworkload import add_owner
+    from service.reconcilers.kpack_objects import add_owner
 
     def workload(name: str, uid: str) -> dict[str, object]:
         return {

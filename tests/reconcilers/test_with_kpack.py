@@ -15,7 +15,7 @@ from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import explicit
 from service.reconcilers import korifi as k
-from service.reconcilers.buildworkload import BuilderSettings
+from service.reconcilers.settings import BuilderSettings
 from service.registry.client import RegistryClient
 from service.registry.errors import NotFound as RegistryNotFound
 from service.sim.crds import new_cluster

@@ -1,0 +1,20 @@
+"""What the reconcilers need from the configuration, under Korifi's key names (reference: korifi.md §3.2).
+
+One frozen value shared by the three controllers; the configuration layer builds it (``service.app``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BuilderSettings:
+    cluster_builder_name: str = "cf-kpack-cluster-builder"
+    builder_service_account: str = "kpack-service-account"
+    builder_readiness_timeout: float = 30.0
+    container_repository_prefix: str = ""
+    build_cache_mb: int = 2048
+    disk_mb: int = 0
+    memory_mb: int = 0
+    cf_root_namespace: str = "cf"

@@ -1,0 +1,50 @@
+"""The product's controllers on a manager — the one way ``run``, the demo and the tests wire them.
+
+The three controllers share one background pool for registry work (``service.runtime.offload``), one lane
+per registry host, so the droplet reads and deletions of one slow registry queue behind each other and
+not behind anything else; the pool runs while this replica leads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.reconcilers import builderinfo, buildworkload, kpackbuild
+from service.reconcilers.images import ImageConfigReader, ImageDeleter, RepositoryCreator
+from service.reconcilers.settings import BuilderSettings
+from service.runtime.manager import Manager
+from service.runtime.offload import Offload
+
+REGISTRY_CONCURRENCY = 8  # registry operations at once, per registry host
+INLINE_BUDGET = 0.25  # seconds a reconcile waits for a registry call before leaving it to the background
+
+
+class ImageStore(ImageConfigReader, ImageDeleter, Protocol):
+    """What the controllers need of the registry: image configs read, droplets deleted."""
+
+
+@dataclass(frozen=True)
+class Controllers:
+    buildworkload: buildworkload.BuildWorkloadReconciler
+    builderinfo: builderinfo.BuilderInfoReconciler
+    kpackbuild: kpackbuild.KpackBuildReconciler
+    registry_pool: Offload
+
+
+def add_controllers(
+    manager: Manager,
+    settings: BuilderSettings,
+    images: ImageStore,
+    repositories: RepositoryCreator | None = None,
+    *,
+    registry_concurrency: int = REGISTRY_CONCURRENCY,
+) -> Controllers:
+    pool = Offload("registry", per_lane=registry_concurrency, inline=INLINE_BUDGET, registry=manager.registry)
+    manager.add("registry pool", pool.run, needs_leader=True)
+    return Controllers(
+        buildworkload.register(manager, settings, images, pool, repositories),
+        builderinfo.register(manager, settings),
+        kpackbuild.register(manager, settings, images, pool),
+        pool,
+    )
