@@ -285,6 +285,42 @@ async def test_replicas_elect_one_leader_and_hand_over(
         assert await third.exit_code(within=10) == 0
 
 
+async def test_a_frozen_leader_steps_down_when_it_resumes_and_the_successor_keeps_leading(
+    api: RunningApiServer, kubeconfig_file: Path, http: aiohttp.ClientSession
+) -> None:
+    """SIGSTOP past the lease, then SIGCONT: the resumed replica must not take the Lease back (it used to
+    renew on the successor's Lease object) — it steps down at once and exits 1; the successor leads on."""
+    async with replicas(kubeconfig_file) as start, KubeClient(explicit(api.url)) as client:
+        a, b = await start(*ELECTION), await start(*ELECTION)
+
+        async def one_leader() -> bool:
+            return [await a.leading(http), await b.leading(http)].count(True) == 1
+
+        await eventually(one_leader, 8, "exactly one leader")
+        frozen, successor = (a, b) if await a.leading(http) else (b, a)
+        frozen.signal(signal.SIGSTOP)
+
+        async def successor_leads() -> bool:
+            return await successor.leading(http)
+
+        await eventually(successor_leads, 3.0 + 1.1 + 3.0, "the standby takes over the frozen leader's lease")
+        holder = (await client.get(r.LEASE, "kpack-image-builder-leader-election", "default"))["spec"]
+        resumed = time.monotonic()
+        frozen.signal(signal.SIGCONT)
+        # It finds its renew deadline long passed and stops before trying again: at once, not after
+        # another renew deadline (2 s) of attempts, any of which could take the Lease back.
+        assert await frozen.exit_code(within=5.0) == 1
+        took = time.monotonic() - resumed
+        assert took < 1.5, f"the resumed leader went on for {took:.1f} s"
+        assert any("not renewed within the renew deadline" in m for m in frozen.messages())
+        lease = (await client.get(r.LEASE, "kpack-image-builder-leader-election", "default"))["spec"]
+        assert lease["holderIdentity"] == holder["holderIdentity"]
+        assert lease["leaseTransitions"] == holder["leaseTransitions"]
+        assert await successor.leading(http)
+        successor.signal(signal.SIGTERM)
+        assert await successor.exit_code(within=10) == 0
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 async def run_to_exit(
     kubeconfig_path: Path, *flags: str, environ: dict[str, str] | None = None
