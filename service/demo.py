@@ -242,5 +242,8 @@ def main(options: DemoOptions, on_error: Callable[[str], None]) -> int:
     try:
         return anyio.run(run_demo, options)
     except* OSError as group:
-        on_error(f"demo: {group.exceptions[0]}")
-    return 1
+        first: BaseException = group
+        while isinstance(first, BaseExceptionGroup):  # task groups nest: report the error itself
+            first = first.exceptions[0]
+        on_error(f"demo: {first}")
+    return 2

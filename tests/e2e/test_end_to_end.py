@@ -233,3 +233,24 @@ async def test_the_demo_stops_cleanly_on_ctrl_c() -> None:
             proc.kill()
             await proc.wait()
         await proc.aclose()
+
+
+async def test_the_demo_says_in_one_line_that_its_port_is_taken() -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        with anyio.fail_after(60):
+            result = await anyio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "service",
+                    "demo",
+                    f"--metrics-bind-address=127.0.0.1:{port}",
+                    "--health-probe-bind-address=127.0.0.1:0",
+                ],
+                check=False,
+            )
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 2, lines
+    assert lines == [f"demo: metrics server: cannot listen on 127.0.0.1:{port}: address already in use"]
