@@ -10,6 +10,13 @@ version and the detected buildpacks, and the step states kpack derives from the 
 §8.4); failure writes the failed step's exit code and kpack's message (§8.5). A successful build really
 pushes an image (a config with the ``io.buildpacks.build.metadata`` label and exposed ports, one small
 layer) to every ``spec.tags`` entry in the configured registry.
+
+Credentials are read as kpack reads them: when the build pod is made (the pod mounts the service
+account's secrets), not at export. A failing read of the service account or its Secrets (a 5xx, a 429, a
+timeout) leaves the Build without a pod and requeues it with backoff, as kpack's reconciler returns the
+error to its work queue; only a missing service account means building without credentials. The retry is
+a delayed requeue, never a wait inside the reconcile, so the controller's few workers stay free for the
+other builds; it ends with the Build (deleted or finished) or with the simulator.
 """
 
 from __future__ import annotations
@@ -62,6 +69,9 @@ FAILURES = {
     "rebase": (1, "ERROR: failed to rebase: simulated failure"),
 }
 BUILD_METADATA_LABEL = "io.buildpacks.build.metadata"
+# Requeue delays while a build's credentials cannot be read: doubling from the first, capped (seconds).
+CREDENTIALS_RETRY_FIRST = 0.05
+CREDENTIALS_RETRY_CAP = 2.0
 
 
 @dataclass
@@ -75,6 +85,7 @@ class Pod:
     fail_step: str | None
     failure_log: str = ""
     ids: dict[str, str] = field(default_factory=dict)
+    keychain: Keychain | None = None  # the service account's registry credentials, read at creation
 
 
 def _annotations(build: Obj) -> dict[str, str]:
@@ -86,6 +97,8 @@ class BuildController:
         self.shared = shared
         self.registry = registry
         self.pods: dict[tuple[str, str], Pod] = {}  # by the Build's namespace and name
+        # Builds whose credentials could not be read yet: (the Build's uid, failed reads so far).
+        self.credential_failures: dict[tuple[str, str], tuple[str, int]] = {}
 
     # ------------------------------------------------------------------ the simulated pod
     def _fail_step(self, build: Obj, steps: tuple[str, ...]) -> str | None:
@@ -108,12 +121,17 @@ class BuildController:
         draw = random.Random(f"{self.shared.options.seed}/{meta['namespace']}/{meta['name']}").random()
         return ("build" if "build" in steps else steps[0]) if draw < rate else None
 
-    def _pod(self, build: Obj) -> Pod:
+    def _existing_pod(self, build: Obj) -> Pod | None:
+        meta = build["metadata"]
+        pod = self.pods.get((meta["namespace"], meta["name"]))
+        return pod if pod is not None and pod.uid == meta["uid"] else None
+
+    def _pod(self, build: Obj, keychain: Keychain | None = None) -> Pod:
+        pod = self._existing_pod(build)
+        if pod is not None:
+            return pod
         meta = build["metadata"]
         uid = meta["uid"]
-        pod = self.pods.get((meta["namespace"], meta["name"]))
-        if pod is not None and pod.uid == uid:
-            return pod
         spec = build.get("spec") or {}
         last = spec.get("lastBuild") or {}
         builder = self._builder_image(build)
@@ -138,6 +156,7 @@ class BuildController:
             max(0.0, duration),
             steps,
             self._fail_step(build, steps),
+            keychain=keychain,
         )
         pod.ids = {s: "containerd://" + fake_digest(uid, s)[len("sha256:") :] for s in (*steps, COMPLETION)}
         self.pods[(meta["namespace"], meta["name"])] = pod
@@ -167,10 +186,19 @@ class BuildController:
     # ------------------------------------------------------------------ reconcile
     async def reconcile(self, request: Request) -> Result | None:
         build = self.shared.get("builds", request.namespace, request.name)
+        key = (request.namespace, request.name)
         if build is None or not is_running(build):
-            self.pods.pop((request.namespace, request.name), None)
+            self.pods.pop(key, None)
+            self.credential_failures.pop(key, None)
             return None
-        pod = self._pod(build)
+        pod = self._existing_pod(build)
+        if pod is None:
+            try:
+                keychain = await self._keychain(build) if self._our_tags(build) else None
+            except errors.ApiError as exc:
+                return self._retry_credentials(build, exc)
+            self.credential_failures.pop(key, None)
+            pod = self._pod(build, keychain)
         status = gotypes.decode(apis.BUILD.field_type("status"), build.get("status") or {})
         remaining = pod.duration - (time.monotonic() - pod.started)
         builder = self._builder_image(build)
@@ -185,7 +213,7 @@ class BuildController:
             return Result(requeue_after=remaining)
         if pod.fail_step is None:
             try:
-                self._succeeded(status, pod, build, builder, await self._push(build, builder))
+                self._succeeded(status, pod, build, builder, await self._push(build, builder, pod.keychain))
             except BuildFailure as exc:
                 pod.fail_step = exc.step if exc.step in pod.steps else pod.steps[-1]
                 pod.failure_log = exc.log_line
@@ -193,6 +221,25 @@ class BuildController:
             self._failed(status, pod, build)
         await self.shared.write_status(r.BUILD, apis.BUILD, build, status)
         return None
+
+    def _retry_credentials(self, build: Obj, exc: errors.ApiError) -> Result:
+        """No pod yet: requeue the Build after a delay that doubles with each failed read (kpack's work
+        queue backs off the same way), with no status written, as kpack writes none without a pod."""
+        meta = build["metadata"]
+        key = (meta["namespace"], meta["name"])
+        uid, failures = self.credential_failures.get(key, (meta["uid"], 0))
+        if uid != meta["uid"]:
+            failures = 0  # a Build recreated under the same name starts afresh
+        self.credential_failures[key] = (meta["uid"], failures + 1)
+        delay = min(CREDENTIALS_RETRY_CAP, CREDENTIALS_RETRY_FIRST * 2**failures)
+        log.info(
+            "build %s/%s: cannot read its service account's credentials (%s); retrying in %.2f s",
+            meta["namespace"],
+            meta["name"],
+            exc,
+            delay,
+        )
+        return Result(requeue_after=delay)
 
     @staticmethod
     def _waiting(step: str) -> Obj:
@@ -379,15 +426,27 @@ class BuildController:
             tar.addfile(info, io.BytesIO(content))
         return out.getvalue()
 
+    def _our_tags(self, build: Obj) -> list[str]:
+        """The Build's tags that go to the configured registry (the only ones really pushed)."""
+        host = self.shared.options.registry
+        if not host:
+            return []
+        tags = (build.get("spec") or {}).get("tags") or []
+        return [t for t in tags if (ref := parse_tag(t)) is not None and ref.registry.name == host]
+
     async def _keychain(self, build: Obj) -> Keychain | None:
-        """Credentials from the build's service account secrets (``secrets`` and ``imagePullSecrets``)."""
+        """Credentials from the build's service account secrets (``secrets`` and ``imagePullSecrets``).
+
+        A missing service account means no credentials, as k8schain has it; any other API error is
+        raised for the caller to retry, since building without credentials would fail at export for a
+        fault that a retry overcomes."""
         namespace = build["metadata"]["namespace"]
         name = (build.get("spec") or {}).get("serviceAccountName") or "default"
         try:
             _, secrets = await service_account_secrets(
                 self.shared.client, namespace, name, fields=("secrets", "imagePullSecrets")
             )
-        except errors.ApiError:
+        except errors.NotFound:
             return None
         try:
             keychain = Keychain.from_secrets(secrets)
@@ -395,17 +454,15 @@ class BuildController:
             return None
         return keychain if len(keychain) else None
 
-    async def _push(self, build: Obj, builder: BuilderImage) -> str:
+    async def _push(self, build: Obj, builder: BuilderImage, keychain: Keychain | None) -> str:
         """Push the image to every tag in the configured registry; returns the digest of ``tags[0]`` (made
         up when that tag is in another registry)."""
         tags = (build.get("spec") or {}).get("tags") or []
-        host = self.shared.options.registry
-        ours = [t for t in tags if (ref := parse_tag(t)) is not None and ref.registry.name == host]
+        ours = self._our_tags(build)
         config = self.image_config(build, builder)
         if not ours or self.registry is None:
             return fake_digest("image", build["metadata"]["uid"], tags[0] if tags else "")
         layer = self.layer(build)
-        keychain = await self._keychain(build)
         digests = {}
         for tag in ours:
             try:
