@@ -51,6 +51,7 @@ FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
 CRD_CLEANUP = "customresourcecleanup.apiextensions.k8s.io"
 NAMESPACE_FINALIZER = "kubernetes"
+ANNOTATIONS_LIMIT = 256 * 1024  # apimachinery's TotalAnnotationSizeLimitB
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 _SYSTEM_META = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation")
 
@@ -561,6 +562,16 @@ class Cluster:
                 if field == "labels":
                     for msg in label_value_errors(val):
                         bad("metadata.labels", val, msg)
+            size = sum(len(k.encode()) + len(v.encode()) for k, v in value.items())
+            if field == "annotations" and size > ANNOTATIONS_LIMIT:
+                # apimachinery's ValidateAnnotationsSize: bytes of keys and values, all together
+                causes.append(
+                    schemas.Cause(
+                        "FieldValueTooLong",
+                        "metadata.annotations",
+                        f"Too long: may not be more than {ANNOTATIONS_LIMIT} bytes",
+                    )
+                )
         finalizers = meta.get("finalizers") or []
         if not isinstance(finalizers, list) or not all(isinstance(f, str) for f in finalizers):
             causes.append(

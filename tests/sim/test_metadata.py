@@ -188,6 +188,30 @@ async def test_label_syntax(kube: Kube, labels: dict[str, str], field: str) -> N
     assert_status(await kube.patch(path(CM, name="c2"), {"metadata": {"labels": labels}}), 422, "Invalid")
 
 
+async def test_annotations_are_limited_to_256_kib_in_all(kube: Kube) -> None:
+    """kube-apiserver counts the bytes of every key and value together (what makes kpack unable to
+    create a Build whose buildChanges annotation records a huge env)."""
+    at_limit = {"a": "x" * (256 * 1024 - 2), "b": ""}
+    created = await kube.create(CM, configmap("c1"))
+    assert created
+    ok = await kube.patch(path(CM, name="c1"), {"metadata": {"annotations": at_limit}})
+    assert ok.status == 200
+    over = {"a": "x" * (128 * 1024), "b": "é" * (64 * 1024)}  # 256 KiB of characters, more in bytes
+    status = assert_status(
+        await kube.post(path(CM), {**configmap("c2"), "metadata": {"name": "c2", "annotations": over}}),
+        422,
+        "Invalid",
+    )
+    assert status["details"]["causes"] == [
+        {
+            "reason": "FieldValueTooLong",
+            "field": "metadata.annotations",
+            "message": "Too long: may not be more than 262144 bytes",
+        }
+    ]
+    assert status["message"].endswith("metadata.annotations: Too long: may not be more than 262144 bytes")
+
+
 async def test_valid_labels(kube: Kube) -> None:
     labels = {"app": "", "example.com/app": "v1.2_3-x", "korifi.cloudfoundry.org/app-guid": "a" * 63}
     created = await kube.create(CM, configmap("c1", labels))
