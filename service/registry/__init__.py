@@ -7,6 +7,7 @@ registries with a port, no timeouts), which are fixed and said so.
 """
 
 from service.registry.auth import ANONYMOUS, Credentials, Keychain
+from service.registry.cache import RegistryCache
 from service.registry.client import DeleteResult, Descriptor, ImageConfig, Manifest, RegistryClient
 from service.registry.errors import (
     InvalidImage,
@@ -43,6 +44,7 @@ __all__ = [
     "NotFound",
     "Reference",
     "Registry",
+    "RegistryCache",
     "RegistryClient",
     "RegistryError",
     "RegistryTimeout",
