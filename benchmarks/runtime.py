@@ -68,7 +68,7 @@ from benchmarks.common import GROUP, NS, PLURAL, VERSION, join, load_writes, wor
 from service.kube.client import KubeClient
 from service.kube.config import explicit
 from service.kube.resources import BUILD_WORKLOAD, Resource
-from service.runtime.controller import Controller, Request
+from service.runtime import Controller, Request
 from service.runtime.informer import FuncHandler, Informer
 from service.runtime.metrics import RuntimeMetrics
 from service.runtime.queue import ShutDown, WorkQueue

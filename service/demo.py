@@ -25,7 +25,7 @@ from service.kube.client import KubeClient
 from service.kube.config import explicit
 from service.reconcilers import korifi as k
 from service.registry.auth import docker_config_secret
-from service.runtime.manager import Manager
+from service.runtime import Manager
 from service.sim.crds import new_cluster
 from service.sim.kpack import KpackOptions, running_kpack
 from service.sim.kpack.options import ENV_FAIL

@@ -15,10 +15,7 @@ from service.kube.patches import merge_diff
 from service.kube.resources import BUILDER_INFO, CLUSTER_BUILDER
 from service.reconcilers import korifi as k
 from service.reconcilers.settings import BuilderSettings
-from service.runtime.controller import Funcs, Request, Result
-from service.runtime.informer import Lister
-from service.runtime.manager import Manager
-from service.runtime.store import Obj
+from service.runtime import Funcs, Lister, Manager, Obj, Request, Result
 
 log = logging.getLogger("service.reconcilers.builderinfo")
 

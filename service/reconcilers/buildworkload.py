@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
+
 from service.kube import errors
 from service.kube.client import KubeClient
 from service.kube.conditions import find, is_true, set_condition, status_of
@@ -73,12 +75,22 @@ from service.reconcilers.kpack_objects import (
     quantity_value,
 )
 from service.reconcilers.settings import BuilderSettings
-from service.runtime.controller import Controller, Funcs, Request, Result, enqueue_owner
-from service.runtime.informer import Lister
-from service.runtime.manager import Manager
-from service.runtime.offload import Offload
-from service.runtime.reads import get_confirmed, list_confirmed
-from service.runtime.store import Obj, by_labels, index_value
+from service.runtime import (
+    Controller,
+    Funcs,
+    Lister,
+    Manager,
+    Obj,
+    Offload,
+    Request,
+    Result,
+    by_labels,
+    current,
+    enqueue_owner,
+    get_confirmed,
+    index_value,
+    list_confirmed,
+)
 
 log = logging.getLogger("service.reconcilers.buildworkload")
 
@@ -247,9 +259,16 @@ class BuildWorkloadReconciler:
         attempt = Pass(request, copy.deepcopy(cached))
         result: Result | None = None
         failure: Exception | None = None
+        context = current()
         try:
-            result = await self._run_phase(attempt)
+            # Out of time, the phase stops at the deadline and the pass still writes why: the controller
+            # cancels only a grace period later.
+            with anyio.fail_after(context.remaining() if context and context.deadline else None):
+                result = await self._run_phase(attempt)
             ready = ("True", k.READY_REASON, k.READY_MESSAGE)
+        except TimeoutError:
+            ready = ("False", k.UNKNOWN_REASON, "the reconcile ran out of time (reconcileTimeout); retrying")
+            failure = TimeoutError("the reconcile ran out of time")
         except errors.Conflict:
             raise  # the cache was behind a write: retried from fresh state, nothing to report
         except Waiting as exc:

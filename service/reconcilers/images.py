@@ -20,7 +20,7 @@ from service.registry.client import RegistryClient
 from service.registry.errors import KeychainError
 from service.registry.k8schain import service_account_secrets
 from service.registry.reference import try_parse_reference
-from service.runtime.store import Obj
+from service.runtime import Obj
 
 log = logging.getLogger("service.reconcilers.images")
 

@@ -14,7 +14,7 @@ from typing import Any
 from service.kube import errors, quantity
 from service.reconcilers import korifi as k
 from service.reconcilers.settings import BuilderSettings
-from service.runtime.store import Obj
+from service.runtime import Obj
 
 
 def _meta(obj: Obj) -> Obj:

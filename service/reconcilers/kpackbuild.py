@@ -25,11 +25,7 @@ from service.reconcilers import korifi as k
 from service.reconcilers.images import ImageDeleter, deletion_secrets, registry_lane
 from service.reconcilers.settings import BuilderSettings
 from service.registry.reference import tags_of_build_tags
-from service.runtime.controller import Controller, Funcs, Request, Result
-from service.runtime.informer import Lister
-from service.runtime.manager import Manager
-from service.runtime.offload import Offload
-from service.runtime.store import Obj
+from service.runtime import Controller, Funcs, Lister, Manager, Obj, Offload, Request, Result
 
 log = logging.getLogger("service.reconcilers.kpackbuild")
 

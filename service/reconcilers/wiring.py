@@ -13,8 +13,7 @@ from typing import Protocol
 from service.reconcilers import builderinfo, buildworkload, kpackbuild
 from service.reconcilers.images import ImageConfigReader, ImageDeleter, RepositoryCreator
 from service.reconcilers.settings import BuilderSettings
-from service.runtime.manager import Manager
-from service.runtime.offload import Offload
+from service.runtime import Manager, Offload
 
 REGISTRY_CONCURRENCY = 8  # registry operations at once, per registry host
 INLINE_BUDGET = 0.25  # seconds a reconcile waits for a registry call before leaving it to the background

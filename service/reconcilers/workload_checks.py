@@ -12,7 +12,7 @@ import orjson
 
 from service.kube.names import dns1123_subdomain_errors
 from service.reconcilers import korifi as k
-from service.runtime.store import Obj
+from service.runtime import Obj
 
 # Kubernetes limits the annotations of one object to 256 KiB in all (apimachinery's
 # TotalAnnotationSizeLimitB). kpack's Build records the build's env, services and source twice in its

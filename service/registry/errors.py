@@ -22,9 +22,11 @@ def one_line(text: str, limit: int = MAX_DETAIL) -> str:
 
 
 class RegistryError(Exception):
-    """Base class. ``registry`` is the host[:port] the operation was addressed to ("" if none)."""
+    """Base class. ``registry`` is the host[:port] the operation was addressed to ("" if none).
+    ``expected``: ordinary weather, not a bug — the runtime logs it without a traceback."""
 
     temporary = False
+    expected = True
 
     def __init__(self, message: str, *, registry: str = "") -> None:
         super().__init__(one_line(message, 1000))

@@ -1,4 +1,72 @@
 """The controller runtime: informers, work queue, controllers, leader election, sidecar, manager.
 
 Generic machinery in the manner of client-go and controller-runtime; it knows nothing of kpack or Korifi.
+This module is its public API: a product (the reconcilers) and the simulated kpack both use these names
+and nothing deeper.
 """
+
+from service.runtime.controller import (
+    ANNOTATIONS_CHANGED,
+    GENERATION_CHANGED,
+    LABELS_CHANGED,
+    RESOURCE_VERSION_CHANGED,
+    AnyOf,
+    Controller,
+    Funcs,
+    Mapper,
+    Predicate,
+    enqueue_object,
+    enqueue_owner,
+)
+from service.runtime.events import EventRecorder
+from service.runtime.informer import Informer, InformerFactory, Lister
+from service.runtime.leader import LeaderElectionConfig, LeadershipLost
+from service.runtime.manager import Manager, ManagerOptions
+from service.runtime.offload import Offload, Outcome
+from service.runtime.reads import get_confirmed, list_confirmed
+from service.runtime.reconcile import (
+    Reconcile,
+    ReconcileContext,
+    Request,
+    Requeue,
+    Result,
+    TerminalError,
+    current,
+)
+from service.runtime.store import Obj, by_labels, index_value
+
+__all__ = [
+    "ANNOTATIONS_CHANGED",
+    "GENERATION_CHANGED",
+    "LABELS_CHANGED",
+    "RESOURCE_VERSION_CHANGED",
+    "AnyOf",
+    "Controller",
+    "EventRecorder",
+    "Funcs",
+    "Informer",
+    "InformerFactory",
+    "LeaderElectionConfig",
+    "LeadershipLost",
+    "Lister",
+    "Manager",
+    "ManagerOptions",
+    "Mapper",
+    "Obj",
+    "Offload",
+    "Outcome",
+    "Predicate",
+    "Reconcile",
+    "ReconcileContext",
+    "Request",
+    "Requeue",
+    "Result",
+    "TerminalError",
+    "by_labels",
+    "current",
+    "enqueue_object",
+    "enqueue_owner",
+    "get_confirmed",
+    "index_value",
+    "list_confirmed",
+]

@@ -2,18 +2,21 @@
 
 controller-runtime's model: informer events pass the predicates, become ``Request``s (the object
 itself, its owners, or any map function), and are queued; workers reconcile one request at a time per
-key. The result decides what happens next:
+key. The outcome decides what happens next (``service.runtime.reconcile.judge`` classifies exceptions):
 
-| outcome                      | queue                         | ``reconcile_total{result}`` |
-| error                        | rate-limited requeue          | error                       |
-| ``TerminalError``            | dropped (not retried)         | error                       |
-| ``Result(requeue_after=s)``  | forget, then add after ``s``  | requeue_after               |
-| ``Result(requeue=True)``     | rate-limited requeue          | requeue                     |
-| 409 ``Conflict`` raised      | rate-limited requeue          | requeue (logged at info)    |
-| ``None`` / ``Result()``      | forget                        | success                     |
+| outcome                           | queue                         | ``reconcile_total{result}`` |
+| an error                          | rate-limited requeue          | error                       |
+| ``TerminalError``                 | dropped (not retried)         | error                       |
+| ``Result(requeue_after=s)``       | forget, then add after ``s``  | requeue_after               |
+| ``Result(requeue=True)``          | rate-limited requeue          | requeue                     |
+| 409 Conflict / AlreadyExists      | rate-limited requeue          | requeue (logged at info)    |
+| ``Requeue(after=s)`` raised       | as ``Result``, logged at info | requeue / requeue_after     |
+| ``None`` / ``Result()``           | forget                        | success                     |
 
-A reconcile that overruns its timeout is cancelled and retried like an error. No exception ever kills a
-worker.
+An unexpected error (a bug) logs its traceback once per object and error, not on every retry. A
+reconcile runs in a ``ReconcileContext`` with the deadline of the reconcile timeout; it is cancelled only
+a grace period after that deadline, so that a reconciler watching ``remaining()`` can still record why it
+stopped, and is then retried like an error. No exception ever kills a worker.
 """
 
 from __future__ import annotations
@@ -21,18 +24,25 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
 
-from service.kube.errors import ApiError, Conflict
 from service.runtime.clock import REAL_CLOCK, Clock
 from service.runtime.informer import FuncHandler, Informer
 from service.runtime.metrics import RESULTS, RuntimeMetrics
 from service.runtime.queue import ShutDown, WorkQueue
 from service.runtime.ratelimiters import RateLimiter
+from service.runtime.reconcile import (
+    Reconcile,
+    ReconcileContext,
+    Request,
+    Result,
+    judge,
+    running,
+)
 from service.runtime.store import Obj
 
 log = logging.getLogger("service.runtime.controller")
@@ -40,31 +50,6 @@ log = logging.getLogger("service.runtime.controller")
 CACHE_SYNC_TIMEOUT = 120.0
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Request:
-    namespace: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}" if self.namespace else self.name
-
-    @classmethod
-    def for_object(cls, obj: Obj) -> Request:
-        meta = obj["metadata"]
-        return cls(meta.get("namespace", ""), meta["name"])
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    requeue: bool = False
-    requeue_after: float = 0.0
-
-
-class TerminalError(Exception):
-    """A reconcile failure that retrying cannot fix: logged and counted, not requeued."""
-
-
-Reconcile = Callable[[Request], Awaitable[Result | None]]
 Mapper = Callable[[Obj], Iterable[Request]]
 
 
@@ -184,6 +169,7 @@ class Controller:
         )
         self.informers: list[Informer] = []
         self._stopping = False
+        self._traced: dict[Request, str] = {}  # the last error whose traceback was logged, per object
         self.started = anyio.Event()
         self._series = _Series.of(metrics, name) if metrics else None
         if metrics:
@@ -290,59 +276,87 @@ class Controller:
             "name_": request.name,
             "reconcileID": reconcile_id,
         }
+        deadline = time.monotonic() + self.reconcile_timeout if self.reconcile_timeout else None
+        context = ReconcileContext(self.name, request, reconcile_id, deadline, fields)
         started = time.perf_counter()
         outcome = "error"
         try:
             timed_out = False
-            if self.reconcile_timeout:
-                result: Result | None = None
-                error: BaseException | None = None
-                with anyio.move_on_after(self.reconcile_timeout) as scope:
+            result: Result | None = None
+            error: Exception | None = None
+            with running(context):
+                if self.reconcile_timeout:
+                    with anyio.move_on_after(
+                        self.reconcile_timeout + _grace(self.reconcile_timeout)
+                    ) as scope:
+                        result, error = await self._call(request)
+                    if scope.cancelled_caught:
+                        timed_out = True
+                        error = TimeoutError(f"reconcile exceeded its {self.reconcile_timeout} s timeout")
+                else:
                     result, error = await self._call(request)
-                if scope.cancelled_caught:
-                    timed_out = True
-                    error = TimeoutError(f"reconcile exceeded its {self.reconcile_timeout} s timeout")
+            if error is not None:
+                outcome = self._failed(request, error, timed_out, fields)
             else:
-                result, error = await self._call(request)
-            if isinstance(error, Conflict):
-                # Optimistic locking at work: the cache was behind a write. Retry from fresh state, as an
-                # error would be, but without an error's alarm (it is not one).
-                log.info("reconcile met a newer version of an object; requeued", extra=fields)
-                outcome = "requeue"
-                self.queue.add_rate_limited(request)
-                error = None
-            elif isinstance(error, TerminalError):
-                log.error("reconcile failed permanently: %s", error, extra=fields)
-                if series:
-                    series.terminal.inc()
-            elif error is not None:
-                log.error(
-                    "reconcile failed: %s",
-                    error,
-                    extra=fields,
-                    exc_info=not timed_out and not _expected(error),
-                )
-                if timed_out and series:
-                    series.timeouts.inc()
-                self.queue.add_rate_limited(request)
-            elif result is not None and result.requeue_after > 0:
-                outcome = "requeue_after"
-                self.queue.forget(request)
-                self.queue.add_after(request, result.requeue_after)
-            elif result is not None and result.requeue:
-                outcome = "requeue"
-                self.queue.add_rate_limited(request)
-            else:
-                outcome = "success"
-                self.queue.forget(request)
-            if error is not None and series:
-                series.errors.inc()
+                self._traced.pop(request, None)
+                if result is not None and result.requeue_after > 0:
+                    outcome = "requeue_after"
+                    self.queue.forget(request)
+                    self.queue.add_after(request, result.requeue_after)
+                elif result is not None and result.requeue:
+                    outcome = "requeue"
+                    self.queue.add_rate_limited(request)
+                else:
+                    outcome = "success"
+                    self.queue.forget(request)
         finally:
             if series:
                 series.total[outcome].inc()
                 series.time.observe(time.perf_counter() - started)
                 series.active.dec()
             self.queue.done(request)
+
+    def _failed(self, request: Request, error: Exception, timed_out: bool, fields: Mapping[str, Any]) -> str:
+        """Log, count and requeue a failed reconcile as ``judge`` says; the ``result`` label to count."""
+        verdict = judge(error, timed_out=timed_out)
+        series = self._series
+        if verdict.kind == "requeue":
+            log.log(verdict.level, "reconcile requeued: %s", error, extra=fields)
+            self._traced.pop(request, None)
+            if verdict.after > 0:
+                self.queue.forget(request)
+                self.queue.add_after(request, verdict.after)
+                return "requeue_after"
+            self.queue.add_rate_limited(request)
+            return "requeue"
+        # The traceback once per object and error: a bug met on every retry would otherwise fill the log.
+        signature = f"{type(error).__qualname__}: {error}"
+        traceback = verdict.traceback and self._traced.get(request) != signature
+        if verdict.traceback:
+            self._traced[request] = signature
+        if verdict.kind == "terminal":
+            log.log(verdict.level, "reconcile failed permanently: %s", error, extra=fields)
+            if series:
+                series.terminal.inc()
+        else:
+            log.log(
+                verdict.level,
+                "reconcile failed: %s",
+                error,
+                extra=fields,
+                exc_info=error if traceback else None,
+            )
+            if timed_out and series:
+                series.timeouts.inc()
+            self.queue.add_rate_limited(request)
+        if series:
+            series.errors.inc()
+        return "error"
+
+
+def _grace(timeout: float) -> float:
+    """How long past its deadline a reconcile may run to record why it stopped, before it is cancelled."""
+    return min(5.0, timeout / 4)
 
 
 @dataclass(frozen=True)
@@ -366,8 +380,3 @@ class _Series:
             m.reconcile_time.labels(name),
             {result: m.reconcile_total.labels(name, result) for result in RESULTS},
         )
-
-
-def _expected(error: BaseException) -> bool:
-    """API errors are ordinary weather; anything else deserves its traceback in the log."""
-    return isinstance(error, ApiError)

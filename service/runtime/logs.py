@@ -2,7 +2,8 @@
 or aligned text for a human at a terminal.
 
 Context travels as ``extra=`` fields on the standard ``logging`` calls (``controller``, ``namespace``,
-``reconcileID``, ...); both formats print every such field. ``logging`` refuses an ``extra`` key that is a
+``reconcileID``, ...); both formats print every such field. Inside a reconcile, the reconcile's own fields
+are added to every record (``ReconcileFields``). ``logging`` refuses an ``extra`` key that is a
 ``LogRecord`` attribute (``name``, ``msg``, ``args``, ``module``, ...: KeyError), so such a field is passed
 with a trailing underscore and printed without it: ``extra={"name_": "w-1"}`` prints ``name``, as
 controller-runtime's ``name`` key. The four zap keys (``level``, ``ts``, ``logger``, ``msg``) always win
@@ -17,6 +18,8 @@ import time
 from typing import Any, TextIO
 
 import orjson
+
+from service.runtime.reconcile import context_fields
 
 LEVELS = ("debug", "info", "warn", "error")
 FORMATS = ("json", "text")
@@ -93,6 +96,17 @@ def python_level(level: str) -> int:
     ]
 
 
+class ReconcileFields(logging.Filter):
+    """Every record logged during a reconcile carries its ``controller``, ``namespace``, ``name`` and
+    ``reconcileID``, whoever logs it (a reconciler, the client, the registry), unless it names its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in context_fields().items():
+            if key not in record.__dict__:
+                setattr(record, key, value)
+        return True
+
+
 def setup_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Route every logger to one handler on stderr (or ``stream``) in the chosen format."""
     if fmt not in FORMATS:
@@ -100,6 +114,7 @@ def setup_logging(level: str = "info", fmt: str = "json", stream: TextIO | None 
     python_level(level)  # validate before anything changes
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ReconcileFields())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -24,12 +24,13 @@ from prometheus_client import CollectorRegistry
 
 from service.kube.client import KubeClient
 from service.runtime.clock import REAL_CLOCK, Clock
-from service.runtime.controller import Controller, Reconcile
+from service.runtime.controller import Controller
 from service.runtime.events import EventRecorder
 from service.runtime.informer import InformerFactory
 from service.runtime.leader import LeaderElectionConfig, LeaderElector, LeadershipLost
 from service.runtime.metrics import RuntimeMetrics, new_registry
 from service.runtime.ratelimiters import default_rate_limiter
+from service.runtime.reconcile import Reconcile
 from service.runtime.sidecar import BindAddress, Checks, LoopMonitor, Sidecar
 
 log = logging.getLogger("service.runtime.manager")

@@ -235,7 +235,10 @@ class Env:
 
 
 @pytest.fixture
-async def env() -> AsyncIterator[Env]:
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    """``@pytest.mark.reconcile_timeout(s)`` gives the manager a reconcile timeout."""
+    marker = request.node.get_closest_marker("reconcile_timeout")
+    timeout = float(marker.args[0]) if marker else None
     settings = BuilderSettings(
         cluster_builder_name=f"cluster-builder-{uuid.uuid4().hex[:6]}",
         builder_service_account=SERVICE_ACCOUNT,
@@ -254,7 +257,9 @@ async def env() -> AsyncIterator[Env]:
         RegistryClient(timeout=5.0) as images,
     ):
         repositories = RecordingRepositories()
-        async with running_controllers(manager_client, settings, images, repositories) as manager:
+        async with running_controllers(
+            manager_client, settings, images, repositories, reconcile_timeout=timeout
+        ) as manager:
             environment = Env(api, client, registry, images, manager, settings, repositories)
             await environment.standard()
             yield environment
@@ -266,9 +271,14 @@ async def running_controllers(
     settings: BuilderSettings,
     images: RegistryClient,
     repositories: RecordingRepositories | None = None,
+    *,
+    reconcile_timeout: float | None = None,
 ) -> AsyncIterator[Manager]:
     """A manager with the three controllers, as ``run`` wires them (no sidecar), for the block."""
-    manager = Manager(client, ManagerOptions(name="test", metrics_address=None, probe_address=None))
+    options = ManagerOptions(
+        name="test", metrics_address=None, probe_address=None, reconcile_timeout=reconcile_timeout
+    )
+    manager = Manager(client, options)
     add_controllers(manager, settings, RegistryImages(images), repositories)
     async with anyio.create_task_group() as tg:
         tg.start_soon(manager.run)

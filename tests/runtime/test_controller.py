@@ -14,8 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.kube.resources import CONFIG_MAP
-from service.runtime.clock import FakeClock
-from service.runtime.controller import (
+from service.runtime import (
     ANNOTATIONS_CHANGED,
     GENERATION_CHANGED,
     LABELS_CHANGED,
@@ -23,12 +22,16 @@ from service.runtime.controller import (
     AnyOf,
     Controller,
     Funcs,
+    ReconcileContext,
     Request,
+    Requeue,
     Result,
     TerminalError,
+    current,
     enqueue_object,
     enqueue_owner,
 )
+from service.runtime.clock import FakeClock
 from service.runtime.informer import Informer
 from service.runtime.metrics import RESULTS, RuntimeMetrics
 from service.runtime.store import Obj
@@ -450,6 +453,131 @@ async def test_a_reconcile_timeout_cancels_counts_and_retries(registry: Collecto
     assert reconcile.calls == [REQ, REQ]
     assert totals(registry)["success"] == 1
     assert metric(registry, "controller_runtime_reconcile_timeouts_total") == 1  # only when it fired
+
+
+async def test_already_exists_is_a_stale_cache_and_requeued_quietly(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two creators of one object, or a create for an object the cache has not seen yet: it heals."""
+    from service.kube.errors import AlreadyExists
+
+    controller, _, _ = controller_with(registry, raises(AlreadyExists('images "app" already exists')))
+    with caplog.at_level("INFO", logger="service.runtime.controller"):
+        await reconcile_once(controller, REQ)
+    assert totals(registry) == {"success": 0, "error": 0, "requeue": 1, "requeue_after": 0}
+    assert metric(registry, "controller_runtime_reconcile_errors_total") == 0
+    assert [r.levelname for r in caplog.records if r.name == "service.runtime.controller"] == ["INFO"]
+
+
+async def test_a_raised_requeue_is_not_an_error(registry: CollectorRegistry) -> None:
+    controller, clock, _ = controller_with(
+        registry, raises(Requeue("waits for its secret", after=4.0)), raises(Requeue("again"))
+    )
+    fail_before(controller, 2)
+    await reconcile_once(controller, REQ)
+    assert controller.queue.num_requeues(REQ) == 0  # a delayed requeue forgets the backoff
+    assert controller.queue.next_ready_at() == clock.now() + 4.0
+    await reconcile_once(controller, REQ)
+    assert controller.queue.num_requeues(REQ) == 1
+    assert totals(registry) == {"success": 0, "error": 0, "requeue": 1, "requeue_after": 1}
+    assert metric(registry, "controller_runtime_reconcile_errors_total") == 0
+
+
+async def test_a_bug_logs_its_traceback_once_per_object_and_error(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retried every few seconds for hours, a bug would otherwise bury the log in one traceback."""
+    controller, _, _ = controller_with(
+        registry,
+        *[raises(KeyError("status"))] * 3,
+        raises(ValueError("another bug")),
+        returns(None),
+        raises(KeyError("status")),
+    )
+    with caplog.at_level("ERROR", logger="service.runtime.controller"):
+        for _ in range(6):
+            await reconcile_once(controller, REQ)
+    records = [r for r in caplog.records if r.name == "service.runtime.controller"]
+    assert len(records) == 5  # every failure is logged ...
+    traced = [r.getMessage() for r in records if r.exc_info]
+    # ... with its traceback the first time, when it changes, and again after a success in between
+    assert traced == [
+        "reconcile failed: 'status'",
+        "reconcile failed: another bug",
+        "reconcile failed: 'status'",
+    ]
+    assert metric(registry, "controller_runtime_reconcile_errors_total") == 5
+
+
+async def test_an_error_marked_expected_logs_no_traceback(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    class RegistryDown(Exception):
+        expected = True  # ordinary weather, as registry errors say of themselves
+
+    controller, _, _ = controller_with(registry, raises(RegistryDown("registry.example.com: unreachable")))
+    with caplog.at_level("ERROR", logger="service.runtime.controller"):
+        await reconcile_once(controller, REQ)
+    [record] = [r for r in caplog.records if r.name == "service.runtime.controller"]
+    assert record.exc_info is None and "unreachable" in record.getMessage()
+
+
+async def test_a_reconcile_knows_its_context_and_every_line_it_logs_carries_it(
+    registry: CollectorRegistry,
+) -> None:
+    import io
+    import logging
+
+    from service.runtime.logs import setup_logging
+
+    seen: list[ReconcileContext | None] = []
+    logger = logging.getLogger("tests.some.reconciler")
+
+    async def reconcile(request: Request) -> None:
+        seen.append(current())
+        logger.warning("looking at it")
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    setup_logging("info", "json", stream)
+    try:
+        controller = Controller("c", reconcile, metrics=RuntimeMetrics(registry), reconcile_timeout=30.0)
+        await reconcile_once(controller, REQ)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+    [context] = seen
+    assert context is not None and context.request == REQ and context.controller == "c"
+    assert 29.0 < context.remaining() <= 30.0
+    assert current() is None  # only inside the reconcile
+    [line] = [orjson.loads(x) for x in stream.getvalue().splitlines() if "looking at it" in x]
+    assert (line["controller"], line["namespace"], line["name"]) == ("c", "ns", "a")
+    assert line["reconcileID"] == context.reconcile_id
+
+
+async def test_a_timed_out_reconcile_gets_a_grace_period_to_record_why(registry: CollectorRegistry) -> None:
+    """The deadline is the timeout; the cancellation comes a grace period later, so that a reconciler that
+    watches ``remaining()`` can still write that it stopped (a status condition, an Event)."""
+    recorded: list[str] = []
+
+    async def careful(request: Request) -> None:
+        context = current()
+        assert context is not None
+        with anyio.move_on_after(context.remaining()):
+            await anyio.sleep_forever()  # the slow part
+        await anyio.sleep(0.01)  # the write of why it stopped, inside the grace period
+        recorded.append("stopped: out of time")
+        raise TimeoutError("out of time")
+
+    controller, _, _ = controller_with(registry, careful, reconcile_timeout=0.2)
+    with anyio.fail_after(DEADLINE):
+        await reconcile_once(controller, REQ)
+    assert recorded == ["stopped: out of time"]
+    assert metric(registry, "controller_runtime_reconcile_errors_total") == 1
 
 
 # ---------------------------------------------------------------------------------------------- running

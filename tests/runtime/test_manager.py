@@ -14,7 +14,7 @@ import pytest
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import explicit
-from service.runtime.controller import Request, Result
+from service.runtime import Request, Result
 from service.runtime.leader import LeaderElectionConfig
 from service.runtime.manager import Manager, ManagerOptions
 from service.runtime.sidecar import BindAddress

@@ -22,7 +22,7 @@ from typing import Any
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.conditions import is_true
-from service.runtime.controller import Request, Result
+from service.runtime import Request, Result
 from service.sim.kpack import apis, gotypes
 from service.sim.kpack.base import Obj, Shared, condition, go_json, log
 from service.sim.kpack.options import ANNOTATION_NEVER_READY

@@ -39,7 +39,7 @@ from service.registry.auth import Keychain
 from service.registry.client import RegistryClient
 from service.registry.errors import KeychainError, RegistryError
 from service.registry.k8schain import service_account_secrets
-from service.runtime.controller import Request, Result
+from service.runtime import Request, Result
 from service.sim.kpack import apis, gotypes
 from service.sim.kpack.base import Obj, Shared, condition, go_json, log
 from service.sim.kpack.builders import BuilderImage, builder_image_from_status

@@ -19,8 +19,7 @@ from service.kube import errors
 from service.kube import resources as r
 from service.kube.conditions import condition_of, is_true
 from service.registry.reference import try_parse_reference
-from service.runtime.controller import Request, Result
-from service.runtime.store import by_labels, index_value
+from service.runtime import Request, Result, by_labels, index_value
 from service.sim.kpack import apis, gotypes
 from service.sim.kpack.base import (
     KPACK_API_VERSION,

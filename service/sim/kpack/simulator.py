@@ -22,8 +22,7 @@ from service.kube.config import explicit
 from service.kube.resources import KPACK, Resource
 from service.registry.auth import docker_config_secret
 from service.registry.client import RegistryClient
-from service.runtime.controller import Controller, Funcs, Predicate, Request, Result, enqueue_owner
-from service.runtime.informer import InformerFactory
+from service.runtime import Controller, Funcs, InformerFactory, Predicate, Request, Result, enqueue_owner
 from service.sim.kpack import apis, gotypes
 from service.sim.kpack.base import Obj, Shared, log
 from service.sim.kpack.builders import BuilderControllers

@@ -15,7 +15,7 @@ from typing import Any
 
 from service.kube import resources as r
 from service.registry.reference import try_parse_reference
-from service.runtime.controller import Request
+from service.runtime import Request
 from service.sim.kpack import apis, gotypes
 from service.sim.kpack.base import Obj, Shared, condition, log
 from service.sim.kpack.options import CatalogBuildpack, repository_key
