@@ -15,7 +15,7 @@ from service.kube.patches import merge_diff
 from service.kube.resources import BUILDER_INFO, CLUSTER_BUILDER
 from service.reconcilers import korifi as k
 from service.reconcilers.settings import BuilderSettings
-from service.runtime import Funcs, Lister, Manager, Obj, Request, Result
+from service.runtime import Lister, Manager, Obj, Request, Result, where
 
 log = logging.getLogger("service.reconcilers.builderinfo")
 
@@ -142,10 +142,10 @@ class BuilderInfoReconciler:
 
 def register(manager: Manager, settings: BuilderSettings) -> BuilderInfoReconciler:
     reconciler = BuilderInfoReconciler(manager, settings)
-    controller = manager.new_controller(CONTROLLER, reconciler.reconcile)
-    ours = Funcs(
-        create=reconciler.is_ours, update=lambda _old, new: reconciler.is_ours(new), delete=reconciler.is_ours
+    (
+        manager.controller(CONTROLLER)
+        .for_(BUILDER_INFO, predicates=[where(reconciler.is_ours)])
+        .watches(CLUSTER_BUILDER, reconciler.for_cluster_builder)
+        .complete(reconciler.reconcile)
     )
-    controller.watch(reconciler.infos.informers, predicates=[ours])
-    controller.watch(reconciler.cluster_builders.informers, reconciler.for_cluster_builder)
     return reconciler

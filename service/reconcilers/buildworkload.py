@@ -48,7 +48,6 @@ from service.kube.resources import (
     BUILDER,
     CLUSTER_BUILDER,
     IMAGE,
-    KORIFI,
     SECRET,
     SERVICE_ACCOUNT,
     STORAGE_CLASS,
@@ -77,7 +76,6 @@ from service.reconcilers.kpack_objects import (
 from service.reconcilers.settings import BuilderSettings
 from service.runtime import (
     Controller,
-    Funcs,
     Lister,
     Manager,
     Obj,
@@ -86,10 +84,10 @@ from service.runtime import (
     Result,
     by_labels,
     current,
-    enqueue_owner,
     get_confirmed,
     index_value,
     list_confirmed,
+    where,
 )
 
 log = logging.getLogger("service.reconcilers.buildworkload")
@@ -772,14 +770,13 @@ def register(
     repositories: RepositoryCreator | None = None,
 ) -> BuildWorkloadReconciler:
     reconciler = BuildWorkloadReconciler(manager, settings, images, offload, repositories)
-    controller = manager.new_controller(CONTROLLER, reconciler.reconcile)
-    reconciler.controller = controller
-    ours = Funcs(create=is_ours, update=lambda _old, new: is_ours(new), delete=is_ours)
-    controller.watch(reconciler.workloads.informers, predicates=[ours])
-    controller.watch(
-        reconciler.images.informers, enqueue_owner(KORIFI, "BuildWorkload", only_controller=False)
+    reconciler.controller = (
+        manager.controller(CONTROLLER)
+        .for_(BUILD_WORKLOAD, predicates=[where(is_ours)])
+        .owns(IMAGE, only_controller=False)
+        .watches(BUILD, reconciler.workloads_for_build)
+        .watches(BUILDER, reconciler.workloads_waiting_for_builder)
+        .watches(CLUSTER_BUILDER, reconciler.workloads_waiting_for_builder)
+        .complete(reconciler.reconcile)
     )
-    controller.watch(reconciler.builds.informers, reconciler.workloads_for_build)
-    controller.watch(reconciler.builders.informers, reconciler.workloads_waiting_for_builder)
-    controller.watch(reconciler.cluster_builders.informers, reconciler.workloads_waiting_for_builder)
     return reconciler

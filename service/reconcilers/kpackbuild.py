@@ -25,7 +25,7 @@ from service.reconcilers import korifi as k
 from service.reconcilers.images import ImageDeleter, deletion_secrets, registry_lane
 from service.reconcilers.settings import BuilderSettings
 from service.registry.reference import tags_of_build_tags
-from service.runtime import Controller, Funcs, Lister, Manager, Obj, Offload, Request, Result
+from service.runtime import Controller, Lister, Manager, Obj, Offload, Request, Result, where
 
 log = logging.getLogger("service.reconcilers.kpackbuild")
 
@@ -114,10 +114,9 @@ def register(
     manager: Manager, settings: BuilderSettings, images: ImageDeleter, offload: Offload
 ) -> KpackBuildReconciler:
     reconciler = KpackBuildReconciler(manager, settings, images, offload)
-    controller = manager.new_controller(CONTROLLER, reconciler.reconcile)
-    reconciler.controller = controller
-    labelled = Funcs(
-        create=for_a_workload, update=lambda _old, new: for_a_workload(new), delete=for_a_workload
+    reconciler.controller = (
+        manager.controller(CONTROLLER)
+        .for_(BUILD, predicates=[where(for_a_workload)])
+        .complete(reconciler.reconcile)
     )
-    controller.watch(reconciler.builds.informers, predicates=[labelled])
     return reconciler

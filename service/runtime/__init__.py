@@ -5,6 +5,7 @@ This module is its public API: a product (the reconcilers) and the simulated kpa
 and nothing deeper.
 """
 
+from service.runtime.builder import Builder, where
 from service.runtime.controller import (
     ANNOTATIONS_CHANGED,
     GENERATION_CHANGED,
@@ -41,6 +42,7 @@ __all__ = [
     "LABELS_CHANGED",
     "RESOURCE_VERSION_CHANGED",
     "AnyOf",
+    "Builder",
     "Controller",
     "EventRecorder",
     "Funcs",
@@ -69,4 +71,5 @@ __all__ = [
     "get_confirmed",
     "index_value",
     "list_confirmed",
+    "where",
 ]

@@ -340,7 +340,11 @@ class Lister:
 
 
 class InformerFactory:
-    """One informer per (resource, namespace, label selector), shared by every controller that asks."""
+    """One informer per (resource, namespace, label selector), shared by every controller that asks.
+
+    The cache's scope is set here once: the namespaces to watch, and a default label selector per
+    resource (``label_selectors``, keyed by ``plural.group``) that applies wherever no selector is asked
+    for — so that, say, a shard's selector reaches every controller and lister without their knowing."""
 
     def __init__(
         self,
@@ -349,11 +353,13 @@ class InformerFactory:
         clock: Clock = REAL_CLOCK,
         resync_period: float = 0.0,
         namespaces: tuple[str, ...] = (),
+        label_selectors: Mapping[str, str] | None = None,
     ) -> None:
         self.client = client
         self.clock = clock
         self.resync_period = resync_period
         self.namespaces = namespaces  # empty: every namespace
+        self.label_selectors = dict(label_selectors or {})
         self.informers: dict[tuple[str, str, str | None, str | None], Informer] = {}
         self._started = False
 
@@ -370,6 +376,8 @@ class InformerFactory:
     def get(
         self, resource: Resource, namespace: str | None = None, label_selector: str | None = None
     ) -> Informer:
+        if label_selector is None:
+            label_selector = self.label_selectors.get(resource.qualified)
         key = (resource.group, resource.plural, namespace if resource.namespaced else None, label_selector)
         informer = self.informers.get(key)
         if informer is None:

@@ -15,7 +15,7 @@ them), when a component died, or when in-flight work overran the timeout.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import anyio
@@ -23,6 +23,7 @@ from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry
 
 from service.kube.client import KubeClient
+from service.runtime.builder import Builder
 from service.runtime.clock import REAL_CLOCK, Clock
 from service.runtime.controller import Controller
 from service.runtime.events import EventRecorder
@@ -40,6 +41,7 @@ log = logging.getLogger("service.runtime.manager")
 class ManagerOptions:
     name: str = "manager"  # the component name in Events
     namespaces: tuple[str, ...] = ()  # empty: every namespace
+    label_selectors: Mapping[str, str] = field(default_factory=dict)  # plural.group -> the cache's selector
     metrics_address: BindAddress | None = field(default_factory=lambda: BindAddress(None, 8080))
     probe_address: BindAddress | None = field(default_factory=lambda: BindAddress(None, 8081))
     graceful_shutdown_timeout: float = 30.0  # negative: wait for ever
@@ -67,7 +69,11 @@ class Manager:
         self.registry = registry or new_registry()
         self.metrics = RuntimeMetrics(self.registry)
         self.informers = InformerFactory(
-            client, clock=clock, resync_period=options.sync_period, namespaces=options.namespaces
+            client,
+            clock=clock,
+            resync_period=options.sync_period,
+            namespaces=options.namespaces,
+            label_selectors=options.label_selectors,
         )
         self.events = EventRecorder(client, options.name, options.instance)
         self.controllers: list[Controller] = []
@@ -116,6 +122,10 @@ class Manager:
         if not self.informers.informers:
             return "no informers started yet"
         return f"not synced: {', '.join(unsynced)}" if unsynced else None
+
+    def controller(self, name: str) -> Builder:
+        """Declare a controller: ``manager.controller(name).for_(...).owns(...).complete(reconcile)``."""
+        return Builder(self, name)
 
     def new_controller(self, name: str, reconcile: Reconcile, *, workers: int | None = None) -> Controller:
         """A controller with the manager's defaults (workers, rate limiter, reconcile timeout, metrics)."""

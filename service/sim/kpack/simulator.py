@@ -9,7 +9,7 @@ the same caches, conflicts and event timing as against kpack. The webhooks live 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -19,10 +19,20 @@ from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import explicit
-from service.kube.resources import KPACK, Resource
+from service.kube.resources import Resource
 from service.registry.auth import docker_config_secret
 from service.registry.client import RegistryClient
-from service.runtime import Controller, Funcs, InformerFactory, Predicate, Request, Result, enqueue_owner
+from service.runtime import (
+    Builder,
+    Controller,
+    Funcs,
+    Manager,
+    ManagerOptions,
+    Predicate,
+    Reconcile,
+    Request,
+    Result,
+)
 from service.sim.kpack import apis, gotypes
 from service.sim.kpack.base import Obj, Shared, log
 from service.sim.kpack.builders import BuilderControllers
@@ -46,8 +56,6 @@ RESOURCES: tuple[Resource, ...] = (
     apis.CLUSTER_LIFECYCLE_RESOURCE,
     apis.SOURCE_RESOLVER_RESOURCE,
 )
-
-Reconcile = Callable[[Request], Awaitable[Result | None]]
 
 
 def _not_deleting(obj: Obj) -> bool:
@@ -88,9 +96,19 @@ class KpackSimulator:
         self.client = client
         self.registry = registry
         self.shared = Shared(client, self.options)
-        self.factory = InformerFactory(client)
+        # kpack's controllers on the project's manager, as any product runs: one informer per resource,
+        # shared by the controllers and the simulator's own lookups.
+        self.manager = Manager(
+            client,
+            ManagerOptions(
+                name="kpack-sim",
+                metrics_address=None,
+                probe_address=None,
+                workers=max(1, self.options.workers),
+            ),
+        )
         for res in RESOURCES:
-            self.shared.informers[res.plural] = self.factory.get(res)
+            self.shared.informers[res.plural] = self.manager.informers.get(res)
         self.shared.informers["builds"].add_indexer(BUILDS_BY_IMAGE, builds_by_image)
         self.stores = StoreControllers(self.shared)
         self.builders = BuilderControllers(self.shared)
@@ -99,45 +117,55 @@ class KpackSimulator:
         self.controllers: list[Controller] = []
         self._wire()
 
-    def _controller(
-        self, name: str, reconcile: Reconcile, plural: str, predicates: Sequence[Predicate] = ()
-    ) -> Controller:
-        controller = Controller(
-            f"kpack-sim-{name}", _skip_undecodable(reconcile), max_concurrent=max(1, self.options.workers)
-        )
-        controller.watch(self.shared.informers[plural], predicates=predicates)
-        self.controllers.append(controller)
-        return controller
+    def _controller(self, name: str, resource: Resource, predicates: Sequence[Predicate] = ()) -> Builder:
+        return self.manager.controller(f"kpack-sim-{name}").for_(resource, predicates=predicates)
+
+    def _complete(self, builder: Builder, reconcile: Reconcile) -> None:
+        self.controllers.append(builder.complete(_skip_undecodable(reconcile)))
 
     def _wire(self) -> None:
-        inf = self.shared.informers
-        self._controller("clusterlifecycles", self.stores.cluster_lifecycle, "clusterlifecycles")
-        self._controller("clusterstacks", self.stores.cluster_stack, "clusterstacks")
-        self._controller("clusterstores", self.stores.cluster_store, "clusterstores")
-        self._controller("clusterbuildpacks", self.stores.cluster_buildpack, "clusterbuildpacks")
-        self._controller("buildpacks", self.stores.buildpack, "buildpacks")
-        self._controller("sourceresolvers", self.stores.source_resolver, "sourceresolvers")
+        st = self.stores
+        stores: tuple[tuple[str, Resource, Reconcile], ...] = (
+            ("clusterlifecycles", apis.CLUSTER_LIFECYCLE_RESOURCE, st.cluster_lifecycle),
+            ("clusterstacks", r.CLUSTER_STACK, st.cluster_stack),
+            ("clusterstores", r.CLUSTER_STORE, st.cluster_store),
+            ("clusterbuildpacks", r.CLUSTER_BUILDPACK, st.cluster_buildpack),
+            ("buildpacks", r.BUILDPACK, st.buildpack),
+            ("sourceresolvers", apis.SOURCE_RESOLVER_RESOURCE, st.source_resolver),
+        )
+        for name, resource, reconcile in stores:
+            self._complete(self._controller(name, resource), reconcile)
 
         b = self.builders
-        for plural, reconcile in (("clusterbuilders", b.cluster_builder), ("builders", b.builder)):
-            c = self._controller(plural, reconcile, plural)
+        builders: tuple[tuple[str, Resource, Reconcile], ...] = (
+            ("clusterbuilders", r.CLUSTER_BUILDER, b.cluster_builder),
+            ("builders", r.BUILDER, b.builder),
+        )
+        for plural, resource, reconcile in builders:
 
             def using(field: str, default: str = "", plural: str = plural) -> Callable[[Obj], list[Request]]:
                 return lambda obj: b.builders_using(plural, field, obj["metadata"]["name"], default)
 
-            c.watch(inf["clusterstacks"], using("stack"))
-            c.watch(inf["clusterstores"], using("store"))
-            c.watch(inf["clusterlifecycles"], using("lifecycle", "default-lifecycle"))
-            c.watch(inf["clusterbuildpacks"], self._all(plural))
+            c = (
+                self._controller(plural, resource)
+                .watches(r.CLUSTER_STACK, using("stack"))
+                .watches(r.CLUSTER_STORE, using("store"))
+                .watches(apis.CLUSTER_LIFECYCLE_RESOURCE, using("lifecycle", "default-lifecycle"))
+                .watches(r.CLUSTER_BUILDPACK, self._all(plural))
+            )
             if plural == "builders":
-                c.watch(
-                    inf["buildpacks"], lambda obj: b.all_builders("builders", obj["metadata"]["namespace"])
-                )
+                c.watches(r.BUILDPACK, lambda obj: b.all_builders("builders", obj["metadata"]["namespace"]))
+            self._complete(c, reconcile)
 
-        images = self._controller("images", self.images.reconcile, "images", [SKIP_DELETING])
-        images.watch([inf["builds"], inf["sourceresolvers"]], enqueue_owner(KPACK, "Image"))
-        images.watch([inf["builders"], inf["clusterbuilders"]], self.images.images_using)
-        self._controller("builds", self.builds.reconcile, "builds")
+        self._complete(
+            self._controller("images", r.IMAGE, [SKIP_DELETING])
+            .owns(r.BUILD)
+            .owns(apis.SOURCE_RESOLVER_RESOURCE)
+            .watches(r.BUILDER, self.images.images_using)
+            .watches(r.CLUSTER_BUILDER, self.images.images_using),
+            self.images.reconcile,
+        )
+        self._complete(self._controller("builds", r.BUILD), self.builds.reconcile)
 
     def _all(self, plural: str) -> Callable[[Obj], list[Request]]:
         return lambda obj: self.builders.all_builders(plural)
@@ -167,11 +195,8 @@ class KpackSimulator:
                     RegistryClient(insecure_registries=[self.options.registry], timeout=10.0)
                 )
                 self.builds.registry = self.registry
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self.factory.run, name="kpack-sim informers")
-                for controller in self.controllers:
-                    tg.start_soon(controller.run, name=controller.name)
-                log.info("kpack simulator running (%d controllers)", len(self.controllers))
+            log.info("kpack simulator running (%d controllers)", len(self.controllers))
+            await self.manager.run()
 
 
 async def run_kpack_simulator(
