@@ -1,5 +1,5 @@
 """Chaos soak at full size, by hand: real devcluster and ``run`` processes under API faults, leader kills,
-SIGTERMs and freezes, deletions and a registry that never answers (tests/chaos/soak.py says how).
+SIGTERMs and freezes, deletions and a registry that never answers (tests/chaos/soak/ says how).
 
     python benchmarks/chaos.py [--workloads 300] [--replicas 3] [--spaces 6] [--seed N]
                                [--chaos-seconds S] [--settle-seconds S] [--build-seconds S]

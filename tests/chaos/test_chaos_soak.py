@@ -1,5 +1,6 @@
-"""The chaos soak at CI size (tests/chaos/soak.py; the full size is ``benchmarks/chaos.py``), and the soak's
-own logic: a soak whose plan or leadership arithmetic were wrong would pass or fail for the wrong reason.
+"""The chaos soak at CI size (the package tests/chaos/soak/; the full size is ``benchmarks/chaos.py``), and
+the soak's own logic: a soak whose plan or leadership arithmetic were wrong would pass or fail for the
+wrong reason.
 
 The soak needs no tool beyond the project's own processes, so it never skips. It runs in the default
 suite with its own timeout (the suite's 120 s is for ordinary tests); on a failure its message lists each
@@ -23,10 +24,10 @@ from tests.chaos.soak import (
     FAULT_KINDS,
     PROCESS_KINDS,
     Obj,
+    Record,
     Replica,
     Sample,
     Snapshot,
-    Soak,
     SoakSettings,
     Workload,
     check,
@@ -152,9 +153,9 @@ def _named(kind: str, namespace: str, name: str, spec: Obj | None = None) -> Obj
 
 
 async def test_the_checks_name_the_broken_invariants_with_their_objects_and_evidence(tmp_path: Path) -> None:
-    soak = Soak(CI, tmp_path)
+    record = Record(CI, tmp_path)
     ok, wrong, gone = (
-        next(w for w in soak.workloads if w.kind == kind)
+        next(w for w in record.workloads if w.kind == kind)
         for kind in ("default", "new-builder", "delete-mid-build")
     )
     async with running_registry() as reg, RegistryClient(insecure_registries=[reg.host]) as client:
@@ -162,10 +163,9 @@ async def test_the_checks_name_the_broken_invariants_with_their_objects_and_evid
         await client.push_image(
             f"{reg.host}/cf/{gone.app}-droplets:b1.20260101.000000", {"config": {}}, [b"x"]
         )
-    soak.registry = reg
     for w in (ok, wrong, gone):
-        soak.created[w.name] = 1.0
-    soak.deleted_while[gone.name] = "mid-build"
+        record.created[w.name] = 1.0
+    record.deleted_while[gone.name] = "mid-build"
     order = [{"group": [{"id": b}]} for b in wrong.buildpacks]
     snapshot = Snapshot(
         workloads={
@@ -193,9 +193,9 @@ async def test_the_checks_name_the_broken_invariants_with_their_objects_and_evid
     a.samples = [Sample(0.2 * i, True, None) for i in range(10)]
     b.samples = [Sample(0.2 * i, i >= 3, None) for i in range(10)]
     b.signals, b.exit_code = [(2.0, "SIGTERM")], 1
-    soak.replicas = [a, b]
+    record.replicas = [a, b]
 
-    report = check(soak, snapshot, 30.0)
+    report = check(record, snapshot, reg, 30.0)
     found = {v.invariant: v for v in report.violations}
     assert set(found) == {
         "terminal-states",
