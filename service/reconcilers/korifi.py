@@ -49,6 +49,11 @@ BUILD_SUCCEEDED_MESSAGE = "Image built successfully"
 KPACK_MISSED_BUILD = "KpackMissedBuild"
 KPACK_MISSED_BUILD_MESSAGE = "More recent build workload has been scheduled"
 
+# Reasons this service adds (docs/conditions.md marks them new): no retry can fix these.
+INVALID_WORKLOAD = "InvalidWorkload"
+IMAGE_REJECTED = "ImageRejected"
+BUILDER_REJECTED = "BuilderRejected"
+
 READY_REASON = "Ready"
 READY_MESSAGE = "Ready"
 UNKNOWN_REASON = "Unknown"

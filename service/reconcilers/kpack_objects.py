@@ -12,14 +12,10 @@ from decimal import Decimal
 from typing import Any
 
 from service.kube import errors, quantity
+from service.kube.objects import set_owner_reference
 from service.reconcilers import korifi as k
 from service.reconcilers.settings import BuilderSettings
 from service.runtime import Obj
-
-
-def _meta(obj: Obj) -> Obj:
-    meta: Obj = obj.setdefault("metadata", {})
-    return meta
 
 
 def quantity_value(value: Any) -> Decimal | None:
@@ -40,28 +36,14 @@ def build_resources(settings: BuilderSettings) -> Obj:
     return {"requests": requests} if requests else {}
 
 
-def add_owner(obj: Obj, owner: Obj) -> None:
-    """A non-controller owner reference to ``owner``, kept alongside existing ones. As controller-runtime's
-    ``SetOwnerReference``, a reference to the same group, kind and name is updated (an owner deleted and
-    created again under its name gets its new uid), not added twice."""
-    refs: list[Obj] = _meta(obj).setdefault("ownerReferences", [])
-    ref = {
-        "apiVersion": owner.get("apiVersion", k.KORIFI_API_VERSION),
-        "kind": owner.get("kind", "BuildWorkload"),
-        "name": owner["metadata"]["name"],
-        "uid": owner["metadata"]["uid"],
+def add_owner(obj: Obj, workload: Obj) -> None:
+    """A non-controller owner reference to the workload (kept alongside other workloads' references)."""
+    owner = {
+        **workload,
+        "apiVersion": workload.get("apiVersion") or k.KORIFI_API_VERSION,
+        "kind": workload.get("kind") or "BuildWorkload",
     }
-    group = ref["apiVersion"].rpartition("/")[0]
-    for i, existing in enumerate(refs):
-        same = (
-            str(existing.get("apiVersion", "")).rpartition("/")[0],
-            existing.get("kind"),
-            existing.get("name"),
-        )
-        if same == (group, ref["kind"], ref["name"]):
-            refs[i] = {**existing, **ref}
-            return
-    refs.append(ref)
+    set_owner_reference(obj, owner)
 
 
 _KPACK_DENIAL = 'admission webhook "validation.webhook.kpack.io" denied the request'

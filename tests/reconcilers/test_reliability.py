@@ -22,7 +22,6 @@ from service.kube.client import KubeClient
 from service.kube.conditions import MAX_MESSAGE
 from service.kube.config import explicit
 from service.reconcilers import korifi as k
-from service.reconcilers.buildworkload import INVALID_WORKLOAD
 from service.reconcilers.settings import BuilderSettings
 from service.registry.auth import Keychain
 from service.registry.client import RegistryClient
@@ -292,10 +291,10 @@ async def test_a_workload_that_can_never_build_fails_saying_why(
     workload = await env.create_workload(body)
     name = workload["metadata"]["name"]
     failed = await env.wait_succeeded(name, "False")  # before: retried for ever, Succeeded never set
-    assert failed["reason"] == INVALID_WORKLOAD
+    assert failed["reason"] == k.INVALID_WORKLOAD
     assert says in failed["message"]
     assert await env.get(r.IMAGE, APP_GUID) is None
-    await eventually(lambda: event_count(env, name, INVALID_WORKLOAD), what="a Warning Event says so")
+    await eventually(lambda: event_count(env, name, k.INVALID_WORKLOAD), what="a Warning Event says so")
 
 
 async def test_an_environment_kpack_could_never_record_fails_the_workload(env: Env) -> None:
@@ -305,7 +304,7 @@ async def test_an_environment_kpack_could_never_record_fails_the_workload(env: E
     body["spec"]["env"] = [{"name": "HUGE", "value": "x" * (200 * 1024)}]
     workload = await env.create_workload(body)
     failed = await env.wait_succeeded(workload["metadata"]["name"], "False")
-    assert failed["reason"] == INVALID_WORKLOAD
+    assert failed["reason"] == k.INVALID_WORKLOAD
     assert "262144 bytes of annotations" in failed["message"]
 
 

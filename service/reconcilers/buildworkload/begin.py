@@ -1,0 +1,207 @@
+"""The first phase of a workload: from the request to a kpack Image that will build it.
+
+In Korifi's order (korifi.md §4.1.3 B): the custom Builder for requested buildpacks, the source's pull
+secrets, then the Image. Before all of it, a workload that can never build is failed saying why
+(``workload_checks``); the builder service account, which kpack needs to push, is waited for like the
+pull secrets (another actor creates both). Ends with ``Succeeded=Unknown/BuildRunning`` and the Image
+generation label, or ``Succeeded=False`` for what no retry can fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from service.kube import errors
+from service.kube.client import KubeClient
+from service.kube.objects import generation, meta
+from service.kube.patches import merge_diff
+from service.kube.resources import BUILDER, IMAGE, SECRET, SERVICE_ACCOUNT, STORAGE_CLASS
+from service.reconcilers import korifi as k
+from service.reconcilers import workload_checks
+from service.reconcilers.buildworkload.attempt import Failure, Pass, Waiting
+from service.reconcilers.buildworkload.caches import Caches
+from service.reconcilers.images import RepositoryCreator
+from service.reconcilers.kpack_objects import (
+    add_owner,
+    custom_builder_ref,
+    default_builder_ref,
+    desired_builder,
+    desired_image,
+    permanent_refusal,
+    quantity_value,
+)
+from service.reconcilers.settings import BuilderSettings
+from service.runtime import Obj, get_confirmed
+
+log = logging.getLogger("service.reconcilers.buildworkload")
+
+
+class Begin:
+    def __init__(
+        self, client: KubeClient, settings: BuilderSettings, caches: Caches, repositories: RepositoryCreator
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.caches = caches
+        self.repositories = repositories
+
+    async def __call__(self, attempt: Pass) -> None:
+        work = attempt.work
+        problem = workload_checks.problem(work)
+        if problem is not None:
+            attempt.fail(k.INVALID_WORKLOAD, problem)
+            return
+        spec = work.get("spec") or {}
+        builder_ref = default_builder_ref(self.settings)
+        if spec.get("buildpacks"):
+            custom = await self._ensure_custom_builder(attempt)
+            if custom is None:
+                return  # Succeeded=False says why; retrying cannot help
+            builder_ref = custom_builder_ref(custom, attempt.namespace)
+        for ref in ((spec.get("source") or {}).get("registry") or {}).get("imagePullSecrets") or ():
+            await self._require(SECRET, "Secret", attempt.namespace, ref.get("name", ""))
+        await self._require_service_account(attempt.namespace)
+        image = await self._reconcile_image(attempt, builder_ref)
+        if image is None:
+            return
+        attempt.succeeded("Unknown", k.BUILD_RUNNING, k.BUILD_RUNNING_MESSAGE)
+        meta(work).setdefault("labels", {})[k.IMAGE_GENERATION_LABEL] = str(generation(image))
+        attempt.event("Normal", k.BUILD_RUNNING, f"kpack Image {image['metadata']['name']} ready to build")
+
+    async def _require(self, resource: Any, kind: str, namespace: str, name: str) -> Obj:
+        """A direct read; a missing object is waited for (another actor creates pull secrets)."""
+        try:
+            obj: Obj = await self.client.get(resource, name, namespace)
+            return obj
+        except errors.NotFound:
+            raise Waiting(
+                f'{kind} "{name}" not found'
+            ) from None  # Korifi's words: the namespace is the workload's
+
+    async def _require_service_account(self, namespace: str) -> None:
+        account = self.settings.builder_service_account
+        try:
+            await self.client.get(SERVICE_ACCOUNT, account, namespace)
+        except errors.NotFound:
+            raise Waiting(
+                f'ServiceAccount "{account}" not found: kpack builds with its registry credentials'
+            ) from None
+
+    async def _ensure_custom_builder(self, attempt: Pass) -> str | None:
+        """The Builder for this workload's buildpacks; None after failing the workload (Succeeded=False)."""
+        work = attempt.work
+        buildpacks: list[str] = list(work["spec"]["buildpacks"])
+        cluster_builder = await get_confirmed(
+            self.caches.cluster_builders, self.client, None, self.settings.cluster_builder_name
+        )
+        if cluster_builder is None:
+            attempt.fail(k.BUILDER_NOT_READY, k.DEFAULT_CLUSTER_BUILDER_NOT_FOUND)
+            return None
+        valid = {
+            (entry.get("group") or [{}])[0].get("id")
+            for entry in (cluster_builder.get("status") or {}).get("order") or ()
+            if entry.get("group")
+        }
+        for buildpack in buildpacks:
+            if buildpack not in valid:
+                attempt.fail(k.INVALID_BUILDPACKS, k.invalid_buildpack_message(buildpack))
+                return None
+        name = k.builder_name(buildpacks)
+        repository = k.builder_repository(self.settings.container_repository_prefix, name)
+        try:
+            await self.repositories.create_repository(repository)
+        except Exception as exc:
+            raise Failure(f"failed ensuring custom builder: failed to create builder repo: {exc}") from exc
+        desired = desired_builder(work, name, repository, cluster_builder, self.settings)
+        existing = self.caches.builders.get(attempt.namespace, name)
+        try:
+            if existing is None:
+                try:
+                    await self.client.create(BUILDER, desired, attempt.namespace)
+                except errors.AlreadyExists:
+                    raise errors.Conflict(f'Builder "{name}" was created concurrently; retrying') from None
+            else:
+                updated = copy.deepcopy(existing)
+                updated["spec"] = {**(existing.get("spec") or {}), **desired["spec"]}
+                add_owner(updated, work)
+                patch = merge_diff(existing, updated)
+                if patch:
+                    patch.setdefault("metadata", {})["resourceVersion"] = existing["metadata"][
+                        "resourceVersion"
+                    ]
+                    await self.client.merge_patch(BUILDER, name, patch, attempt.namespace)
+        except errors.ApiError as exc:
+            refused = permanent_refusal(exc, creating=existing is None)
+            if refused is not None:
+                attempt.fail(k.BUILDER_REJECTED, refused)
+                return None
+            if isinstance(exc, errors.Conflict):
+                raise
+            raise errors.ApiError(
+                f"failed ensuring custom builder: failed creating or updating kpack Builder: {exc.message}"
+            ) from exc
+        return name
+
+    async def _resizable(self, storage_class: str | None) -> bool:
+        """Whether a cache volume of this class (None: the default class) can grow in place."""
+        classes, _ = await self.client.list_all(STORAGE_CLASS)
+        for sc in classes:
+            annotations = sc["metadata"].get("annotations") or {}
+            named = storage_class and sc["metadata"]["name"] == storage_class
+            default = not storage_class and annotations.get(k.DEFAULT_STORAGE_CLASS_ANNOTATION) == "true"
+            if named or default:
+                return sc.get("allowVolumeExpansion") is True
+        return False
+
+    async def _reconcile_image(self, attempt: Pass, builder_ref: Obj) -> Obj | None:
+        """Create or patch the app's kpack Image; the written Image, or None when it must be recreated or
+        kpack refuses it (then Succeeded=False says why)."""
+        work, namespace = attempt.work, attempt.namespace
+        app_guid = workload_checks.app_guid(work)
+        repository = k.droplet_repository(self.settings.container_repository_prefix, app_guid)
+        try:
+            await self.repositories.create_repository(repository)
+        except Exception as exc:
+            raise Failure(f"failed to create droplet repo: {exc}") from exc
+        existing = self.caches.images.get(namespace, app_guid)
+        desired = desired_image(work, app_guid, builder_ref, existing, self.settings)
+        try:
+            if existing is None:
+                try:
+                    created: Obj = await self.client.create(IMAGE, desired, namespace)
+                except errors.AlreadyExists:
+                    # Another workload of the app made it first, or the cache has not seen it yet.
+                    raise errors.Conflict(f'Image "{app_guid}" exists already; retrying') from None
+                return created
+            old_volume = ((existing.get("spec") or {}).get("cache") or {}).get("volume") or {}
+            new_size = desired["spec"]["cache"]["volume"]["size"]
+            old_bytes, new_bytes = quantity_value(old_volume.get("size")), quantity_value(new_size)
+            if old_volume.get("size") and old_bytes != new_bytes:
+                if not await self._resizable(old_volume.get("storageClassName")):
+                    # As Korifi: a cache that cannot grow in place means a new Image. Its deletion event
+                    # requeues this workload, which then creates the new one.
+                    await self.client.delete(
+                        IMAGE, app_guid, namespace, preconditions={"uid": existing["metadata"]["uid"]}
+                    )
+                    log.info("recreating kpack Image for a new cache size", extra={"image": app_guid})
+                    return None
+                if new_bytes is not None and old_bytes is not None and new_bytes < old_bytes:
+                    # kpack refuses to shrink a volume; keep the larger cache rather than fail every build.
+                    desired["spec"]["cache"]["volume"]["size"] = old_volume["size"]
+            patch = merge_diff(
+                {"metadata": existing["metadata"], "spec": existing.get("spec")},
+                {"metadata": desired["metadata"], "spec": desired["spec"]},
+            )
+            if not patch:
+                return existing
+            patch.setdefault("metadata", {})["resourceVersion"] = existing["metadata"]["resourceVersion"]
+            patched: Obj = await self.client.merge_patch(IMAGE, app_guid, patch, namespace)
+            return patched
+        except errors.ApiError as exc:
+            refused = permanent_refusal(exc, creating=existing is None)
+            if refused is None:
+                raise
+            attempt.fail(k.IMAGE_REJECTED, refused)
+            return None

@@ -1,0 +1,64 @@
+"""A workload being deleted: the last workload of an Image generation deletes that generation's Builds
+(each then has its droplet deleted from the registry by the kpack Build controller), waits until they are
+gone, then lets go.
+
+Only the Builds that existed when the workload was deleted are deleted and waited for: kpack builds again
+when every Build of a live Image goes, and Korifi, deleting and waiting for those too, holds the workload
+in that loop for as long as its Image lives. A Build kpack makes later goes with the Image, which goes
+with its last owner.
+"""
+
+from __future__ import annotations
+
+from service.kube import errors
+from service.kube.client import KubeClient
+from service.kube.objects import has_finalizer, labels, meta, remove_finalizer
+from service.kube.resources import BUILD
+from service.reconcilers import korifi as k
+from service.reconcilers.buildworkload.attempt import Pass
+from service.reconcilers.buildworkload.caches import Caches
+from service.runtime import Result
+
+FINALIZE_RETRY = 1.0  # seconds between checks that a finalized generation's Builds are gone
+
+
+class Finalize:
+    def __init__(self, client: KubeClient, caches: Caches) -> None:
+        self.client = client
+        self.caches = caches
+
+    async def __call__(self, attempt: Pass) -> Result | None:
+        work, namespace = attempt.work, attempt.namespace
+        if not has_finalizer(work, k.BUILD_WORKLOAD_FINALIZER):
+            return None
+        app_guid, image_generation = (
+            labels(work).get(k.APP_GUID_LABEL),
+            labels(work).get(k.IMAGE_GENERATION_LABEL),
+        )
+        if app_guid is not None and image_generation is not None:
+            same = self.caches.workloads_of_generation(namespace, app_guid, image_generation)
+            if len(same) == 1:
+                deleted_at = meta(work).get("deletionTimestamp") or ""
+                builds = [
+                    b
+                    for b in self.caches.builds_of(namespace, app_guid, image_generation)
+                    if (b["metadata"].get("creationTimestamp") or "") <= deleted_at
+                ]
+                for build in builds:
+                    if build["metadata"].get("deletionTimestamp"):
+                        continue
+                    try:
+                        await self.client.delete(
+                            BUILD,
+                            build["metadata"]["name"],
+                            namespace,
+                            preconditions={"uid": build["metadata"]["uid"]},
+                        )
+                    except errors.NotFound:
+                        continue
+                    except errors.ApiError as exc:
+                        raise errors.ApiError(f"failed to delete builds: {exc.message}") from exc
+                if builds:
+                    return Result(requeue_after=FINALIZE_RETRY)
+        remove_finalizer(work, k.BUILD_WORKLOAD_FINALIZER)
+        return None

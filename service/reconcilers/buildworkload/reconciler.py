@@ -1,0 +1,141 @@
+"""The reconcile skeleton: fetch the workload from the cache → run its phase on a copy → store what
+changed → record the pass's Events. The phase is decided from the ``Succeeded`` condition: none yet →
+``begin``; ``Unknown`` → ``track``; ``True``/``False`` → done (the droplet is frozen); being deleted →
+``finalize``.
+
+How a pass ends: ``Ready=True`` when it went through; ``Ready=False`` with the reason when it failed (an
+API or registry error, retried with backoff) or waits for another actor (``Waiting``: polled, not an
+error); a 409 is retried from fresh state without a word; a workload deleted meanwhile (404 on the write)
+ends the pass quietly. Out of time (the reconcile's deadline), the phase stops and the pass still writes
+why. Writes are merge patches guarded by the cached resourceVersion, metadata first, then status, each
+only if it changed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import anyio
+
+from service.kube import errors
+from service.kube.client import KubeClient
+from service.kube.conditions import find, set_condition
+from service.kube.objects import add_finalizer, generation, is_deleting, meta
+from service.kube.patches import merge_diff
+from service.kube.resources import BUILD_WORKLOAD
+from service.reconcilers import korifi as k
+from service.reconcilers.buildworkload.attempt import Failure, Pass, Waiting, completed, conditions, is_ours
+from service.reconcilers.buildworkload.begin import Begin
+from service.reconcilers.buildworkload.caches import Caches
+from service.reconcilers.buildworkload.finalize import Finalize
+from service.reconcilers.buildworkload.siblings import Siblings
+from service.reconcilers.buildworkload.track import Track
+from service.reconcilers.droplet import DropletError
+from service.reconcilers.images import ImageConfigReader, NoRepositoryCreator, RepositoryCreator
+from service.reconcilers.settings import BuilderSettings
+from service.runtime import Controller, Manager, Obj, Offload, Request, Result, current
+
+log = logging.getLogger("service.reconcilers.buildworkload")
+
+
+class BuildWorkloadReconciler:
+    def __init__(
+        self,
+        manager: Manager,
+        settings: BuilderSettings,
+        images: ImageConfigReader,
+        offload: Offload,
+        repositories: RepositoryCreator | None = None,
+    ) -> None:
+        self.client: KubeClient = manager.client
+        self.settings = settings
+        self.events = manager.events
+        self.controller: Controller | None = None  # set by ``register``: registry reads wake through it
+        self.caches = Caches(manager.informers)
+        self.begin = Begin(self.client, settings, self.caches, repositories or NoRepositoryCreator())
+        siblings = Siblings(self.client, self.caches, self.events)
+        self.track = Track(self.client, settings, self.caches, siblings, images, offload, self._wake)
+        self.finalize = Finalize(self.client, self.caches)
+
+    def _wake(self, request: Request) -> None:
+        if self.controller is not None:
+            self.controller.enqueue(request)
+
+    async def reconcile(self, request: Request) -> Result | None:
+        cached = self.caches.workloads.get(request.namespace, request.name)
+        if cached is None or not is_ours(cached):
+            return None
+        attempt = Pass(request, copy.deepcopy(cached))
+        result: Result | None = None
+        failure: Exception | None = None
+        context = current()
+        try:
+            # Out of time, the phase stops at the deadline and the pass still writes why: the controller
+            # cancels only a grace period later.
+            with anyio.fail_after(context.remaining() if context and context.deadline else None):
+                result = await self._run_phase(attempt)
+            ready = ("True", k.READY_REASON, k.READY_MESSAGE)
+        except TimeoutError:
+            ready = ("False", k.UNKNOWN_REASON, "the reconcile ran out of time (reconcileTimeout); retrying")
+            failure = TimeoutError("the reconcile ran out of time")
+        except errors.Conflict:
+            raise  # the cache was behind a write: retried from fresh state, nothing to report
+        except Waiting as exc:
+            ready = ("False", k.UNKNOWN_REASON, str(exc))
+            result = Result(requeue_after=attempt.wait_poll())
+            log.info("build workload waits: %s", exc)
+        except (errors.ApiError, DropletError, Failure) as exc:
+            ready = (
+                "False",
+                k.UNKNOWN_REASON,
+                str(exc) if not isinstance(exc, errors.ApiError) else exc.message,
+            )
+            failure = exc
+        set_condition(conditions(attempt.work), k.READY, *ready, generation(cached))
+        try:
+            await self._store(cached, attempt.work)
+        except errors.NotFound:
+            return None  # deleted meanwhile: nothing is left to report on, and nothing to retry
+        for type_, reason, message in attempt.events:
+            self.events.record(attempt.work, type_, reason, message)
+        if failure is not None:
+            raise failure
+        return result
+
+    async def _run_phase(self, attempt: Pass) -> Result | None:
+        work = attempt.work
+        work.setdefault("status", {})["observedGeneration"] = generation(work)
+        if is_deleting(work):
+            return await self.finalize(attempt)
+        add_finalizer(work, k.BUILD_WORKLOAD_FINALIZER)
+        if completed(work):
+            return None
+        if find(conditions(work), k.SUCCEEDED) is None:
+            await self.begin(attempt)
+            return None
+        return await self.track(attempt)
+
+    async def _store(self, cached: Obj, work: Obj) -> None:
+        """Persist metadata, then status, each only if it changed, each guarded by resourceVersion."""
+        old, ns, name = cached["metadata"], cached["metadata"].get("namespace"), cached["metadata"]["name"]
+        rv = old.get("resourceVersion")
+        meta_patch: Obj = {}
+        labels = merge_diff(old.get("labels") or {}, meta(work).get("labels") or {})
+        if labels:
+            meta_patch["labels"] = labels
+        finalizers = meta(work).get("finalizers") or None
+        if (old.get("finalizers") or None) != finalizers:
+            meta_patch["finalizers"] = finalizers
+        if meta_patch:
+            written = await self.client.merge_patch(
+                BUILD_WORKLOAD, name, {"metadata": {**meta_patch, "resourceVersion": rv}}, ns
+            )
+            rv = written["metadata"].get("resourceVersion")
+            if old.get("deletionTimestamp") and not written["metadata"].get("finalizers"):
+                return  # the last finalizer is gone, and with it the object: nothing left to write status to
+        status_patch = merge_diff(cached.get("status") or {}, work.get("status") or {})
+        if status_patch:
+            await self.client.patch_status(
+                BUILD_WORKLOAD, name, {"metadata": {"resourceVersion": rv}, "status": status_patch}, ns
+            )
