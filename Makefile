@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: test lint typecheck pytest venv system-deps demo devcluster bench clean
+.PHONY: test lint typecheck pytest venv system-deps demo devcluster bench chaos clean
 
 test: venv system-deps lint typecheck pytest
 
@@ -50,6 +50,9 @@ devcluster: venv
 bench: venv
 	$(BIN)/python benchmarks/emulator.py
 	$(BIN)/python benchmarks/runtime.py
+
+chaos: venv
+	$(BIN)/python benchmarks/chaos.py --workloads 300 --replicas 3
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
