@@ -13,7 +13,6 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY manifests ./manifests
 COPY service ./service
 RUN pip wheel --wheel-dir /wheels .
 

@@ -13,7 +13,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,sim]'
 	touch $@
 
 # Debian packages the tests use: kubectl (an independent client of the emulator), promtool (from
@@ -32,20 +32,20 @@ system-deps:
 	fi
 
 lint: venv
-	$(BIN)/ruff check service tests benchmarks
-	$(BIN)/ruff format --check service tests benchmarks
+	$(BIN)/ruff check service simcluster tests benchmarks
+	$(BIN)/ruff format --check service simcluster tests benchmarks
 
 typecheck: venv
-	$(BIN)/mypy service
+	$(BIN)/mypy service simcluster
 
 pytest: venv
 	$(BIN)/pytest
 
 demo: venv
-	$(BIN)/kpack-image-builder demo
+	$(BIN)/python -m simcluster demo
 
 devcluster: venv
-	$(BIN)/kpack-image-builder devcluster --port 8443 --kubeconfig-out devcluster.kubeconfig --kpack
+	$(BIN)/python -m simcluster devcluster --port 8443 --kubeconfig-out devcluster.kubeconfig --kpack
 
 bench: venv
 	$(BIN)/python benchmarks/emulator.py

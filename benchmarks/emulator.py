@@ -33,9 +33,9 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from benchmarks.common import GROUP, NS, PLURAL, VERSION, join, load_writes, workload
-from service.sim import watch as sim_watch
-from service.sim.crds import new_cluster
-from service.sim.server import running_apiserver
+from simcluster import watch as sim_watch
+from simcluster.crds import new_cluster
+from simcluster.server import running_apiserver
 
 
 def core_writes(n: int) -> float:

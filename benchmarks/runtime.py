@@ -73,9 +73,9 @@ from service.runtime.informer import FuncHandler, Informer
 from service.runtime.metrics import RuntimeMetrics
 from service.runtime.queue import ShutDown, WorkQueue
 from service.runtime.store import Obj
-from service.sim.cluster import Cluster
-from service.sim.crds import new_cluster
-from service.sim.server import running_apiserver
+from simcluster.cluster import Cluster
+from simcluster.crds import new_cluster
+from simcluster.server import running_apiserver
 
 R = TypeVar("R", float, tuple[float, float])
 DEADLINE = 120.0  # seconds any single awaited stage may take before the benchmark gives up

@@ -21,8 +21,8 @@ from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import explicit
 from service.kube.resources import Resource
-from service.sim.faults import FaultRule
-from service.sim.server import RunningApiServer, running_apiserver
+from simcluster.faults import FaultRule
+from simcluster.server import RunningApiServer, running_apiserver
 
 pytestmark = pytest.mark.anyio
 

@@ -22,7 +22,7 @@ from service.kube import config as kcfg
 from service.kube import errors
 from service.kube.client import KubeClient
 from service.kube.config import ConfigError
-from service.sim.server import RunningApiServer, running_apiserver
+from simcluster.server import RunningApiServer, running_apiserver
 
 pytestmark = pytest.mark.anyio
 

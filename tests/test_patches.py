@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.kube.patches import merge_diff
-from service.sim.cluster import merge_patch
+from simcluster.cluster import merge_patch
 
 
 @pytest.mark.parametrize(

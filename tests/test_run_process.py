@@ -25,10 +25,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import explicit
-from service.sim.crds import new_cluster
-from service.sim.devcluster import kubeconfig, write_kubeconfig
-from service.sim.faults import FaultRule
-from service.sim.server import RunningApiServer, running_apiserver
+from simcluster.crds import new_cluster
+from simcluster.devcluster import kubeconfig, write_kubeconfig
+from simcluster.faults import FaultRule
+from simcluster.server import RunningApiServer, running_apiserver
 from tests.helpers import eventually, promtool_check
 
 pytestmark = pytest.mark.anyio

@@ -1,8 +1,8 @@
 """The controller runtime: informers, work queue, controllers, leader election, sidecar, manager.
 
-Generic machinery in the manner of client-go and controller-runtime; it knows nothing of kpack or Korifi.
-This module is its public API: a product (the reconcilers) and the simulated kpack both use these names
-and nothing deeper.
+Generic machinery in the manner of client-go and controller-runtime; it knows nothing of the domain
+(tests/test_layers.py checks). This module is its public API: the product's reconcilers and the
+simulated cluster's controllers both use these names and nothing deeper.
 """
 
 from service.runtime.builder import Builder, where

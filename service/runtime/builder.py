@@ -1,9 +1,9 @@
 """Controllers declared, not wired: controller-runtime's ``pkg/builder`` for this runtime.
 
-    (manager.controller("buildworkload")
-        .for_(BUILD_WORKLOAD, predicates=[where(is_ours)])
-        .owns(IMAGE, only_controller=False)
-        .watches(BUILD, workloads_for_build)
+    (manager.controller("replicaset")
+        .for_(REPLICA_SET, predicates=[where(is_managed)])
+        .owns(POD)
+        .watches(NODE, replica_sets_on_node)
         .complete(reconciler.reconcile))
 
 The builder asks the manager's informer factory for the informers each source needs (with the cache's

@@ -18,7 +18,7 @@ import pytest
 
 from service.reconcilers import korifi as k
 from service.registry.client import RegistryClient
-from service.sim.registry import running_registry
+from simcluster.registry import running_registry
 from tests.chaos.soak import (
     DELETED_KINDS,
     FAULT_KINDS,

@@ -16,14 +16,14 @@ import anyio
 import anyio.abc
 import pytest
 
-from service.demo import PULL_SECRET, create_space
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import load_kubeconfig
 from service.reconcilers import korifi as k
-from service.sim.kpack.options import ENV_FAIL
-from service.sim.registry import RunningRegistry, running_registry
+from simcluster.demo import PULL_SECRET, create_space
+from simcluster.kpack.options import ENV_FAIL
+from simcluster.registry import RunningRegistry, running_registry
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -36,9 +36,11 @@ SPACES = ("space-1", "space-2", "space-3", "space-4")
 
 @asynccontextmanager
 async def process(*args: str) -> AsyncIterator[anyio.abc.Process]:
-    """A ``kpack-image-builder`` subprocess, killed if still running at the end."""
+    """A ``kpack-image-builder run`` or ``python -m simcluster devcluster`` subprocess, killed if still
+    running at the end."""
+    module = "simcluster" if args[0] == "devcluster" else "service"
     proc = await anyio.open_process(
-        [sys.executable, "-m", "service", *args],
+        [sys.executable, "-m", module, *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -185,7 +187,7 @@ async def test_the_demo_reaches_every_expected_outcome() -> None:
             [
                 sys.executable,
                 "-m",
-                "service",
+                "simcluster",
                 "demo",
                 "--exit-when-done",
                 "--build-seconds=0.3",
@@ -212,7 +214,7 @@ async def test_the_demo_stops_cleanly_on_ctrl_c() -> None:
         [
             sys.executable,
             "-m",
-            "service",
+            "simcluster",
             "demo",
             "--metrics-bind-address=127.0.0.1:0",
             "--health-probe-bind-address=127.0.0.1:0",
@@ -244,7 +246,7 @@ async def test_the_demo_says_in_one_line_that_its_port_is_taken() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "service",
+                    "simcluster",
                     "demo",
                     f"--metrics-bind-address=127.0.0.1:{port}",
                     "--health-probe-bind-address=127.0.0.1:0",

@@ -18,7 +18,6 @@ import anyio
 import orjson
 import pytest
 
-from service.demo import create_space
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
@@ -29,9 +28,10 @@ from service.reconcilers.settings import BuilderSettings
 from service.reconcilers.wiring import add_controllers
 from service.registry.client import RegistryClient
 from service.runtime.manager import Manager, ManagerOptions
-from service.sim.crds import new_cluster
-from service.sim.registry import RunningRegistry, running_registry
-from service.sim.server import RunningApiServer, running_apiserver
+from simcluster.crds import new_cluster
+from simcluster.demo import create_space
+from simcluster.registry import RunningRegistry, running_registry
+from simcluster.server import RunningApiServer, running_apiserver
 from tests.helpers import eventually
 
 Obj = dict[str, Any]

@@ -16,7 +16,6 @@ import anyio
 import anyio.abc
 import pytest
 
-from service.demo import create_space
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.conditions import MAX_MESSAGE
@@ -26,8 +25,9 @@ from service.reconcilers.settings import BuilderSettings
 from service.registry.auth import Keychain
 from service.registry.client import RegistryClient
 from service.registry.errors import NotFound as ImageNotFound
-from service.sim.faults import FaultRule
-from service.sim.registry import OciRegistry, running_registry
+from simcluster.demo import create_space
+from simcluster.faults import FaultRule
+from simcluster.registry import OciRegistry, running_registry
 from tests.helpers import consistently, eventually
 from tests.reconcilers.conftest import APP_GUID, SERVICE_ACCOUNT, Env, running_controllers
 from tests.reconcilers.test_buildworkload_track import running_workload, succeeded
@@ -223,8 +223,8 @@ async def test_deleting_a_space_deletes_its_droplets_with_the_root_namespace_cre
     """The space's Secrets and ServiceAccount go at once; its Builds wait for their finalizer, which then
     finds no credentials in the space. The root namespace's builder account (Korifi copies it into every
     space) still opens the registry."""
-    from service.sim.crds import new_cluster
-    from service.sim.server import running_apiserver
+    from simcluster.crds import new_cluster
+    from simcluster.server import running_apiserver
 
     root, space = f"cf-{uuid.uuid4().hex[:6]}", f"space-{uuid.uuid4().hex[:6]}"
     settings = BuilderSettings(builder_service_account=SERVICE_ACCOUNT, cf_root_namespace=root)

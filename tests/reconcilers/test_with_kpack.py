@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from service.demo import PULL_SECRET, SERVICE_ACCOUNT, create_space
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
@@ -18,10 +17,11 @@ from service.reconcilers import korifi as k
 from service.reconcilers.settings import BuilderSettings
 from service.registry.client import RegistryClient
 from service.registry.errors import NotFound as RegistryNotFound
-from service.sim.crds import new_cluster
-from service.sim.kpack import KpackOptions, KpackSimulator, running_kpack
-from service.sim.registry import RunningRegistry, running_registry
-from service.sim.server import running_apiserver
+from simcluster.crds import new_cluster
+from simcluster.demo import PULL_SECRET, SERVICE_ACCOUNT, create_space
+from simcluster.kpack import KpackOptions, KpackSimulator, running_kpack
+from simcluster.registry import RunningRegistry, running_registry
+from simcluster.server import running_apiserver
 from tests.helpers import eventually
 from tests.reconcilers.conftest import running_controllers
 

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from service.registry import Keychain, RegistryClient
-from service.sim.registry import OciRegistry, running_registry
+from simcluster.registry import OciRegistry, running_registry
 
 DOCKER_REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 HAVE_DISTRIBUTION = Path(DOCKER_REGISTRY).is_file()

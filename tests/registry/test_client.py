@@ -27,7 +27,7 @@ from service.registry import (
 )
 from service.registry.auth import Credentials
 from service.registry.client import parse_challenge
-from service.sim.registry import OciRegistry, running_registry
+from simcluster.registry import OciRegistry, running_registry
 from tests.registry.conftest import PASSWORD, USER, Backend, client_for, deadline, free_port
 
 pytestmark = pytest.mark.anyio

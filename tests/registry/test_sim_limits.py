@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from service.registry import media
-from service.sim.registry import OciRegistry, running_registry
+from simcluster.registry import OciRegistry, running_registry
 from tests.registry.conftest import PASSWORD, USER
 
 pytestmark = pytest.mark.anyio

@@ -20,8 +20,8 @@ from service.kube.resources import Resource
 from service.runtime import informer as informer_mod
 from service.runtime.informer import Backoff, Informer
 from service.runtime.store import Obj, object_key
-from service.sim.crds import new_cluster
-from service.sim.server import RunningApiServer, running_apiserver
+from simcluster.crds import new_cluster
+from simcluster.server import RunningApiServer, running_apiserver
 from tests.helpers import eventually  # noqa: F401
 
 C = TypeVar("C", bound=KubeClient)

@@ -12,7 +12,7 @@ import pytest
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.runtime import Manager, ManagerOptions, Obj, Request, enqueue_object, where
-from service.sim.server import RunningApiServer
+from simcluster.server import RunningApiServer
 from tests.helpers import eventually
 from tests.runtime.conftest import cm, fast_client
 

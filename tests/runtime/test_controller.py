@@ -35,8 +35,8 @@ from service.runtime.clock import FakeClock
 from service.runtime.informer import Informer
 from service.runtime.metrics import RESULTS, RuntimeMetrics
 from service.runtime.store import Obj
-from service.sim.faults import FaultRule, Faults
-from service.sim.server import running_apiserver
+from simcluster.faults import FaultRule, Faults
+from simcluster.server import running_apiserver
 from tests.runtime.conftest import DEADLINE, RecordingBackoff, eventually, fast_client, settle
 
 pytestmark = pytest.mark.anyio

@@ -15,8 +15,8 @@ import pytest
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.runtime.events import MAX_MESSAGE, EventRecorder
-from service.sim.faults import FaultRule
-from service.sim.server import RunningApiServer
+from simcluster.faults import FaultRule
+from simcluster.server import RunningApiServer
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio

@@ -21,9 +21,9 @@ from service.runtime import informer as informer_mod
 from service.runtime.clock import FakeClock
 from service.runtime.informer import Backoff, FuncHandler, Informer, InformerFactory
 from service.runtime.store import Obj, by_label
-from service.sim.faults import FaultRule
-from service.sim.kinds import Kind
-from service.sim.server import RunningApiServer, running_apiserver
+from simcluster.faults import FaultRule
+from simcluster.kinds import Kind
+from simcluster.server import RunningApiServer, running_apiserver
 from tests.runtime.conftest import (
     DEADLINE,
     Recorder,

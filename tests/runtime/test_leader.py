@@ -13,8 +13,8 @@ from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.runtime.leader import LeaderElectionConfig, LeaderElector, LeadershipLost
 from service.runtime.metrics import RuntimeMetrics
-from service.sim.faults import FaultRule
-from service.sim.server import RunningApiServer
+from simcluster.faults import FaultRule
+from simcluster.server import RunningApiServer
 from tests.helpers import eventually
 from tests.runtime.conftest import fast_client
 

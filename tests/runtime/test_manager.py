@@ -18,8 +18,8 @@ from service.runtime import Request, Result
 from service.runtime.leader import LeaderElectionConfig
 from service.runtime.manager import Manager, ManagerOptions
 from service.runtime.sidecar import BindAddress
-from service.sim.faults import FaultRule
-from service.sim.server import RunningApiServer
+from simcluster.faults import FaultRule
+from simcluster.server import RunningApiServer
 from tests.helpers import eventually
 from tests.runtime.conftest import fast_client
 

@@ -13,8 +13,8 @@ import anyio
 import orjson
 import pytest
 
-from service.sim.crds import new_cluster
-from service.sim.server import RunningApiServer, running_apiserver
+from simcluster.crds import new_cluster
+from simcluster.server import RunningApiServer, running_apiserver
 from tests.helpers import eventually  # noqa: F401
 
 Obj = dict[str, Any]

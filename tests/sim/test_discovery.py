@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from service.sim.crds import new_cluster
-from service.sim.server import running_apiserver
+from simcluster.crds import new_cluster
+from simcluster.server import running_apiserver
 from tests.sim.conftest import CM, GROUP, Kube, Obj, assert_status, configmap, path
 
 pytestmark = pytest.mark.anyio

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from service.sim.cluster import Cluster
+from simcluster.cluster import Cluster
 from tests.sim.conftest import (
     BW,
     CM,

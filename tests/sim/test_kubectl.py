@@ -182,7 +182,7 @@ def start_devcluster(workdir: Path) -> DevCluster:
         [
             sys.executable,
             "-m",
-            "service",
+            "simcluster",
             "devcluster",
             "--port",
             "0",

@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from service.kube.selectors import FieldSelector
-from service.sim.kinds import KindFieldSelector, built_in_kinds
+from simcluster.kinds import KindFieldSelector, built_in_kinds
 from tests.sim.conftest import (
     CM,
     WIDGETS,

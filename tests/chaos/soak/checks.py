@@ -23,7 +23,7 @@ import orjson
 
 from service.reconcilers import korifi as k
 from service.runtime.leader import JITTER
-from service.sim.registry import RunningRegistry
+from simcluster.registry import RunningRegistry
 from tests.chaos.soak.observe import Overlap, overlaps, percentile, state, succeeded
 from tests.chaos.soak.record import Record, Replica, Snapshot
 from tests.chaos.soak.report import SoakReport, Violation

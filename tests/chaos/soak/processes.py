@@ -26,12 +26,13 @@ import anyio
 import anyio.abc
 import orjson
 
-from service.sim.registry import RunningRegistry
+from simcluster.registry import RunningRegistry
 from tests.chaos.soak.record import Record, Replica
 from tests.chaos.soak.scenario import LEASE_NAMESPACE
 from tests.helpers import eventually
 
 SERVICE = (sys.executable, "-m", "service")
+SIMCLUSTER = (sys.executable, "-m", "simcluster")
 
 
 def _child_env(**extra: str) -> dict[str, str]:
@@ -98,7 +99,7 @@ class Supervisor:
         log = (self.workdir / "devcluster.log").open("wb")
         proc = await anyio.open_process(
             [
-                *SERVICE,
+                *SIMCLUSTER,
                 "devcluster",
                 "--port=0",
                 f"--kubeconfig-out={kubeconfig}",

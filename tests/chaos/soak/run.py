@@ -22,13 +22,13 @@ import aiohttp
 import anyio
 import orjson
 
-from service.demo import SERVICE_ACCOUNT, create_space
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import load_kubeconfig
 from service.reconcilers import korifi as k
-from service.sim.registry import OciRegistry, RunningRegistry, running_registry
+from simcluster.demo import SERVICE_ACCOUNT, create_space
+from simcluster.registry import OciRegistry, RunningRegistry, running_registry
 from tests.chaos.soak.chaos import Chaos
 from tests.chaos.soak.checks import check
 from tests.chaos.soak.cluster import Cluster

@@ -18,10 +18,10 @@ from typing import Any
 
 import orjson
 
-from service.demo import PULL_SECRET
 from service.reconcilers import korifi as k
 from service.runtime.leader import JITTER
-from service.sim.kpack.options import ENV_FAIL
+from simcluster.demo import PULL_SECRET
+from simcluster.kpack.options import ENV_FAIL
 
 Obj = dict[str, Any]
 

@@ -13,10 +13,10 @@ from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import explicit
-from service.sim.crds import new_cluster
-from service.sim.kpack import KpackOptions, KpackSimulator, KpackWebhooks, install_webhooks, running_kpack
-from service.sim.registry import RunningRegistry, running_registry
-from service.sim.server import RunningApiServer, running_apiserver
+from simcluster.crds import new_cluster
+from simcluster.kpack import KpackOptions, KpackSimulator, KpackWebhooks, install_webhooks, running_kpack
+from simcluster.registry import RunningRegistry, running_registry
+from simcluster.server import RunningApiServer, running_apiserver
 from tests.helpers import eventually
 
 Obj = dict[str, Any]

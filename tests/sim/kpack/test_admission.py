@@ -13,10 +13,10 @@ from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.resources import Resource
-from service.sim.kpack import KpackWebhooks
-from service.sim.kpack.apis import CLUSTER_LIFECYCLE_RESOURCE
-from service.sim.kpack.validation import KPACK_CONTROLLER
-from service.sim.server import RunningApiServer
+from simcluster.kpack import KpackWebhooks
+from simcluster.kpack.apis import CLUSTER_LIFECYCLE_RESOURCE
+from simcluster.kpack.validation import KPACK_CONTROLLER
+from simcluster.server import RunningApiServer
 from tests.sim.kpack.conftest import NS, PACKAGE, Obj, fast_client, image
 
 pytestmark = pytest.mark.anyio

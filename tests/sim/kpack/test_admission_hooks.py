@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 
 from service.kube import errors
-from service.sim import cluster as cluster_module
-from service.sim.cluster import AdmissionHook, AdmissionRequest, AdmissionRule, Cluster
-from service.sim.server import ADMIN_USER, ANONYMOUS, RunningApiServer, running_apiserver
+from simcluster import cluster as cluster_module
+from simcluster.cluster import AdmissionHook, AdmissionRequest, AdmissionRule, Cluster
+from simcluster.server import ADMIN_USER, ANONYMOUS, RunningApiServer, running_apiserver
 from tests.sim.kpack.conftest import Obj
 
 pytestmark = pytest.mark.anyio

@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from service.demo import create_space
 from service.kube import resources as r
 from service.kube.client import KubeClient
-from service.sim.faults import FaultRule
-from service.sim.kpack import KpackSimulator, running_kpack
-from service.sim.registry import OciRegistry, RunningRegistry, running_registry
-from service.sim.server import RunningApiServer
+from simcluster.demo import create_space
+from simcluster.faults import FaultRule
+from simcluster.kpack import KpackSimulator, running_kpack
+from simcluster.registry import OciRegistry, RunningRegistry, running_registry
+from simcluster.server import RunningApiServer
 from tests.sim.kpack.conftest import (
     NS,
     Obj,

@@ -11,12 +11,12 @@ import pytest
 
 from service.kube import resources as r
 from service.kube.client import KubeClient
-from service.sim.kpack import KpackSimulator, install_webhooks, run_kpack_simulator, running_kpack
-from service.sim.kpack.apis import CLUSTER_LIFECYCLE_RESOURCE
-from service.sim.kpack.builders import BuilderError, Resolver, semver_key
-from service.sim.kpack.refs import digest_of
-from service.sim.kpack.simulator import LIFECYCLE_IMAGE
-from service.sim.server import RunningApiServer
+from simcluster.kpack import KpackSimulator, install_webhooks, run_kpack_simulator, running_kpack
+from simcluster.kpack.apis import CLUSTER_LIFECYCLE_RESOURCE
+from simcluster.kpack.builders import BuilderError, Resolver, semver_key
+from simcluster.kpack.refs import digest_of
+from simcluster.kpack.simulator import LIFECYCLE_IMAGE
+from simcluster.server import RunningApiServer
 from tests.sim.kpack.conftest import (
     CLUSTER_BUILDER,
     NS,

@@ -14,11 +14,11 @@ import pytest
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.registry.client import RegistryClient
-from service.sim.kpack import KpackSimulator, running_kpack
-from service.sim.kpack.base import Shared
-from service.sim.kpack.builds import BuildController
-from service.sim.registry import RunningRegistry
-from service.sim.server import RunningApiServer
+from simcluster.kpack import KpackSimulator, running_kpack
+from simcluster.kpack.base import Shared
+from simcluster.kpack.builds import BuildController
+from simcluster.registry import RunningRegistry
+from simcluster.server import RunningApiServer
 from tests.sim.kpack.conftest import (
     NS,
     Obj,

@@ -25,7 +25,16 @@ START_DEADLINE = 20.0
 async def test_devcluster_with_kpack(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "dev.kubeconfig"
     log_path = tmp_path / "devcluster.log"
-    argv = [sys.executable, "-m", "service", "devcluster", "--port", "0", "--kubeconfig-out", str(kubeconfig)]
+    argv = [
+        sys.executable,
+        "-m",
+        "simcluster",
+        "devcluster",
+        "--port",
+        "0",
+        "--kubeconfig-out",
+        str(kubeconfig),
+    ]
     with log_path.open("wb") as log:
         proc = await anyio.open_process(
             [*argv, "--kpack", "--kpack-build-seconds", "0.05"],
@@ -64,7 +73,7 @@ async def test_devcluster_with_kpack(tmp_path: Path) -> None:
 
 def test_bad_kpack_options_are_refused() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "service", "devcluster", "--kpack", "--kpack-failure-rate", "2"],
+        [sys.executable, "-m", "simcluster", "devcluster", "--kpack", "--kpack-failure-rate", "2"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from service.__main__ import build_parser
-from service.sim import kpack
-from service.sim.kpack import KpackOptions
+from simcluster import kpack
+from simcluster.__main__ import build_parser
+from simcluster.kpack import KpackOptions
 
 DOC = (Path(__file__).resolve().parents[3] / "docs" / "kpack-simulator.md").read_text()
 

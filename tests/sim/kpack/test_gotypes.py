@@ -12,8 +12,8 @@ import pytest
 
 from service.kube import quantity
 from service.kube.timestamps import micro_time, rfc3339
-from service.sim.kpack import apis, fielderror, gotypes
-from service.sim.kpack.refs import build_tags, child_name
+from simcluster.kpack import apis, fielderror, gotypes
+from simcluster.kpack.refs import build_tags, child_name
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,9 @@ import pytest
 
 from service.kube import resources as r
 from service.kube.client import KubeClient
-from service.sim.kpack import KpackSimulator
-from service.sim.kpack.apis import SOURCE_RESOLVER_RESOURCE as SOURCE_RESOLVER
-from service.sim.kpack.refs import digest_of
+from simcluster.kpack import KpackSimulator
+from simcluster.kpack.apis import SOURCE_RESOLVER_RESOURCE as SOURCE_RESOLVER
+from simcluster.kpack.refs import digest_of
 from tests.sim.kpack.conftest import CLUSTER_BUILDER, NS, PACKAGE, Obj, condition, eventually, image
 
 pytestmark = pytest.mark.anyio

@@ -19,13 +19,13 @@ from aiohttp import web
 from service.http import serving
 from service.kube import errors
 from service.kube.selectors import SelectorError, parse_field_selector, parse_label_selector
-from service.sim.cluster import Cluster, DeleteOptions
-from service.sim.faults import FaultRule, Faults
-from service.sim.kinds import Kind
-from service.sim.tables import table_for, wants_table
-from service.sim.watch import Watcher, frame
+from simcluster.cluster import Cluster, DeleteOptions
+from simcluster.faults import FaultRule, Faults
+from simcluster.kinds import Kind
+from simcluster.tables import table_for, wants_table
+from simcluster.watch import Watcher, frame
 
-log = logging.getLogger("service.sim.server")
+log = logging.getLogger("simcluster.server")
 
 SERVER_VERSION = {
     "major": "1",

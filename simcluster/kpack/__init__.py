@@ -6,7 +6,7 @@ Builds, Builds into images in a registry, builders resolved, with the status kpa
 docs/kpack-simulator.md for the knobs and for where it differs from kpack.
 """
 
-from service.sim.kpack.options import (
+from simcluster.kpack.options import (
     ANNOTATION_BUILD_SECONDS,
     ANNOTATION_DETECT,
     ANNOTATION_FAIL,
@@ -20,14 +20,14 @@ from service.sim.kpack.options import (
     Process,
     paketo_catalogue,
 )
-from service.sim.kpack.simulator import (
+from simcluster.kpack.simulator import (
     KpackSimulator,
     default_objects,
     run_kpack_simulator,
     running_kpack,
     seed_defaults,
 )
-from service.sim.kpack.webhooks import KpackWebhooks, install_webhooks
+from simcluster.kpack.webhooks import KpackWebhooks, install_webhooks
 
 __all__ = [
     "ANNOTATION_BUILD_SECONDS",

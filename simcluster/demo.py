@@ -26,11 +26,11 @@ from service.kube.config import explicit
 from service.reconcilers import korifi as k
 from service.registry.auth import docker_config_secret
 from service.runtime import Manager
-from service.sim.crds import new_cluster
-from service.sim.kpack import KpackOptions, running_kpack
-from service.sim.kpack.options import ENV_FAIL
-from service.sim.registry import running_registry
-from service.sim.server import running_apiserver
+from simcluster.crds import new_cluster
+from simcluster.kpack import KpackOptions, running_kpack
+from simcluster.kpack.options import ENV_FAIL
+from simcluster.registry import running_registry
+from simcluster.server import running_apiserver
 
 Obj = dict[str, Any]
 

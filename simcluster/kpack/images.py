@@ -20,8 +20,8 @@ from service.kube import resources as r
 from service.kube.conditions import condition_of, is_true
 from service.registry.reference import try_parse_reference
 from service.runtime import Request, Result, by_labels, index_value
-from service.sim.kpack import apis, gotypes
-from service.sim.kpack.base import (
+from simcluster.kpack import apis, gotypes
+from simcluster.kpack.base import (
     KPACK_API_VERSION,
     Obj,
     Shared,
@@ -31,10 +31,10 @@ from service.sim.kpack.base import (
     go_json,
     log,
 )
-from service.sim.kpack.gotypes import Field, Struct
-from service.sim.kpack.options import ANNOTATION_SKIP_BUILD
-from service.sim.kpack.refs import build_tags, child_name
-from service.sim.kpack.validation import Context, default_image, need_volume_cache
+from simcluster.kpack.gotypes import Field, Struct
+from simcluster.kpack.options import ANNOTATION_SKIP_BUILD
+from simcluster.kpack.refs import build_tags, child_name
+from simcluster.kpack.validation import Context, default_image, need_volume_cache
 
 BUILD_NUMBER = "image.kpack.io/buildNumber"
 IMAGE_LABEL = "image.kpack.io/image"

@@ -33,16 +33,16 @@ from service.runtime import (
     Request,
     Result,
 )
-from service.sim.kpack import apis, gotypes
-from service.sim.kpack.base import Obj, Shared, log
-from service.sim.kpack.builders import BuilderControllers
-from service.sim.kpack.builds import BuildController
-from service.sim.kpack.images import BUILDS_BY_IMAGE, ImageController, builds_by_image
-from service.sim.kpack.options import KpackOptions
-from service.sim.kpack.stores import StoreControllers
-from service.sim.kpack.validation import KPACK_CONTROLLER
-from service.sim.kpack.webhooks import install_webhooks
-from service.sim.server import RunningApiServer
+from simcluster.kpack import apis, gotypes
+from simcluster.kpack.base import Obj, Shared, log
+from simcluster.kpack.builders import BuilderControllers
+from simcluster.kpack.builds import BuildController
+from simcluster.kpack.images import BUILDS_BY_IMAGE, ImageController, builds_by_image
+from simcluster.kpack.options import KpackOptions
+from simcluster.kpack.stores import StoreControllers
+from simcluster.kpack.validation import KPACK_CONTROLLER
+from simcluster.kpack.webhooks import install_webhooks
+from simcluster.server import RunningApiServer
 
 RESOURCES: tuple[Resource, ...] = (
     r.IMAGE,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.kube.timestamps import parse_rfc3339
-from service.sim.kinds import Kind
+from simcluster.kinds import Kind
 
 _FILTER = re.compile(
     r"^(?P<list>[\w.]+)\[\?\(@\.(?P<key>\w+)\s*==\s*['\"](?P<value>[^'\"]*)['\"]\)\]\.(?P<rest>[\w.]+)$"

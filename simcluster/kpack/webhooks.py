@@ -21,10 +21,10 @@ from typing import Any
 
 from service.kube import errors
 from service.kube.resources import KPACK, STORAGE_CLASS
-from service.sim.cluster import AdmissionHook, AdmissionRequest, AdmissionRule, Cluster
-from service.sim.kpack import gotypes
-from service.sim.kpack.apis import ADMITTED, BUILD_SPEC
-from service.sim.kpack.validation import DEFAULTERS, VALIDATORS, Context, WebhookPanic, validate_build
+from simcluster.cluster import AdmissionHook, AdmissionRequest, AdmissionRule, Cluster
+from simcluster.kpack import gotypes
+from simcluster.kpack.apis import ADMITTED, BUILD_SPEC
+from simcluster.kpack.validation import DEFAULTERS, VALIDATORS, Context, WebhookPanic, validate_build
 
 Obj = dict[str, Any]
 

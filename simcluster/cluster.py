@@ -39,11 +39,11 @@ from service.kube.names import (
 )
 from service.kube.selectors import EVERYTHING, FieldSelector, LabelSelector
 from service.kube.timestamps import rfc3339
-from service.sim import schema as schemas
-from service.sim.kinds import Kind, Obj, built_in_kinds, kind_from_crd
-from service.sim.watch import Event, Watcher
+from simcluster import schema as schemas
+from simcluster.kinds import Kind, Obj, built_in_kinds, kind_from_crd
+from simcluster.watch import Event, Watcher
 
-log = logging.getLogger("service.sim.cluster")
+log = logging.getLogger("simcluster.cluster")
 
 ObjKey = tuple[str, str, str, str]  # group, plural, namespace ("" if cluster-scoped), name
 

@@ -23,11 +23,11 @@ from service.kube import errors
 from service.kube import resources as r
 from service.kube.conditions import is_true
 from service.runtime import Request, Result
-from service.sim.kpack import apis, gotypes
-from service.sim.kpack.base import Obj, Shared, condition, go_json, log
-from service.sim.kpack.options import ANNOTATION_NEVER_READY
-from service.sim.kpack.refs import digest_of, fake_digest, parse_tag
-from service.sim.kpack.validation import DEFAULT_LIFECYCLE
+from simcluster.kpack import apis, gotypes
+from simcluster.kpack.base import Obj, Shared, condition, go_json, log
+from simcluster.kpack.options import ANNOTATION_NEVER_READY
+from simcluster.kpack.refs import digest_of, fake_digest, parse_tag
+from simcluster.kpack.validation import DEFAULT_LIFECYCLE
 
 _SEMVER = re.compile(
     r"^v?([0-9]+)(\.[0-9]+)?(\.[0-9]+)?"

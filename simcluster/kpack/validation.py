@@ -16,9 +16,9 @@ from typing import Any
 
 from service.kube import quantity
 from service.kube.names import label_value_errors
-from service.sim.kpack import fielderror as fe
-from service.sim.kpack.fielderror import FieldError
-from service.sim.kpack.refs import is_reference, parse_tag
+from simcluster.kpack import fielderror as fe
+from simcluster.kpack.fielderror import FieldError
+from simcluster.kpack.refs import is_reference, parse_tag
 
 Obj = dict[str, Any]
 FE = FieldError | None

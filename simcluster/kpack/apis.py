@@ -9,7 +9,7 @@ trip only adds ``creationTimestamp: null``, which the apiserver overwrites), and
 from __future__ import annotations
 
 from service.kube.resources import KPACK, Resource
-from service.sim.kpack.gotypes import (
+from simcluster.kpack.gotypes import (
     Any_,
     Bool,
     Field,

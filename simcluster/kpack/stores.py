@@ -16,10 +16,10 @@ from typing import Any
 from service.kube import resources as r
 from service.registry.reference import try_parse_reference
 from service.runtime import Request
-from service.sim.kpack import apis, gotypes
-from service.sim.kpack.base import Obj, Shared, condition, log
-from service.sim.kpack.options import CatalogBuildpack, repository_key
-from service.sim.kpack.refs import fake_digest, resolved
+from simcluster.kpack import apis, gotypes
+from simcluster.kpack.base import Obj, Shared, condition, log
+from simcluster.kpack.options import CatalogBuildpack, repository_key
+from simcluster.kpack.refs import fake_digest, resolved
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _TAGLIKE = re.compile(r"^(refs/tags/.+|v?[0-9]+(\.[0-9]+)*)$")

@@ -13,8 +13,8 @@ from typing import Any
 import anyio
 import yaml
 
-from service.sim.crds import new_cluster
-from service.sim.server import running_apiserver
+from simcluster.crds import new_cluster
+from simcluster.server import running_apiserver
 
 
 def kubeconfig(url: str, token: str | None = None, *, insecure: bool = False) -> dict[str, Any]:
@@ -109,8 +109,8 @@ async def _start_kpack(
 ) -> None:
     """The kpack simulator (webhooks and controllers) in this process, with an in-process OCI registry
     unless one is given, and the objects Korifi's Helm chart creates next to kpack."""
-    from service.sim.kpack import KpackOptions, running_kpack
-    from service.sim.registry import running_registry
+    from simcluster.kpack import KpackOptions, running_kpack
+    from simcluster.registry import running_registry
 
     if registry:
         host = registry_host(registry)

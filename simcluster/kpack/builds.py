@@ -40,11 +40,11 @@ from service.registry.client import RegistryClient
 from service.registry.errors import KeychainError, RegistryError
 from service.registry.k8schain import service_account_secrets
 from service.runtime import Request, Result
-from service.sim.kpack import apis, gotypes
-from service.sim.kpack.base import Obj, Shared, condition, go_json, log
-from service.sim.kpack.builders import BuilderImage, builder_image_from_status
-from service.sim.kpack.images import REASON, is_running
-from service.sim.kpack.options import (
+from simcluster.kpack import apis, gotypes
+from simcluster.kpack.base import Obj, Shared, condition, go_json, log
+from simcluster.kpack.builders import BuilderImage, builder_image_from_status
+from simcluster.kpack.images import REASON, is_running
+from simcluster.kpack.options import (
     ANNOTATION_BUILD_SECONDS,
     ANNOTATION_DETECT,
     ANNOTATION_FAIL,
@@ -53,7 +53,7 @@ from service.sim.kpack.options import (
     ENV_FAIL,
     Process,
 )
-from service.sim.kpack.refs import child_name, digest_of, fake_digest, parse_tag, repository_of
+from simcluster.kpack.refs import child_name, digest_of, fake_digest, parse_tag, repository_of
 
 STEPS = ("prepare", "analyze", "detect", "restore", "build", "export")
 REBASE_STEPS = ("rebase",)

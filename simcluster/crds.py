@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from service.kube import resources as r
-from service.sim.cluster import Cluster
+from simcluster.cluster import Cluster
 
 
 def bundled_crd_dirs() -> list[Path]:
-    """The CRDs the service needs: kpack's (shipped with the simulator) and the project's own.
-
-    In a source checkout the project's CRDs are read from ``manifests/crds``; an installed wheel carries
-    a copy under ``service/sim/crds/korifi``.
-    """
-    here = Path(str(resources.files("service.sim"))) / "crds"
-    dirs = [here / "kpack"]
-    packaged = here / "korifi"
-    source = Path(__file__).resolve().parents[2] / "manifests" / "crds"
-    dirs.append(packaged if packaged.is_dir() else source)
-    return dirs
+    """The CRDs the service needs: kpack's (shipped with the simulator) and the project's own
+    (``manifests/crds`` of the source checkout the simulated cluster runs from)."""
+    here = Path(__file__).resolve().parent
+    return [here / "crds" / "kpack", here.parent / "manifests" / "crds"]
 
 
 def read_documents(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:

@@ -16,13 +16,13 @@ from service.kube.resources import Resource
 from service.kube.timestamps import rfc3339
 from service.runtime.informer import Informer
 from service.runtime.store import NAMESPACE_INDEX
-from service.sim.kpack import gotypes
-from service.sim.kpack.options import KpackOptions
+from simcluster.kpack import gotypes
+from simcluster.kpack.options import KpackOptions
 
 if TYPE_CHECKING:
-    from service.sim.kpack.builders import BuilderImage
+    from simcluster.kpack.builders import BuilderImage
 
-log = logging.getLogger("service.sim.kpack")
+log = logging.getLogger("simcluster.kpack")
 
 Obj = dict[str, Any]
 KPACK_API_VERSION = "kpack.io/v1alpha2"
