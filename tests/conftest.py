@@ -1,7 +1,84 @@
+"""Fixtures every suite shares: the API emulator and a client of it, and the switch that points the
+integration suites at another cluster.
+
+A suite changes what it needs by overriding a small fixture (``bookmark_interval``, ``client_timeout``)
+in its conftest or module, never by defining ``api`` or ``client`` again.
+
+The switch: with ``TEST_KUBECONFIG=<path>`` in the environment, suites written against ``target`` (the
+reconcilers' suite) talk to the cluster that kubeconfig names instead of a fresh emulator, and tests
+marked ``emulator`` (they inject faults or read the emulator's state) are skipped, saying why. Without it
+(as in CI) everything runs against the emulator and nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
 import pytest
+
+from service.kube.client import KubeClient
+from service.kube.config import ClusterConfig, explicit, load_kubeconfig
+from simcluster.crds import new_cluster
+from simcluster.server import RunningApiServer, running_apiserver
+from tests.helpers import fast_client
 
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     # anyio's own fixture runs every test once per installed backend; this service is asyncio-only.
     return "asyncio"
+
+
+@pytest.fixture
+def bookmark_interval() -> float:
+    """Seconds between the emulator's watch bookmarks."""
+    return 0.2
+
+
+@pytest.fixture
+def client_timeout() -> float:
+    """The test client's per-request timeout."""
+    return 5.0
+
+
+@pytest.fixture
+async def api(bookmark_interval: float) -> AsyncIterator[RunningApiServer]:
+    """The API emulator with the standard namespaces and every CRD the service needs."""
+    async with running_apiserver(new_cluster(), bookmark_interval=bookmark_interval) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(api: RunningApiServer, client_timeout: float) -> AsyncIterator[KubeClient]:
+    async with fast_client(api.url, timeout=client_timeout) as c:
+        yield c
+
+
+TARGET_ENV = "TEST_KUBECONFIG"
+
+
+@dataclass(frozen=True)
+class Target:
+    """The cluster an integration suite runs against: the emulator (``emulator`` set), or another one."""
+
+    cluster: ClusterConfig
+    emulator: RunningApiServer | None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("emulator") and os.environ.get(TARGET_ENV):
+        pytest.skip(
+            f"needs the API emulator (fault injection or its state); {TARGET_ENV} names another cluster"
+        )
+
+
+@pytest.fixture
+async def target(bookmark_interval: float) -> AsyncIterator[Target]:
+    path = os.environ.get(TARGET_ENV)
+    if path:
+        yield Target(await load_kubeconfig(path), None)
+        return
+    async with running_apiserver(new_cluster(), bookmark_interval=bookmark_interval) as server:
+        yield Target(explicit(server.url), server)

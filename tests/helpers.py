@@ -1,5 +1,5 @@
-"""Waiting helpers shared by the suites: poll a condition until it holds, with a deadline, never a bare
-sleep standing in for an event."""
+"""Helpers shared by the suites: waiting (poll a condition until it holds, with a deadline, never a bare
+sleep standing in for an event), and a client that does not wait on retries."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from typing import TypeVar
 import anyio
 import pytest
 
+from service.kube.client import KubeClient
+from service.kube.config import explicit
+
 T = TypeVar("T")
+C = TypeVar("C", bound=KubeClient)
 
 DEADLINE = 10.0
 POLL = 0.02
@@ -69,3 +73,19 @@ async def promtool_check(exposition: str) -> None:
         )
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
     assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
+
+
+def fast_client(
+    url: str,
+    cls: type[C] = KubeClient,
+    *,
+    token: str | None = None,
+    throttled: bool = False,
+    **kwargs: object,
+) -> C:  # type: ignore[assignment]
+    """A client for tests that retries without real waiting (Retry-After capped, backoff of milliseconds),
+    so that injected faults cost a test no time; without client-side throttling unless ``throttled``."""
+    options: dict[str, object] = {"max_retry_after": 0.02, "backoff_base": 0.005, "backoff_cap": 0.02}
+    if not throttled:
+        options["qps"] = 0
+    return cls(explicit(url, token=token), **{**options, **kwargs})  # type: ignore[arg-type]

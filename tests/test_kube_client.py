@@ -23,6 +23,7 @@ from service.kube.config import explicit
 from service.kube.resources import Resource
 from simcluster.faults import FaultRule
 from simcluster.server import RunningApiServer, running_apiserver
+from tests import helpers
 
 pytestmark = pytest.mark.anyio
 
@@ -59,16 +60,13 @@ def cm(name: str, labels: dict[str, str] | None = None, **extra: Any) -> Obj:
 
 
 def fast_client(url: str, **kwargs: Any) -> KubeClient:
-    """Retries without real waiting: Retry-After is capped and backoff is a few milliseconds."""
-    options: dict[str, Any] = {"max_retry_after": 0.02, "backoff_base": 0.005, "backoff_cap": 0.02, **kwargs}
-    return KubeClient(explicit(url, token=options.pop("token", None)), **options)
+    """The shared test client, but with the client's own throttling: some of these tests check it."""
+    return helpers.fast_client(url, throttled=True, **kwargs)
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[RunningApiServer]:
-    async with running_apiserver(bookmark_interval=0.05) as server:
-        server.cluster.ensure_namespace("default")
-        yield server
+def bookmark_interval() -> float:
+    return 0.05
 
 
 @pytest.fixture
@@ -78,6 +76,7 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 async def client(api: RunningApiServer, registry: CollectorRegistry) -> AsyncIterator[KubeClient]:
+    """This suite's client counts its requests in ``registry``."""
     async with fast_client(api.url, registry=registry) as c:
         yield c
 

@@ -25,10 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import explicit
-from simcluster.crds import new_cluster
 from simcluster.devcluster import kubeconfig, write_kubeconfig
 from simcluster.faults import FaultRule
-from simcluster.server import RunningApiServer, running_apiserver
+from simcluster.server import RunningApiServer
 from tests.helpers import eventually, promtool_check
 
 pytestmark = pytest.mark.anyio
@@ -40,12 +39,6 @@ ELECTION = [
     "--renew-deadline=2s",
     "--retry-period=0.5s",
 ]
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[RunningApiServer]:
-    async with running_apiserver(new_cluster()) as server:
-        yield server
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ buildpacks, and (not yet created) a workload."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import uuid
 from collections.abc import AsyncIterator
@@ -21,17 +22,16 @@ import pytest
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
-from service.kube.config import explicit
 from service.reconcilers import korifi as k
 from service.reconcilers.images import RegistryImages
 from service.reconcilers.settings import BuilderSettings
 from service.reconcilers.wiring import add_controllers
 from service.registry.client import RegistryClient
 from service.runtime.manager import Manager, ManagerOptions
-from simcluster.crds import new_cluster
 from simcluster.demo import create_space
 from simcluster.registry import RunningRegistry, running_registry
-from simcluster.server import RunningApiServer, running_apiserver
+from simcluster.server import RunningApiServer
+from tests.conftest import Target
 from tests.helpers import eventually
 
 Obj = dict[str, Any]
@@ -61,7 +61,7 @@ class RecordingRepositories:
 
 @dataclass
 class Env:
-    api: RunningApiServer
+    api: RunningApiServer | None  # the emulator; None when the suite runs against another cluster
     client: KubeClient
     registry: RunningRegistry
     images: RegistryClient
@@ -235,8 +235,10 @@ class Env:
 
 
 @pytest.fixture
-async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
-    """``@pytest.mark.reconcile_timeout(s)`` gives the manager a reconcile timeout."""
+async def env(request: pytest.FixtureRequest, target: Target) -> AsyncIterator[Env]:
+    """The controllers on the target cluster (the emulator, or ``TEST_KUBECONFIG``'s), an in-process
+    registry, and Korifi's standard setup in a namespace of the test's own (deleted afterwards on another
+    cluster). ``@pytest.mark.reconcile_timeout(s)`` gives the manager a reconcile timeout."""
     marker = request.node.get_closest_marker("reconcile_timeout")
     timeout = float(marker.args[0]) if marker else None
     settings = BuilderSettings(
@@ -247,22 +249,33 @@ async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
         build_cache_mb=1024,
         disk_mb=2048,
         memory_mb=1234,
-        cf_root_namespace="cf",
+        cf_root_namespace=f"cf-{uuid.uuid4().hex[:6]}",
     )
     async with (
-        running_apiserver(new_cluster()) as api,
         running_registry() as registry,
-        KubeClient(explicit(api.url), timeout=5.0) as client,
-        KubeClient(explicit(api.url), timeout=5.0) as manager_client,
+        KubeClient(target.cluster, timeout=5.0) as client,
+        KubeClient(target.cluster, timeout=5.0) as manager_client,
         RegistryClient(timeout=5.0) as images,
     ):
         repositories = RecordingRepositories()
         async with running_controllers(
             manager_client, settings, images, repositories, reconcile_timeout=timeout
         ) as manager:
-            environment = Env(api, client, registry, images, manager, settings, repositories)
+            environment = Env(target.emulator, client, registry, images, manager, settings, repositories)
             await environment.standard()
-            yield environment
+            try:
+                yield environment
+            finally:
+                if target.emulator is None:  # another cluster outlives the test: leave it as found
+                    with anyio.CancelScope(shield=True):
+                        await _forget(client, r.NAMESPACE, environment.namespace)
+                        await _forget(client, r.NAMESPACE, settings.cf_root_namespace)
+                        await _forget(client, r.CLUSTER_BUILDER, settings.cluster_builder_name)
+
+
+async def _forget(client: KubeClient, resource: r.Resource, name: str) -> None:
+    with contextlib.suppress(errors.NotFound):
+        await client.delete(resource, name)
 
 
 @asynccontextmanager

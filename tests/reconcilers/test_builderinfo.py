@@ -32,7 +32,8 @@ async def cluster_builder_status(
     )
 
 
-async def builder_info(env: Env, name: str = k.BUILDER_INFO_NAME, namespace: str = "cf", **meta: Any) -> Obj:
+async def builder_info(env: Env, name: str = k.BUILDER_INFO_NAME, namespace: str = "", **meta: Any) -> Obj:
+    namespace = namespace or env.settings.cf_root_namespace
     if await env.get(r.NAMESPACE, namespace) is None:
         await env.create(
             r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
@@ -48,8 +49,8 @@ async def builder_info(env: Env, name: str = k.BUILDER_INFO_NAME, namespace: str
     )
 
 
-async def status_of(env: Env, name: str = k.BUILDER_INFO_NAME, namespace: str = "cf") -> Obj:
-    obj = await env.get(r.BUILDER_INFO, name, namespace)
+async def status_of(env: Env, name: str = k.BUILDER_INFO_NAME, namespace: str = "") -> Obj:
+    obj = await env.get(r.BUILDER_INFO, name, namespace or env.settings.cf_root_namespace)
     status: Obj = (obj or {}).get("status") or {}
     return status
 
@@ -83,7 +84,7 @@ async def test_mirrors_a_ready_cluster_builder(env: Env) -> None:
     assert status["stacks"][0]["updatedTimestamp"] >= created
     ready = ready_of(status)
     assert ready is not None and (ready["reason"], ready["message"]) == ("Ready", "Ready")
-    current = await env.get(r.BUILDER_INFO, k.BUILDER_INFO_NAME, "cf")
+    current = await env.get(r.BUILDER_INFO, k.BUILDER_INFO_NAME, env.settings.cf_root_namespace)
     assert current is not None
     assert ready["observedGeneration"] == current["metadata"]["generation"] == status["observedGeneration"]
     assert info["metadata"]["generation"] == current["metadata"]["generation"]
@@ -93,10 +94,10 @@ async def test_a_builder_info_being_deleted_is_not_reconciled(env: Env) -> None:
     """Behaviour 48."""
     await cluster_builder_status(env, ORDER, "ubuntu-kreepy-koala", "True")
     await builder_info(env, finalizers=["do-not-delete-yet"])
-    await env.client.delete(r.BUILDER_INFO, k.BUILDER_INFO_NAME, "cf")
+    await env.client.delete(r.BUILDER_INFO, k.BUILDER_INFO_NAME, env.settings.cf_root_namespace)
 
     async def unobserved() -> bool:
-        obj = await env.get(r.BUILDER_INFO, k.BUILDER_INFO_NAME, "cf")
+        obj = await env.get(r.BUILDER_INFO, k.BUILDER_INFO_NAME, env.settings.cf_root_namespace)
         assert obj is not None
         return (obj.get("status") or {}).get("observedGeneration") != obj["metadata"]["generation"]
 
@@ -112,7 +113,7 @@ async def test_an_unready_cluster_builder_makes_it_unready(env: Env, message: st
     ready = ready_of(status)
     assert ready is not None and ready["reason"] == k.CLUSTER_BUILDER_NOT_READY
     assert f'ClusterBuilder "{env.settings.cluster_builder_name}" is not ready: {message}' in ready["message"]
-    current = await env.get(r.BUILDER_INFO, k.BUILDER_INFO_NAME, "cf")
+    current = await env.get(r.BUILDER_INFO, k.BUILDER_INFO_NAME, env.settings.cf_root_namespace)
     assert current is not None and ready["observedGeneration"] == current["metadata"]["generation"]
     assert len(status["buildpacks"]) == 3  # the lists are written all the same
 
@@ -132,11 +133,12 @@ async def test_follows_changes_of_the_cluster_builder(env: Env) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "namespace"), [("some-other-build-reconciler", "cf"), (k.BUILDER_INFO_NAME, "elsewhere")]
+    ("name", "namespace"), [("some-other-build-reconciler", ""), (k.BUILDER_INFO_NAME, "elsewhere")]
 )
 async def test_other_builder_infos_are_left_alone(env: Env, name: str, namespace: str) -> None:
     """Behaviours 53-54."""
     await cluster_builder_status(env, ORDER, "ubuntu-kreepy-koala", "True")
+    namespace = namespace or env.settings.cf_root_namespace  # "": the root namespace
     await builder_info(env, name, namespace)
     await consistently(lambda: _empty(status_of(env, name, namespace)), 1.0, "untouched")
 

@@ -470,6 +470,7 @@ async def test_an_unparsable_generation_label_is_reported(env: Env) -> None:
     await eventually(ready_again, what="Ready again once the label is repaired")
 
 
+@pytest.mark.emulator
 async def test_an_older_workload_sees_its_own_skip_when_the_siblings_write_is_lost(env: Env) -> None:
     """The newer workload's KpackMissedBuild patch of its sibling can meet a 409 (a stale cache): the older
     workload must still end, from its own Image's events (Korifi would leave it running for ever)."""

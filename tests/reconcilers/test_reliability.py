@@ -19,7 +19,6 @@ import pytest
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.conditions import MAX_MESSAGE
-from service.kube.config import explicit
 from service.reconcilers import korifi as k
 from service.reconcilers.settings import BuilderSettings
 from service.registry.auth import Keychain
@@ -28,6 +27,7 @@ from service.registry.errors import NotFound as ImageNotFound
 from simcluster.demo import create_space
 from simcluster.faults import FaultRule
 from simcluster.registry import OciRegistry, running_registry
+from tests.conftest import Target
 from tests.helpers import consistently, eventually
 from tests.reconcilers.conftest import APP_GUID, SERVICE_ACCOUNT, Env, running_controllers
 from tests.reconcilers.test_buildworkload_track import running_workload, succeeded
@@ -62,6 +62,7 @@ async def event_count(env: Env, name: str, reason: str) -> int:
 
 
 # ------------------------------------------------------------------------------ lagging caches
+@pytest.mark.emulator
 async def test_a_custom_builder_missing_from_a_lagging_cache_does_not_fail_the_workload(env: Env) -> None:
     lag = lag_cache(env, "builders")
     workload = await env.create_workload(env.workload_body(buildpacks=["repo/my-buildpack"]))
@@ -78,6 +79,7 @@ async def test_a_custom_builder_missing_from_a_lagging_cache_does_not_fail_the_w
     assert lag.count is None  # still lagging
 
 
+@pytest.mark.emulator
 async def test_a_build_missing_from_a_lagging_cache_is_not_a_missed_build(env: Env) -> None:
     first = await running_workload(env)
     name = first["metadata"]["name"]
@@ -109,6 +111,7 @@ async def _succeeded_is(env: Env, name: str, status: str) -> bool:
     return ((await env.succeeded(name)) or {}).get("status") == status
 
 
+@pytest.mark.emulator
 async def test_an_image_the_cache_has_not_seen_is_a_quiet_retry_not_an_error(env: Env) -> None:
     """Two workloads of one app beginning together, or a relist: creating the Image meets 409
     AlreadyExists. That heals on its own: a requeue, not an error, and no Ready=False."""
@@ -219,20 +222,18 @@ async def _gone(env: Env, build: str) -> bool:
 
 
 # ------------------------------------------------------------------------------ a space deleted whole
-async def test_deleting_a_space_deletes_its_droplets_with_the_root_namespace_credentials() -> None:
+async def test_deleting_a_space_deletes_its_droplets_with_the_root_namespace_credentials(
+    target: Target,
+) -> None:
     """The space's Secrets and ServiceAccount go at once; its Builds wait for their finalizer, which then
     finds no credentials in the space. The root namespace's builder account (Korifi copies it into every
     space) still opens the registry."""
-    from simcluster.crds import new_cluster
-    from simcluster.server import running_apiserver
-
     root, space = f"cf-{uuid.uuid4().hex[:6]}", f"space-{uuid.uuid4().hex[:6]}"
     settings = BuilderSettings(builder_service_account=SERVICE_ACCOUNT, cf_root_namespace=root)
     locked = OciRegistry(auth="basic", users={"demo": "demo"})
     async with (
-        running_apiserver(new_cluster()) as api,
         running_registry(locked) as registry,
-        KubeClient(explicit(api.url), timeout=5.0) as client,
+        KubeClient(target.cluster, timeout=5.0) as client,
         RegistryClient(timeout=5.0) as images,
         running_controllers(client, settings, images),
     ):
@@ -266,6 +267,8 @@ async def test_deleting_a_space_deletes_its_droplets_with_the_root_namespace_cre
         await eventually(space_gone, within=20, what="the space is deleted")
         with pytest.raises(ImageNotFound):
             await images.get_manifest(f"{repo}@{digest}", keychain=keychain)
+        if target.emulator is None:  # another cluster outlives the test
+            await client.delete(r.NAMESPACE, root)
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -338,6 +341,7 @@ async def test_a_missing_builder_service_account_is_named_and_waited_for(env: En
     await env.wait_succeeded(name, "Unknown", within=30)
 
 
+@pytest.mark.emulator
 async def test_outcome_events_are_recorded_once_even_when_the_write_is_retried(env: Env) -> None:
     body = env.workload_body()
     name = body["metadata"]["name"]
@@ -354,6 +358,7 @@ async def _equals(value: Any, expected: Any) -> bool:
     return bool(await value == expected)
 
 
+@pytest.mark.emulator
 async def test_a_workload_deleted_during_its_reconcile_is_not_an_error(env: Env) -> None:
     """Deleted between the cache read and the write, the workload's write meets 404: nothing is left to
     report on, and nothing to retry."""
@@ -379,6 +384,7 @@ def _reconciles(env: Env) -> float:
 
 
 @pytest.mark.reconcile_timeout(0.5)
+@pytest.mark.emulator
 async def test_a_reconcile_out_of_time_says_so_on_the_workload(env: Env) -> None:
     """A reconcile timeout used to cancel the status write with the rest: nothing landed on the object."""
     env.api.faults.add(FaultRule(method="POST", path="/images$", status=0, latency=3.0))

@@ -15,31 +15,15 @@ import anyio.lowlevel
 import pytest
 
 from service.kube.client import KubeClient
-from service.kube.config import explicit
 from service.kube.resources import Resource
 from service.runtime import informer as informer_mod
 from service.runtime.informer import Backoff, Informer
 from service.runtime.store import Obj, object_key
-from simcluster.crds import new_cluster
-from simcluster.server import RunningApiServer, running_apiserver
-from tests.helpers import eventually  # noqa: F401
+from tests.helpers import eventually, fast_client  # noqa: F401
 
 C = TypeVar("C", bound=KubeClient)
 
 DEADLINE = 10.0  # seconds any single awaited condition may take before a test fails
-BOOKMARK_INTERVAL = 0.05
-
-
-def fast_client(url: str, cls: type[C] = KubeClient, **kwargs: Any) -> C:  # type: ignore[assignment]
-    """No client-side throttling, and retries without real waiting (Retry-After capped, tiny backoff)."""
-    options: dict[str, Any] = {
-        "qps": 0,
-        "max_retry_after": 0.02,
-        "backoff_base": 0.005,
-        "backoff_cap": 0.02,
-        **kwargs,
-    }
-    return cls(explicit(url), **options)
 
 
 class SpyClient(KubeClient):
@@ -55,15 +39,8 @@ class SpyClient(KubeClient):
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[RunningApiServer]:
-    async with running_apiserver(new_cluster(), bookmark_interval=BOOKMARK_INTERVAL) as server:
-        yield server
-
-
-@pytest.fixture
-async def client(api: RunningApiServer) -> AsyncIterator[KubeClient]:
-    async with fast_client(api.url) as c:
-        yield c
+def bookmark_interval() -> float:
+    return 0.05  # informer tests wait for bookmarks
 
 
 def cm(name: str, namespace: str = "default", **extra: Any) -> Obj:

@@ -4,25 +4,21 @@ informer, and wiring mistakes are refused when the controller is declared."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import anyio
 import pytest
 
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.runtime import Manager, ManagerOptions, Obj, Request, enqueue_object, where
-from simcluster.server import RunningApiServer
 from tests.helpers import eventually
-from tests.runtime.conftest import cm, fast_client
+from tests.runtime.conftest import cm
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def client(api: RunningApiServer) -> AsyncIterator[KubeClient]:
-    async with fast_client(api.url, timeout=2.0) as c:
-        yield c
+def client_timeout() -> float:
+    return 2.0
 
 
 def options(**extra: object) -> ManagerOptions:

@@ -37,7 +37,8 @@ from service.runtime.metrics import RESULTS, RuntimeMetrics
 from service.runtime.store import Obj
 from simcluster.faults import FaultRule, Faults
 from simcluster.server import running_apiserver
-from tests.runtime.conftest import DEADLINE, RecordingBackoff, eventually, fast_client, settle
+from tests.helpers import fast_client
+from tests.runtime.conftest import DEADLINE, RecordingBackoff, eventually, settle
 
 pytestmark = pytest.mark.anyio
 

@@ -24,6 +24,7 @@ from service.runtime.store import Obj, by_label
 from simcluster.faults import FaultRule
 from simcluster.kinds import Kind
 from simcluster.server import RunningApiServer, running_apiserver
+from tests.helpers import fast_client
 from tests.runtime.conftest import (
     DEADLINE,
     Recorder,
@@ -31,7 +32,6 @@ from tests.runtime.conftest import (
     SpyClient,
     cm,
     eventually,
-    fast_client,
     running,
 )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -16,7 +15,6 @@ from service.runtime.metrics import RuntimeMetrics
 from simcluster.faults import FaultRule
 from simcluster.server import RunningApiServer
 from tests.helpers import eventually
-from tests.runtime.conftest import fast_client
 
 pytestmark = pytest.mark.anyio
 
@@ -24,9 +22,8 @@ LEASE_NAME = "test-lock"
 
 
 @pytest.fixture
-async def client(api: RunningApiServer) -> AsyncIterator[KubeClient]:
-    async with fast_client(api.url, timeout=2.0) as c:
-        yield c
+def client_timeout() -> float:
+    return 2.0
 
 
 def elector(client: KubeClient, identity: str, metrics: RuntimeMetrics | None = None) -> LeaderElector:

@@ -21,7 +21,6 @@ from service.runtime.sidecar import BindAddress
 from simcluster.faults import FaultRule
 from simcluster.server import RunningApiServer
 from tests.helpers import eventually
-from tests.runtime.conftest import fast_client
 
 pytestmark = pytest.mark.anyio
 
@@ -29,9 +28,8 @@ LOCAL = BindAddress("127.0.0.1", 0)
 
 
 @pytest.fixture
-async def client(api: RunningApiServer) -> AsyncIterator[KubeClient]:
-    async with fast_client(api.url, timeout=2.0) as c:
-        yield c
+def client_timeout() -> float:
+    return 2.0
 
 
 @pytest.fixture

@@ -13,13 +13,12 @@ import anyio
 import orjson
 import pytest
 
-from simcluster.crds import new_cluster
-from simcluster.server import RunningApiServer, running_apiserver
+from simcluster.server import RunningApiServer
 from tests.helpers import eventually  # noqa: F401
 
 Obj = dict[str, Any]
 
-BOOKMARK_INTERVAL = 0.2
+BOOKMARK_INTERVAL = 0.2  # the root conftest's default; watch tests wait for multiples of it
 DEADLINE = 5.0  # seconds any single awaited event may take before a test fails
 
 MERGE = "application/merge-patch+json"
@@ -319,12 +318,6 @@ async def watching(session: aiohttp.ClientSession, url: str, **params: str) -> A
         yield WatchReader(resp)
     finally:
         resp.close()
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[RunningApiServer]:
-    async with running_apiserver(new_cluster(), bookmark_interval=BOOKMARK_INTERVAL) as server:
-        yield server
 
 
 @pytest.fixture

@@ -12,11 +12,9 @@ import pytest
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
-from service.kube.config import explicit
-from simcluster.crds import new_cluster
 from simcluster.kpack import KpackOptions, KpackSimulator, KpackWebhooks, install_webhooks, running_kpack
 from simcluster.registry import RunningRegistry, running_registry
-from simcluster.server import RunningApiServer, running_apiserver
+from simcluster.server import RunningApiServer
 from tests.helpers import eventually
 
 Obj = dict[str, Any]
@@ -36,24 +34,6 @@ async def get_or_none(
         return await client.get(res, name, namespace)
     except errors.NotFound:
         return None
-
-
-def fast_client(url: str, token: str | None = None) -> KubeClient:
-    return KubeClient(
-        explicit(url, token=token), qps=0, max_retry_after=0.02, backoff_base=0.005, backoff_cap=0.02
-    )
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[RunningApiServer]:
-    async with running_apiserver(new_cluster(), bookmark_interval=0.2) as server:
-        yield server
-
-
-@pytest.fixture
-async def client(api: RunningApiServer) -> AsyncIterator[KubeClient]:
-    async with fast_client(api.url) as c:
-        yield c
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from simcluster.kpack import KpackWebhooks
 from simcluster.kpack.apis import CLUSTER_LIFECYCLE_RESOURCE
 from simcluster.kpack.validation import KPACK_CONTROLLER
 from simcluster.server import RunningApiServer
-from tests.sim.kpack.conftest import NS, PACKAGE, Obj, fast_client, image
+from tests.helpers import fast_client
+from tests.sim.kpack.conftest import NS, PACKAGE, Obj, image
 
 pytestmark = pytest.mark.anyio
 

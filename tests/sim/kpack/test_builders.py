@@ -17,6 +17,7 @@ from simcluster.kpack.builders import BuilderError, Resolver, semver_key
 from simcluster.kpack.refs import digest_of
 from simcluster.kpack.simulator import LIFECYCLE_IMAGE
 from simcluster.server import RunningApiServer
+from tests.helpers import fast_client
 from tests.sim.kpack.conftest import (
     CLUSTER_BUILDER,
     NS,
@@ -24,7 +25,6 @@ from tests.sim.kpack.conftest import (
     builder_ready,
     condition,
     eventually,
-    fast_client,
     image,
     options,
 )

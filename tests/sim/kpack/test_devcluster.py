@@ -14,7 +14,8 @@ import yaml
 
 from service.kube import resources as r
 from service.registry.client import RegistryClient
-from tests.sim.kpack.conftest import builder_ready, condition, eventually, fast_client, get_or_none, image
+from tests.helpers import fast_client
+from tests.sim.kpack.conftest import builder_ready, condition, eventually, get_or_none, image
 
 pytestmark = pytest.mark.anyio
 
