@@ -12,6 +12,7 @@ import signal
 
 import anyio
 from anyio.abc import TaskStatus
+from prometheus_client import CollectorRegistry
 
 from service import __version__
 from service.config import Config, ConfigError, require_builder_settings
@@ -19,8 +20,7 @@ from service.kube import config as kube_config
 from service.kube.client import KubeClient
 from service.kube.config import ClusterConfig
 from service.kube.metrics import RestClientMetrics
-from service.reconcilers.images import RegistryImages
-from service.reconcilers.settings import BuilderSettings
+from service.reconcilers.images import RegistryImages, RepositoryCreator
 from service.reconcilers.wiring import add_controllers
 from service.registry.client import RegistryClient
 from service.runtime.leader import LeaderElectionConfig, default_identity
@@ -65,26 +65,30 @@ def manager_options(config: Config, identity: str, pod_namespace: str | None) ->
     )
 
 
-def builder_settings(config: Config) -> BuilderSettings:
-    return BuilderSettings(
-        cluster_builder_name=config.cluster_builder_name,
-        builder_service_account=config.builder_service_account,
-        builder_readiness_timeout=config.builder_readiness_timeout,
-        container_repository_prefix=config.container_repository_prefix or "",
-        build_cache_mb=config.build_cache_mb,
-        disk_mb=config.disk_mb,
-        memory_mb=config.memory_mb,
-        cf_root_namespace=config.cf_root_namespace,
-    )
-
-
-def register_controllers(manager: Manager, config: Config, registry: RegistryClient) -> None:
+def assemble(
+    config: Config,
+    client: KubeClient,
+    registry: RegistryClient,
+    *,
+    leader_client: KubeClient | None = None,
+    identity: str | None = None,
+    pod_namespace: str | None = None,
+    metrics: CollectorRegistry | None = None,
+    repositories: RepositoryCreator | None = None,
+) -> Manager:
+    """The service on a manager, from its configuration: the one composition root, which ``run``, the
+    demo and the tests all use. Nothing runs until ``Manager.run``."""
+    identity = identity or default_identity()
+    options = manager_options(config, identity, pod_namespace)
+    manager = Manager(client, options, registry=metrics, leader_client=leader_client)
     add_controllers(
         manager,
-        builder_settings(config),
+        config.builder_settings(),
         RegistryImages(registry),
+        repositories,
         registry_concurrency=config.registry_concurrency,
     )
+    return manager
 
 
 async def _handle_signals(manager: Manager) -> None:
@@ -110,7 +114,8 @@ async def serve_cluster(
     """Run the service against ``cluster`` until a signal (or ``Manager.shutdown``) stops it."""
     require_builder_settings(config)
     identity = default_identity()
-    options = manager_options(config, identity, kube_config.incluster_namespace())
+    pod_namespace = kube_config.incluster_namespace()
+    manager_options(config, identity, pod_namespace)  # a configuration error stops us before any connection
     registry = new_registry()
     rest_metrics = RestClientMetrics(registry)
     agent = f"{COMPONENT}/{__version__}"
@@ -130,15 +135,22 @@ async def serve_cluster(
             insecure_registries=config.insecure_registries, timeout=config.registry_timeout, user_agent=agent
         ) as images,
     ):
-        manager = Manager(client, options, registry=registry, leader_client=le_client)
-        register_controllers(manager, config, images)
+        manager = assemble(
+            config,
+            client,
+            images,
+            leader_client=le_client,
+            identity=identity,
+            pod_namespace=pod_namespace,
+            metrics=registry,
+        )
         log.info(
             "starting",
             extra={
                 "version": __version__,
                 "identity": identity,
                 "apiServer": cluster.host,
-                "leaderElection": options.leader_election is not None,
+                "leaderElection": manager.options.leader_election is not None,
             },
         )
         async with anyio.create_task_group() as tg:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from service.reconcilers.settings import BuilderSettings
 from service.runtime.logs import FORMATS, LEVELS
 from service.runtime.ratelimiters import RATE_LIMITER_KINDS
 from service.runtime.sidecar import BindAddress
@@ -252,11 +254,13 @@ def setting(
     env: str | None = None,
     repeatable: bool = False,
     metavar: str | None = None,
+    group: str = "",
 ) -> Any:
     return field(
         default=default,
         metadata={
             "key": key,
+            "group": group,
             "parse": parse,
             "help": help,
             "flag": flag or "--" + _kebab(key),
@@ -265,6 +269,15 @@ def setting(
             "metavar": metavar or _METAVARS.get(parse) or _choices_metavar(parse),
         },
     )
+
+
+# The groups of settings, each read by one part of the service (see ``Config.group``).
+cluster = functools.partial(setting, group="cluster")  # which cluster, which namespaces
+runtime = functools.partial(setting, group="runtime")  # the manager: probes, metrics, election, workers
+client = functools.partial(setting, group="client")  # the Kubernetes client
+logging_ = functools.partial(setting, group="logging")
+builder = functools.partial(setting, group="builder")  # the reconcilers (Korifi's keys)
+registry = functools.partial(setting, group="registry")  # the OCI registry client and its pool
 
 
 def _kebab(key: str) -> str:
@@ -297,14 +310,14 @@ _METAVARS: dict[Parser, str] = {
 
 @dataclass(frozen=True)
 class Config:
-    kubeconfig: str | None = setting(
+    kubeconfig: str | None = cluster(
         "kubeconfig",
         None,
         optional_string,
         "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then the in-cluster service account)",
         metavar="FILE",
     )
-    namespaces: tuple[str, ...] = setting(
+    namespaces: tuple[str, ...] = cluster(
         "namespaces",
         (),
         names,
@@ -313,57 +326,57 @@ class Config:
         repeatable=True,
         metavar="NAME",
     )
-    metrics_bind_address: str = setting(
+    metrics_bind_address: str = runtime(
         "metricsBindAddress", ":8080", bind_address, "address of /metrics; 0 disables it", metavar="ADDR"
     )
-    health_probe_bind_address: str = setting(
+    health_probe_bind_address: str = runtime(
         "healthProbeBindAddress", ":8081", bind_address, "address of /healthz and /readyz; 0 disables them"
     )
-    leader_elect: bool = setting(
+    leader_elect: bool = runtime(
         "leaderElect", False, boolean, "elect a leader so that only one replica runs the controllers"
     )
-    leader_election_id: str = setting(
+    leader_election_id: str = runtime(
         "leaderElectionID", "kpack-image-builder-leader-election", string, "name of the leader-election Lease"
     )
-    leader_election_namespace: str | None = setting(
+    leader_election_namespace: str | None = runtime(
         "leaderElectionNamespace",
         None,
         optional_string,
         "namespace of the Lease (default: the pod's own namespace; required outside a cluster)",
     )
-    lease_duration: float = setting(
+    lease_duration: float = runtime(
         "leaseDuration",
         15.0,
         positive_duration,
         "how long a standby waits before taking over a silent leader",
     )
-    renew_deadline: float = setting(
+    renew_deadline: float = runtime(
         "renewDeadline", 10.0, positive_duration, "how long the leader tries to renew before giving up"
     )
-    retry_period: float = setting("retryPeriod", 2.0, positive_duration, "how often candidates try the lease")
-    workers: int = setting("workers", 1, positive_int, "concurrent reconciles per controller")
-    graceful_shutdown_timeout: float = setting(
+    retry_period: float = runtime("retryPeriod", 2.0, positive_duration, "how often candidates try the lease")
+    workers: int = runtime("workers", 1, positive_int, "concurrent reconciles per controller")
+    graceful_shutdown_timeout: float = runtime(
         "gracefulShutdownTimeout",
         30.0,
         duration,
         "time in-flight reconciles get to finish on shutdown (negative: no limit)",
     )
-    reconcile_timeout: float = setting(
+    reconcile_timeout: float = runtime(
         "reconcileTimeout",
         0.0,
         non_negative_duration,
         "cancel and retry a reconcile that runs longer (0: none)",
     )
-    rate_limiter: str = setting(
+    rate_limiter: str = runtime(
         "rateLimiter",
         "controller-runtime",
         one_of(*RATE_LIMITER_KINDS),
         "retry backoff: controller-runtime (per key 5ms..1000s) or classic (plus a 10 qps / 100 burst bucket)",
     )
-    sync_period: float = setting(
+    sync_period: float = runtime(
         "syncPeriod", 36000.0, non_negative_duration, "re-deliver every cached object this often (0: never)"
     )
-    kube_api_qps: float = setting(
+    kube_api_qps: float = client(
         "kubeAPIQPS",
         20.0,
         positive_float,
@@ -371,45 +384,45 @@ class Config:
         flag="--kube-api-qps",  # not the --kube-apiqps the key's spelling would give; as --kube-api-burst
         env="KUBE_API_QPS",
     )
-    kube_api_burst: int = setting("kubeAPIBurst", 30, positive_int, "client-side request burst to the API")
-    log_level: str = setting(
+    kube_api_burst: int = client("kubeAPIBurst", 30, positive_int, "client-side request burst to the API")
+    log_level: str = logging_(
         "logLevel", "info", log_level, "least important log level printed (zap's names, any case)"
     )
-    log_format: str = setting("logFormat", "json", one_of(*FORMATS), "json (zap fields) or text")
+    log_format: str = logging_("logFormat", "json", one_of(*FORMATS), "json (zap fields) or text")
 
     # ---- the builder (Korifi's keys)
-    cluster_builder_name: str = setting(
+    cluster_builder_name: str = builder(
         "clusterBuilderName", "cf-kpack-cluster-builder", string, "the default kpack ClusterBuilder"
     )
-    builder_service_account: str = setting(
+    builder_service_account: str = builder(
         "builderServiceAccount",
         "kpack-service-account",
         string,
         "service account of kpack Images and Builders; its imagePullSecrets read droplets and go into them",
     )
-    builder_readiness_timeout: float = setting(
+    builder_readiness_timeout: float = builder(
         "builderReadinessTimeout",
         30.0,
         non_negative_duration,
         "how long after a workload's creation a builder that is not ready fails it",
     )
-    container_repository_prefix: str | None = setting(
+    container_repository_prefix: str | None = builder(
         "containerRepositoryPrefix",
         None,
         repository_prefix,
         "registry and path for droplets and builders, e.g. registry.example.com/cf/ (required)",
         metavar="PREFIX",
     )
-    container_registry_type: str = setting(
+    container_registry_type: str = builder(
         "containerRegistryType",
         "",
         one_of("", "ECR"),
         "repository creation before pushes: empty for none (registries that create on push)",
     )
-    cf_root_namespace: str = setting(
+    cf_root_namespace: str = builder(
         "cfRootNamespace", "cf", string, "namespace of the BuilderInfo kpack-image-builder"
     )
-    build_cache_mb: int = setting(
+    build_cache_mb: int = builder(
         "cfStagingResources.buildCacheMB",
         2048,
         non_negative_int,
@@ -417,7 +430,7 @@ class Config:
         flag="--build-cache-mb",
         metavar="MB",
     )
-    disk_mb: int = setting(
+    disk_mb: int = builder(
         "cfStagingResources.diskMB",
         0,
         non_negative_int,
@@ -425,7 +438,7 @@ class Config:
         flag="--disk-mb",
         metavar="MB",
     )
-    memory_mb: int = setting(
+    memory_mb: int = builder(
         "cfStagingResources.memoryMB",
         0,
         non_negative_int,
@@ -433,7 +446,7 @@ class Config:
         flag="--memory-mb",
         metavar="MB",
     )
-    insecure_registries: tuple[str, ...] = setting(
+    insecure_registries: tuple[str, ...] = registry(
         "insecureRegistries",
         (),
         hosts,
@@ -442,15 +455,27 @@ class Config:
         repeatable=True,
         metavar="HOST",
     )
-    registry_timeout: float = setting(
+    registry_timeout: float = registry(
         "registryTimeout", 30.0, positive_duration, "time limit of each call to a container registry"
     )
-    registry_concurrency: int = setting(
+    registry_concurrency: int = registry(
         "registryConcurrency",
         8,
         positive_int,
         "registry calls at once per registry host, run beside the workers (a hanging registry holds none)",
     )
+
+    def group(self, name: str) -> dict[str, Any]:
+        """The settings of one group (``cluster``, ``runtime``, ``client``, ``logging``, ``builder``,
+        ``registry``) by field name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["group"] == name}
+
+    def builder_settings(self) -> BuilderSettings:
+        """The reconcilers' settings: the builder group, by the same names."""
+        values = self.group("builder")
+        wanted = {f.name for f in fields(BuilderSettings)}
+        values["container_repository_prefix"] = values["container_repository_prefix"] or ""
+        return BuilderSettings(**{k: v for k, v in values.items() if k in wanted})
 
 
 SETTINGS = {f.metadata["key"]: f for f in fields(Config)}

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -789,3 +789,16 @@ def test_format_duration() -> None:
     assert config.format_duration(-1) == "-1s"
     assert config.format_duration(3723.5) == "1h2m3.5s"
     assert not math.isnan(config.duration(config.format_duration(1e-3)))
+
+
+def test_every_setting_is_in_a_group_and_the_builder_group_fills_the_reconcilers_settings() -> None:
+    from service.reconcilers.settings import BuilderSettings
+
+    groups = {f.name: f.metadata["group"] for f in fields(config.Config)}
+    assert set(groups.values()) == {"cluster", "runtime", "client", "logging", "builder", "registry"}, groups
+    assert {f.name for f in fields(BuilderSettings)} <= set(config.Config().group("builder"))
+    built = replace(
+        config.Config(), container_repository_prefix="r.example/cf/", disk_mb=7
+    ).builder_settings()
+    assert (built.container_repository_prefix, built.disk_mb) == ("r.example/cf/", 7)
+    assert config.Config().builder_settings().container_repository_prefix == ""  # unset: not None

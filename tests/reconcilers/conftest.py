@@ -12,22 +12,22 @@ import copy
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
 import orjson
 import pytest
 
+from service.app import assemble
+from service.config import Config
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.reconcilers import korifi as k
-from service.reconcilers.images import RegistryImages
 from service.reconcilers.settings import BuilderSettings
-from service.reconcilers.wiring import add_controllers
 from service.registry.client import RegistryClient
-from service.runtime.manager import Manager, ManagerOptions
+from service.runtime import Manager
 from simcluster.demo import create_space
 from simcluster.registry import RunningRegistry, running_registry
 from simcluster.server import RunningApiServer
@@ -241,7 +241,7 @@ async def env(request: pytest.FixtureRequest, target: Target) -> AsyncIterator[E
     cluster). ``@pytest.mark.reconcile_timeout(s)`` gives the manager a reconcile timeout."""
     marker = request.node.get_closest_marker("reconcile_timeout")
     timeout = float(marker.args[0]) if marker else None
-    settings = BuilderSettings(
+    config = service_config(
         cluster_builder_name=f"cluster-builder-{uuid.uuid4().hex[:6]}",
         builder_service_account=SERVICE_ACCOUNT,
         builder_readiness_timeout=READINESS_TIMEOUT,
@@ -250,7 +250,9 @@ async def env(request: pytest.FixtureRequest, target: Target) -> AsyncIterator[E
         disk_mb=2048,
         memory_mb=1234,
         cf_root_namespace=f"cf-{uuid.uuid4().hex[:6]}",
+        reconcile_timeout=timeout or 0.0,
     )
+    settings = config.builder_settings()
     async with (
         running_registry() as registry,
         KubeClient(target.cluster, timeout=5.0) as client,
@@ -258,9 +260,7 @@ async def env(request: pytest.FixtureRequest, target: Target) -> AsyncIterator[E
         RegistryClient(timeout=5.0) as images,
     ):
         repositories = RecordingRepositories()
-        async with running_controllers(
-            manager_client, settings, images, repositories, reconcile_timeout=timeout
-        ) as manager:
+        async with running_controllers(manager_client, config, images, repositories) as manager:
             environment = Env(target.emulator, client, registry, images, manager, settings, repositories)
             await environment.standard()
             try:
@@ -278,21 +278,21 @@ async def _forget(client: KubeClient, resource: r.Resource, name: str) -> None:
         await client.delete(resource, name)
 
 
+def service_config(**settings: object) -> Config:
+    """The service's configuration for a test: no metrics or probe servers, these settings over the
+    defaults (field names of ``Config``)."""
+    return replace(Config(), metrics_bind_address="0", health_probe_bind_address="0", **settings)  # type: ignore[arg-type]
+
+
 @asynccontextmanager
 async def running_controllers(
     client: KubeClient,
-    settings: BuilderSettings,
+    config: Config,
     images: RegistryClient,
     repositories: RecordingRepositories | None = None,
-    *,
-    reconcile_timeout: float | None = None,
 ) -> AsyncIterator[Manager]:
-    """A manager with the three controllers, as ``run`` wires them (no sidecar), for the block."""
-    options = ManagerOptions(
-        name="test", metrics_address=None, probe_address=None, reconcile_timeout=reconcile_timeout
-    )
-    manager = Manager(client, options)
-    add_controllers(manager, settings, RegistryImages(images), repositories)
+    """The service as ``run`` assembles it (``service.app.assemble``), on this client, for the block."""
+    manager = assemble(config, client, images, repositories=repositories)
     async with anyio.create_task_group() as tg:
         tg.start_soon(manager.run)
         yield manager

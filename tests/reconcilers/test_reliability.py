@@ -20,7 +20,6 @@ from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.conditions import MAX_MESSAGE
 from service.reconcilers import korifi as k
-from service.reconcilers.settings import BuilderSettings
 from service.registry.auth import Keychain
 from service.registry.client import RegistryClient
 from service.registry.errors import NotFound as ImageNotFound
@@ -29,7 +28,7 @@ from simcluster.faults import FaultRule
 from simcluster.registry import OciRegistry, running_registry
 from tests.conftest import Target
 from tests.helpers import consistently, eventually
-from tests.reconcilers.conftest import APP_GUID, SERVICE_ACCOUNT, Env, running_controllers
+from tests.reconcilers.conftest import APP_GUID, SERVICE_ACCOUNT, Env, running_controllers, service_config
 from tests.reconcilers.test_buildworkload_track import running_workload, succeeded
 
 pytestmark = pytest.mark.anyio
@@ -229,13 +228,17 @@ async def test_deleting_a_space_deletes_its_droplets_with_the_root_namespace_cre
     finds no credentials in the space. The root namespace's builder account (Korifi copies it into every
     space) still opens the registry."""
     root, space = f"cf-{uuid.uuid4().hex[:6]}", f"space-{uuid.uuid4().hex[:6]}"
-    settings = BuilderSettings(builder_service_account=SERVICE_ACCOUNT, cf_root_namespace=root)
+    config = service_config(
+        builder_service_account=SERVICE_ACCOUNT,
+        cf_root_namespace=root,
+        container_repository_prefix="x.example/cf/",
+    )
     locked = OciRegistry(auth="basic", users={"demo": "demo"})
     async with (
         running_registry(locked) as registry,
         KubeClient(target.cluster, timeout=5.0) as client,
         RegistryClient(timeout=5.0) as images,
-        running_controllers(client, settings, images),
+        running_controllers(client, config, images),
     ):
         for namespace in (root, space):
             await create_space(client, namespace, registry.host, service_account=SERVICE_ACCOUNT)

@@ -23,7 +23,7 @@ from simcluster.kpack import KpackOptions, KpackSimulator, running_kpack
 from simcluster.registry import RunningRegistry, running_registry
 from simcluster.server import running_apiserver
 from tests.helpers import eventually
-from tests.reconcilers.conftest import running_controllers
+from tests.reconcilers.conftest import running_controllers, service_config
 
 pytestmark = pytest.mark.anyio
 
@@ -78,13 +78,14 @@ async def cluster() -> AsyncIterator[Cluster]:
         KubeClient(explicit(api.url), timeout=5.0) as manager_client,
         RegistryClient(timeout=5.0) as images,
     ):
-        settings = BuilderSettings(
+        config = service_config(
             builder_service_account=ACCOUNT,
             builder_readiness_timeout=10.0,
             container_repository_prefix=f"{registry.host}/cf/",
         )
+        settings = config.builder_settings()
         await create_space(client, SPACE, registry.host)
-        async with running_controllers(manager_client, settings, images):
+        async with running_controllers(manager_client, config, images):
             yield Cluster(client, registry, kpack, settings)
 
 
