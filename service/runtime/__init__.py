@@ -33,6 +33,7 @@ from service.runtime.reconcile import (
     Result,
     TerminalError,
     current,
+    expected,
 )
 from service.runtime.store import Obj, by_labels, index_value
 
@@ -68,6 +69,7 @@ __all__ = [
     "current",
     "enqueue_object",
     "enqueue_owner",
+    "expected",
     "get_confirmed",
     "index_value",
     "list_confirmed",

@@ -196,3 +196,19 @@ def test_owner_references_are_kept_per_owner_name_and_follow_a_new_uid() -> None
     refs = image["metadata"]["ownerReferences"]  # type: ignore[index]
     assert [(r["name"], r["uid"]) for r in refs] == [("a", "3"), ("b", "2")]
     assert all("controller" not in r for r in refs)
+
+
+def test_a_failure_is_ordinary_weather_unless_it_wraps_a_bug() -> None:
+    from service.kube import errors
+    from service.reconcilers.buildworkload.attempt import Failure
+    from service.registry.errors import Unreachable
+    from service.runtime.reconcile import judge
+
+    def made_of(cause: BaseException | None) -> Failure:
+        failure = Failure("failed getting image config")
+        failure.__cause__ = cause
+        return failure
+
+    for plain in (made_of(None), made_of(Unreachable("registry down")), made_of(errors.InternalError("x"))):
+        assert not judge(plain).traceback
+    assert judge(made_of(KeyError("status"))).traceback

@@ -14,14 +14,22 @@ from service.kube.conditions import set_condition, status_of
 from service.kube.objects import generation
 from service.kube.timestamps import parse_rfc3339
 from service.reconcilers import korifi as k
-from service.runtime import Obj, Request
+from service.runtime import Obj, Request, expected
 
 WAIT_POLL_MAX = 30.0  # at most this long between looks for a Secret or ServiceAccount a workload waits for
 
 
 class Failure(Exception):
     """A reconcile that failed: its message becomes ``Ready=False/Unknown`` and it is retried with backoff
-    (registry calls, unusable labels, as Korifi's plain errors)."""
+    (registry calls, unusable labels, as Korifi's plain errors).
+
+    Ordinary weather (logged without a traceback) unless it wraps something that is not: a failure made
+    of a bug keeps the bug's traceback in the log."""
+
+    @property
+    def expected(self) -> bool:
+        cause = self.__cause__
+        return cause is None or expected(cause)
 
 
 class Waiting(Exception):
