@@ -20,6 +20,7 @@ from service.kube.patches import merge_diff
 from service.kube.resources import BUILDER, IMAGE, SECRET, SERVICE_ACCOUNT, STORAGE_CLASS
 from service.reconcilers import korifi as k
 from service.reconcilers import workload_checks
+from service.reconcilers.buildpacks import first_unknown
 from service.reconcilers.buildworkload.attempt import Failure, Pass, Waiting
 from service.reconcilers.buildworkload.caches import Caches
 from service.reconcilers.images import RepositoryCreator
@@ -99,15 +100,10 @@ class Begin:
         if cluster_builder is None:
             attempt.fail(k.BUILDER_NOT_READY, k.DEFAULT_CLUSTER_BUILDER_NOT_FOUND)
             return None
-        valid = {
-            (entry.get("group") or [{}])[0].get("id")
-            for entry in (cluster_builder.get("status") or {}).get("order") or ()
-            if entry.get("group")
-        }
-        for buildpack in buildpacks:
-            if buildpack not in valid:
-                attempt.fail(k.INVALID_BUILDPACKS, k.invalid_buildpack_message(buildpack))
-                return None
+        unknown = first_unknown(buildpacks, cluster_builder)
+        if unknown is not None:
+            attempt.fail(k.INVALID_BUILDPACKS, k.invalid_buildpack_message(unknown))
+            return None
         name = k.builder_name(buildpacks)
         repository = k.builder_repository(self.settings.container_repository_prefix, name)
         try:
