@@ -1,5 +1,8 @@
 """The service's configuration: one table of settings, read from a YAML file, the environment and flags.
 
+(Over 600 lines on purpose: the table, its value parsers and the loading that reports where a value came
+from are one concern, read together when a setting is added.)
+
 Each setting has a YAML key (camelCase, as in Korifi's ``korifi-controllers-config``, so that ConfigMap
 can be mounted as it is), an environment variable ``KPACK_IMAGE_BUILDER_<KEY>`` and a command-line flag.
 Flags override the environment, which overrides the file, which overrides the defaults.

@@ -1,4 +1,6 @@
 """An in-process OCI registry that answers as distribution 2.8 (Debian's ``docker-registry``) does.
+(Past 600 lines: the routes, their error answers and the auth they share are one HTTP surface, compared
+with distribution route by route.)
 
 The demo and the kpack simulator need somewhere to push droplet images and read them back, and tests
 must run where no registry binary is installed. Because the client is tested against both this and the
