@@ -19,9 +19,10 @@ from aiohttp import web
 from service.http import serving
 from service.kube import errors
 from service.kube.selectors import SelectorError, parse_field_selector, parse_label_selector
-from simcluster.cluster import Cluster, DeleteOptions
+from simcluster.cluster import Cluster
 from simcluster.faults import FaultRule, Faults
 from simcluster.kinds import Kind
+from simcluster.lifecycle import DeleteOptions
 from simcluster.tables import table_for, wants_table
 from simcluster.watch import Watcher, frame
 

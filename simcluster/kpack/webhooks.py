@@ -21,7 +21,8 @@ from typing import Any
 
 from service.kube import errors
 from service.kube.resources import KPACK, STORAGE_CLASS
-from simcluster.cluster import AdmissionHook, AdmissionRequest, AdmissionRule, Cluster
+from simcluster.admission import AdmissionHook, AdmissionRequest, AdmissionRule
+from simcluster.cluster import Cluster
 from simcluster.kpack import gotypes
 from simcluster.kpack.apis import ADMITTED, BUILD_SPEC
 from simcluster.kpack.validation import DEFAULTERS, VALIDATORS, Context, WebhookPanic, validate_build

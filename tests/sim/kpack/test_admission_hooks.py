@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from service.kube import errors
-from simcluster import cluster as cluster_module
+from simcluster import store as store_module
 from simcluster.cluster import AdmissionHook, AdmissionRequest, AdmissionRule, Cluster
 from simcluster.server import ADMIN_USER, ANONYMOUS, RunningApiServer, running_apiserver
 from tests.sim.kpack.conftest import Obj
@@ -274,14 +274,14 @@ def test_writes_no_hook_matches_make_no_admission_copies(
     recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     copies = 0
-    fresh = cluster_module._fresh
+    fresh = store_module.fresh
 
     def counting(obj: Obj) -> Obj:
         nonlocal copies
         copies += 1
         return fresh(obj)
 
-    monkeypatch.setattr(cluster_module, "_fresh", counting)
+    monkeypatch.setattr(store_module, "fresh", counting)
 
     def copies_for_writes(rules: tuple[AdmissionRule, ...] | None) -> int:
         nonlocal copies
