@@ -242,11 +242,15 @@ class Informer:
         self._rv_unavailable = False
 
     async def _list(self, resource_version: str) -> None:
+        # As client-go's reflector: a list at a resourceVersion other than "" or "0" is not paginated.
+        # With a limit, kube-apiserver reads that exact version from etcd — old data, whose next watch is
+        # 410 again, in a loop until etcd compacts; without one, the watch cache answers "not older than".
+        paged = resource_version in ("", "0")
         items, rv = await self.client.list_all(
             self.resource,
             self.namespace,
             label_selector=self.label_selector,
-            page_size=PAGE_SIZE,
+            page_size=PAGE_SIZE if paged else 0,
             resource_version=resource_version,
         )
         self._replace(items, initial=not self.has_synced)

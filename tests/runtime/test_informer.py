@@ -250,9 +250,12 @@ async def test_410_relists_and_reconciles_what_changed_while_away(
         assert missed[2][3] is False  # not in the initial list
         assert informer.relists == 2
         assert len(backoff.delays) == 1  # the relist came after a backoff
-        # The relist asked for "not older than" the last RV seen (from the watch), not the old list's RV.
+        # The relist asked for "not older than" the last RV seen (from the watch), not the old list's RV,
+        # and unpaginated: with a limit, kube-apiserver would read exactly that old version from etcd (found
+        # against the real control plane: the next watch was 410 again, until etcd compacted).
         relist_page = spy.pages[-1]
         assert relist_page["resource_version"] == resume_rv
+        assert not relist_page["limit"]  # no limit sent
         assert sorted(informer.store.list_keys()) == ["default/b", "default/c", "default/d", "default/marker"]
         await mark(spy, recorder, "after")  # and watching goes on
         assert not any(e[1] == "default/c" for e in recorder.events[seen:])  # unchanged: not redelivered
@@ -274,6 +277,7 @@ async def test_an_expired_relist_falls_back_to_a_consistent_read(
         api.cluster.drop_watches()
         await eventually(lambda: informer.relists == 2)
         assert [p["resource_version"] for p in spy.pages[pages:]] == [resume_rv, ""]
+        assert [p["limit"] or None for p in spy.pages[pages:]] == [None, 500]  # the consistent read is paged
         await mark(spy, recorder, "after")
 
 
