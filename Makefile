@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: test lint typecheck pytest venv system-deps demo devcluster bench chaos clean
+.PHONY: test lint typecheck pytest venv system-deps demo devcluster realcluster bench chaos clean
 
 test: venv system-deps lint typecheck pytest
 
@@ -46,6 +46,12 @@ demo: venv
 
 devcluster: venv
 	$(BIN)/python -m simcluster devcluster --port 8443 --kubeconfig-out devcluster.kubeconfig --kpack
+
+# The real control plane (kube-apiserver, kube-controller-manager, etcd; built from tests/controlplane/go.mod
+# into ~/.cache/kpack-image-builder/ the first time, which needs Go), with kpack's CRDs and the project's,
+# in the foreground; Ctrl-C stops it. docs/testing.md, "The real control plane".
+realcluster: venv
+	$(BIN)/python -m tests.controlplane run --kubeconfig-out realcluster.kubeconfig --crds
 
 bench: venv
 	$(BIN)/python benchmarks/emulator.py
