@@ -32,6 +32,10 @@ class LazySession:
 
     _session: aiohttp.ClientSession | None = None
     _closed: bool = False
+    # Seconds to let the event loop finish closing TLS connections after the session closes: aiohttp closes
+    # an SSL transport without waiting for its shutdown (aiohttp#1925), and a loop that stops first leaks
+    # the socket (a ResourceWarning, an error under the test suite's warning filter).
+    _close_grace: float = 0.0
 
     def _new_session(self) -> aiohttp.ClientSession:
         raise NotImplementedError
@@ -48,6 +52,8 @@ class LazySession:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+            if self._close_grace:
+                await anyio.sleep(self._close_grace)
 
     async def __aenter__(self) -> Self:
         self._get_session()

@@ -174,6 +174,7 @@ class KubeClient(LazySession):
         watch_read_margin: float = WATCH_READ_MARGIN,
     ) -> None:
         self.config = config
+        self._close_grace = 0.25 if config.host.startswith("https:") else 0.0
         self.timeout = timeout
         self.limiter = TokenBucket(qps, burst)
         # Clients that share a registry share one set of metrics (a name registers once per registry).

@@ -69,6 +69,8 @@ class Env:
     settings: BuilderSettings
     repositories: RecordingRepositories
     namespace: str = field(default_factory=lambda: f"namespace-{uuid.uuid4().hex[:8]}")
+    # Cluster-scoped objects a test made, deleted after it on a cluster that outlives the test.
+    cluster_scoped: list[tuple[r.Resource, str]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ object helpers
     async def create(self, resource: r.Resource, obj: Obj) -> Obj:
@@ -271,6 +273,8 @@ async def env(request: pytest.FixtureRequest, target: Target) -> AsyncIterator[E
                         await _forget(client, r.NAMESPACE, environment.namespace)
                         await _forget(client, r.NAMESPACE, settings.cf_root_namespace)
                         await _forget(client, r.CLUSTER_BUILDER, settings.cluster_builder_name)
+                        for resource, name in environment.cluster_scoped:
+                            await _forget(client, resource, name)
 
 
 async def _forget(client: KubeClient, resource: r.Resource, name: str) -> None:

@@ -133,12 +133,13 @@ async def test_follows_changes_of_the_cluster_builder(env: Env) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "namespace"), [("some-other-build-reconciler", ""), (k.BUILDER_INFO_NAME, "elsewhere")]
+    ("name", "namespace"), [("some-other-build-reconciler", "root"), (k.BUILDER_INFO_NAME, "elsewhere")]
 )
 async def test_other_builder_infos_are_left_alone(env: Env, name: str, namespace: str) -> None:
     """Behaviours 53-54."""
     await cluster_builder_status(env, ORDER, "ubuntu-kreepy-koala", "True")
-    namespace = namespace or env.settings.cf_root_namespace  # "": the root namespace
+    # "root": the CF root namespace; "elsewhere": the test's own namespace, which is not the root
+    namespace = env.settings.cf_root_namespace if namespace == "root" else env.namespace
     await builder_info(env, name, namespace)
     await consistently(lambda: _empty(status_of(env, name, namespace)), 1.0, "untouched")
 

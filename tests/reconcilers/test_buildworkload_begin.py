@@ -89,7 +89,8 @@ async def test_an_existing_image_is_overwritten(env: Env) -> None:
 
 
 async def image_with_cache(env: Env, storage_class: str, *, expandable: bool) -> Obj:
-    """An app Image made before, with a 512Mi cache volume of a new StorageClass."""
+    """An app Image made before, with a 512Mi cache volume of a new StorageClass (of this test's own)."""
+    env.cluster_scoped.append((r.STORAGE_CLASS, storage_class))
     await env.create(
         r.STORAGE_CLASS,
         {
@@ -118,7 +119,7 @@ async def image_with_cache(env: Env, storage_class: str, *, expandable: bool) ->
 
 async def test_a_cache_on_a_non_expandable_class_recreates_the_image(env: Env) -> None:
     """Behaviours 10-13."""
-    old = await image_with_cache(env, "non-resizable-class", expandable=False)
+    old = await image_with_cache(env, f"non-resizable-{env.namespace}", expandable=False)
     workload = await env.create_workload(env.workload_body())
 
     async def recreated() -> Obj | None:
@@ -132,12 +133,13 @@ async def test_a_cache_on_a_non_expandable_class_recreates_the_image(env: Env) -
 
 async def test_an_expandable_class_is_resized_in_place_keeping_the_class(env: Env) -> None:
     """U7, and better than Korifi: the storage class stays (kpack refuses to change it)."""
-    old = await image_with_cache(env, "resizable", expandable=True)
+    storage_class = f"resizable-{env.namespace}"
+    old = await image_with_cache(env, storage_class, expandable=True)
     workload = await env.create_workload(env.workload_body())
     await env.wait_succeeded(workload["metadata"]["name"], "Unknown")
     image = await image_of(env)
     assert image["metadata"]["uid"] == old["metadata"]["uid"]
-    assert image["spec"]["cache"]["volume"] == {"size": "1024Mi", "storageClassName": "resizable"}
+    assert image["spec"]["cache"]["volume"] == {"size": "1024Mi", "storageClassName": storage_class}
 
 
 async def test_a_missing_source_pull_secret_blocks_the_image(env: Env) -> None:
