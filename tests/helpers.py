@@ -1,15 +1,20 @@
 """Helpers shared by the suites: waiting (poll a condition until it holds, with a deadline, never a bare
-sleep standing in for an event), and a client that does not wait on retries."""
+sleep standing in for an event), a client that does not wait on retries, the environment of child
+processes, and a server that never answers."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
+import anyio.abc
 import pytest
 
 from service.kube.client import KubeClient
@@ -89,3 +94,43 @@ def fast_client(
     if not throttled:
         options["qps"] = 0
     return cls(explicit(url, token=token), **{**options, **kwargs})  # type: ignore[arg-type]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment for a child process (``run``, ``devcluster``, pytest), without the service's own
+    ``KPACK_IMAGE_BUILDER_*`` settings, which would leak into it; plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KPACK_IMAGE_BUILDER_")}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Hanging:
+    port: int
+    connections: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def hanging_server() -> AsyncIterator[Hanging]:
+    """A TCP server that accepts connections and never answers (a registry behind a dead proxy). It reads
+    what comes, so that a client's writes never block, and counts the connections."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    hanging = Hanging(listener.extra(anyio.abc.SocketAttribute.local_port))
+
+    async def hold(stream: anyio.abc.SocketStream) -> None:
+        hanging.connections += 1
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    await stream.receive()
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, hold)
+        try:
+            yield hanging
+        finally:
+            tg.cancel_scope.cancel()

@@ -4,7 +4,6 @@ bad input."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -28,7 +27,7 @@ from service.kube.config import explicit
 from simcluster.devcluster import kubeconfig, write_kubeconfig
 from simcluster.faults import FaultRule
 from simcluster.server import RunningApiServer
-from tests.helpers import eventually, promtool_check
+from tests.helpers import child_env, eventually, promtool_check
 
 pytestmark = pytest.mark.anyio
 
@@ -141,7 +140,7 @@ async def replicas(kubeconfig_path: Path) -> AsyncIterator[Callable[..., Awaitab
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 env={
-                    **{k: v for k, v in os.environ.items() if not k.startswith("KPACK_IMAGE_BUILDER_")},
+                    **child_env(),
                     "POD_NAME": f"replica-{len(started)}",
                 },
             )
@@ -335,7 +334,7 @@ async def run_to_exit(
             stdin=subprocess.DEVNULL,
             check=False,
             env={
-                **{k: v for k, v in os.environ.items() if not k.startswith("KPACK_IMAGE_BUILDER_")},
+                **child_env(),
                 **(environ or {}),
             },
         )

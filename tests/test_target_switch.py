@@ -4,7 +4,6 @@ suite runs against it through its kubeconfig — the emulator-only tests skip, s
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import anyio
 import pytest
 
 from service.kube.config import load_kubeconfig
-from tests.helpers import eventually
+from tests.helpers import child_env, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.timeout(300)
 async def test_the_reconcilers_suite_runs_against_a_cluster_named_by_kubeconfig(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KPACK_IMAGE_BUILDER_")}
+    env = child_env()
     cluster = await anyio.open_process(
         [sys.executable, "-m", "simcluster", "devcluster", "--port=0", f"--kubeconfig-out={kubeconfig}"],
         stdin=subprocess.DEVNULL,

@@ -5,7 +5,6 @@ must pass against kube-apiserver and kube-controller-manager as it does against 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from service.kube.client import KubeClient
 from service.kube.config import load_kubeconfig
 from simcluster.crds import bundled_crd_dirs, read_documents
 from tests.controlplane.cluster import ControlPlane, apply_crds
+from tests.helpers import child_env
 
 pytestmark = pytest.mark.anyio
 
@@ -27,7 +27,7 @@ async def test_the_reconcilers_suite_passes_against_kube_apiserver(real_control_
     # What the service needs installed, as in a Korifi cluster: kpack's CRDs and the project's.
     async with KubeClient(await load_kubeconfig(str(real_control_plane.kubeconfig))) as client:
         await apply_crds(client, read_documents(bundled_crd_dirs()))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KPACK_IMAGE_BUILDER_")}
+    env = child_env()
     with anyio.fail_after(540):
         run = await anyio.run_process(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/reconcilers"],

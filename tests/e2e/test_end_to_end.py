@@ -3,7 +3,6 @@ an OCI registry; and the one-command demo."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from service.reconcilers import korifi as k
 from simcluster.demo import PULL_SECRET, create_space
 from simcluster.kpack.options import ENV_FAIL
 from simcluster.registry import RunningRegistry, running_registry
-from tests.helpers import eventually
+from tests.helpers import child_env, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +43,7 @@ async def process(*args: str) -> AsyncIterator[anyio.abc.Process]:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={k: v for k, v in os.environ.items() if not k.startswith("KPACK_IMAGE_BUILDER_")},
+        env=child_env(),
     )
     try:
         yield proc

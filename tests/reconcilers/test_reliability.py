@@ -7,13 +7,8 @@ dropped, leaves that one informer unable to see anything new while the API serve
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
-import anyio
-import anyio.abc
 import pytest
 
 from service.kube import resources as r
@@ -27,7 +22,7 @@ from simcluster.demo import create_space
 from simcluster.faults import FaultRule
 from simcluster.registry import OciRegistry, running_registry
 from tests.conftest import Target
-from tests.helpers import consistently, eventually
+from tests.helpers import consistently, eventually, hanging_server
 from tests.reconcilers.conftest import APP_GUID, SERVICE_ACCOUNT, Env, running_controllers, service_config
 from tests.reconcilers.test_buildworkload_track import running_workload, succeeded
 
@@ -140,34 +135,10 @@ async def test_an_image_the_cache_has_not_seen_is_a_quiet_retry_not_an_error(env
 
 
 # ------------------------------------------------------------------------------ a hanging registry
-@dataclass
-class Hanging:
-    port: int
-    connections: int = 0
-
-
-@asynccontextmanager
-async def hanging_registry() -> AsyncIterator[Hanging]:
-    """A registry that accepts connections and never answers."""
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    hanging = Hanging(port)
-
-    async def hold(stream: anyio.abc.SocketStream) -> None:
-        hanging.connections += 1
-        async with stream:
-            await anyio.sleep_forever()
-
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, hold)
-        yield hanging
-        tg.cancel_scope.cancel()
-
-
 async def test_a_hanging_registry_holds_no_worker_from_unrelated_workloads(env: Env) -> None:
     """One worker (the env's default) and a droplet read that hangs for the registry timeout (5 s):
     another app's workload begins meanwhile, not after."""
-    async with hanging_registry() as hang:
+    async with hanging_server() as hang:
         first = await running_workload(env)
         name = first["metadata"]["name"]
         image = f"127.0.0.1:{hang.port}/droplets/{APP_GUID}@sha256:{'0' * 64}"
@@ -190,7 +161,7 @@ async def test_a_hanging_registry_holds_no_worker_from_unrelated_workloads(env: 
 
 
 async def test_a_hanging_registry_does_not_hold_other_build_deletions(env: Env) -> None:
-    async with hanging_registry() as hang:
+    async with hanging_server() as hang:
         repo = f"{env.registry.host}/droplets/{APP_GUID}"
         digest = await env.images.push_image(f"{repo}:latest", {"config": {}}, [b"droplet"])
         builds = {

@@ -12,8 +12,6 @@ cancelled, so a replica that ignored SIGTERM is killed and still counted.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -29,16 +27,10 @@ import orjson
 from simcluster.registry import RunningRegistry
 from tests.chaos.soak.record import Record, Replica
 from tests.chaos.soak.scenario import LEASE_NAMESPACE
-from tests.helpers import eventually
+from tests.helpers import child_env, eventually
 
 SERVICE = (sys.executable, "-m", "service")
 SIMCLUSTER = (sys.executable, "-m", "simcluster")
-
-
-def _child_env(**extra: str) -> dict[str, str]:
-    env = {k_: v for k_, v in os.environ.items() if not k_.startswith("KPACK_IMAGE_BUILDER_")}
-    env.update(extra)
-    return env
 
 
 def _serving_ports(log_path: Path) -> dict[str, int]:
@@ -60,27 +52,6 @@ def _serving_ports(log_path: Path) -> dict[str, int]:
             for role in str(entry["serves"]).split("+"):
                 ports[role] = port
     return ports
-
-
-@asynccontextmanager
-async def hanging_server() -> AsyncIterator[str]:
-    """A TCP server that accepts connections and never answers (a registry behind a dead proxy); yields
-    its ``host:port``."""
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-
-    async def hold(stream: anyio.abc.SocketStream) -> None:
-        async with stream:
-            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
-                while True:  # read what comes, so the client's writes never block; answer nothing
-                    await stream.receive()
-
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, hold)
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            tg.cancel_scope.cancel()
 
 
 class Supervisor:
@@ -111,7 +82,7 @@ class Supervisor:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
-            env=_child_env(),
+            env=child_env(),
         )
         try:
             await eventually(kubeconfig.exists, 30, "the devcluster's kubeconfig")
@@ -155,7 +126,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
-                env=_child_env(POD_NAME=f"replica-{slot}-{incarnation}"),
+                env=child_env(POD_NAME=f"replica-{slot}-{incarnation}"),
             )
         replica = Replica(slot, incarnation, process, log_path, self.record.now())
         self.record.replicas.append(replica)

@@ -33,7 +33,7 @@ from tests.chaos.soak.chaos import Chaos
 from tests.chaos.soak.checks import check
 from tests.chaos.soak.cluster import Cluster
 from tests.chaos.soak.observe import Observers, state, succeeded
-from tests.chaos.soak.processes import Supervisor, hanging_server
+from tests.chaos.soak.processes import Supervisor
 from tests.chaos.soak.record import Record, Snapshot
 from tests.chaos.soak.report import SoakReport
 from tests.chaos.soak.scenario import (
@@ -47,7 +47,7 @@ from tests.chaos.soak.scenario import (
     SoakSettings,
     spaces,
 )
-from tests.helpers import eventually
+from tests.helpers import eventually, hanging_server
 
 
 class Soak:
@@ -78,7 +78,7 @@ class Soak:
                 running_registry(OciRegistry(auth="basic", users=REGISTRY_USERS))
             )
             if self.s.hanging_registry:
-                self.hang_host = await stack.enter_async_context(hanging_server())
+                self.hang_host = (await stack.enter_async_context(hanging_server())).address
             http = await stack.enter_async_context(aiohttp.ClientSession())
             supervisor = Supervisor(rec, self.registry)
             await stack.enter_async_context(supervisor.devcluster())
