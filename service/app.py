@@ -70,16 +70,15 @@ def assemble(
     client: KubeClient,
     registry: RegistryClient,
     *,
+    options: ManagerOptions | None = None,
     leader_client: KubeClient | None = None,
-    identity: str | None = None,
-    pod_namespace: str | None = None,
     metrics: CollectorRegistry | None = None,
     repositories: RepositoryCreator | None = None,
 ) -> Manager:
     """The service on a manager, from its configuration: the one composition root, which ``run``, the
-    demo and the tests all use. Nothing runs until ``Manager.run``."""
-    identity = identity or default_identity()
-    options = manager_options(config, identity, pod_namespace)
+    demo and the tests all use. Nothing runs until ``Manager.run``. ``options`` default to the
+    configuration's, for a new identity outside a pod."""
+    options = options or manager_options(config, default_identity(), None)
     manager = Manager(client, options, registry=metrics, leader_client=leader_client)
     add_controllers(
         manager,
@@ -114,8 +113,8 @@ async def serve_cluster(
     """Run the service against ``cluster`` until a signal (or ``Manager.shutdown``) stops it."""
     require_builder_settings(config)
     identity = default_identity()
-    pod_namespace = kube_config.incluster_namespace()
-    manager_options(config, identity, pod_namespace)  # a configuration error stops us before any connection
+    # Before any connection: a configuration error stops us here.
+    options = manager_options(config, identity, kube_config.incluster_namespace())
     registry = new_registry()
     rest_metrics = RestClientMetrics(registry)
     agent = f"{COMPONENT}/{__version__}"
@@ -139,9 +138,8 @@ async def serve_cluster(
             config,
             client,
             images,
+            options=options,
             leader_client=le_client,
-            identity=identity,
-            pod_namespace=pod_namespace,
             metrics=registry,
         )
         log.info(
@@ -150,7 +148,7 @@ async def serve_cluster(
                 "version": __version__,
                 "identity": identity,
                 "apiServer": cluster.host,
-                "leaderElection": manager.options.leader_election is not None,
+                "leaderElection": options.leader_election is not None,
             },
         )
         async with anyio.create_task_group() as tg:

@@ -228,10 +228,10 @@ class LeaderElector:
         if holder != self.current_holder:
             self.current_holder = holder
             log.info("new leader observed", extra={"lease": cfg.name, "holder": holder or "(none)"})
-        if holder and holder != cfg.identity and self._valid():
+        if holder and holder != cfg.identity and (self._valid() or self.leading):
+            # Another holder's valid lease is not ours to take; and if we led, it took over from us: ``hold``
+            # steps down, and must not take the lease back even once that record looks stale.
             return False
-        if holder and holder != cfg.identity and self.leading:
-            return False  # another replica took over: ``hold`` steps down, it must not take the lease back
         update = {**lease, "spec": self._spec(spec, now)}
         try:
             self._remember(await self.client.update(LEASE, update), renewed_at=started)
