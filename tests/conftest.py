@@ -16,12 +16,16 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
 import pytest
 
 from service.kube.client import KubeClient
 from service.kube.config import ClusterConfig, explicit, load_kubeconfig
 from simcluster.crds import new_cluster
 from simcluster.server import RunningApiServer, running_apiserver
+from tests.controlplane.build import ensure_built
+from tests.controlplane.cluster import ControlPlane, control_plane
+from tests.controlplane.conftest import skip_unless_available
 from tests.helpers import fast_client
 
 
@@ -82,3 +86,14 @@ async def target(bookmark_interval: float) -> AsyncIterator[Target]:
         return
     async with running_apiserver(new_cluster(), bookmark_interval=bookmark_interval) as server:
         yield Target(explicit(server.url), server)
+
+
+@pytest.fixture(scope="session")
+async def real_control_plane() -> AsyncIterator[ControlPlane]:
+    """kube-apiserver, etcd and kube-controller-manager, built if missing (minutes, once per machine) and
+    started once per test session (seconds), shared by every test that asks for it; tests isolate by
+    namespace. Skips where it cannot be had (an error under ``CI=true``)."""
+    skip_unless_available()
+    bins = await anyio.to_thread.run_sync(ensure_built)
+    async with control_plane(bins) as cp:
+        yield cp

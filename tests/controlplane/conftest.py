@@ -1,5 +1,5 @@
-"""The real control plane as a session fixture: built if missing (minutes, once per machine), started once
-per test session (seconds), shared by every test that asks for it; tests isolate by namespace.
+"""Where the real control plane cannot be had. (Its session fixture, ``real_control_plane``, is in
+tests/conftest.py, so that any suite can run against it.)
 
 Where it cannot be built (no ``go`` on PATH and nothing cached) the tests that need it skip, saying why —
 except under ``CI=true``, where that is an error: a CI run must never silently skip the real server.
@@ -11,13 +11,10 @@ cores), later ones find them cached.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 
-import anyio
 import pytest
 
-from tests.controlplane.build import ensure_built, unavailable_reason
-from tests.controlplane.cluster import ControlPlane, control_plane
+from tests.controlplane.build import unavailable_reason
 
 
 def skip_unless_available(*, module_level: bool = False) -> None:
@@ -29,11 +26,3 @@ def skip_unless_available(*, module_level: bool = False) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}; CI=true, where the real control plane must not be skipped", pytrace=False)
     pytest.skip(f"{reason}: the tests against it are skipped", allow_module_level=module_level)
-
-
-@pytest.fixture(scope="session")
-async def real_control_plane() -> AsyncIterator[ControlPlane]:
-    skip_unless_available()
-    bins = await anyio.to_thread.run_sync(ensure_built)
-    async with control_plane(bins) as cp:
-        yield cp
