@@ -63,12 +63,18 @@ async def client(api: RunningApiServer, client_timeout: float) -> AsyncIterator[
 TARGET_ENV = "TEST_KUBECONFIG"
 
 
+SERVICE_ENV = "TEST_SERVICE_KUBECONFIG"
+
+
 @dataclass(frozen=True)
 class Target:
-    """The cluster an integration suite runs against: the emulator (``emulator`` set), or another one."""
+    """The cluster an integration suite runs against: the emulator (``emulator`` set), or another one.
+    ``service`` is the identity the service under test uses there: the test's own (an administrator)
+    unless ``TEST_SERVICE_KUBECONFIG`` names another one (the chart's RBAC, in the least-privilege run)."""
 
     cluster: ClusterConfig
     emulator: RunningApiServer | None
+    service: ClusterConfig
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -82,10 +88,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 async def target(bookmark_interval: float) -> AsyncIterator[Target]:
     path = os.environ.get(TARGET_ENV)
     if path:
-        yield Target(await load_kubeconfig(path), None)
+        cluster = await load_kubeconfig(path)
+        service = os.environ.get(SERVICE_ENV)
+        yield Target(cluster, None, await load_kubeconfig(service) if service else cluster)
         return
     async with running_apiserver(new_cluster(), bookmark_interval=bookmark_interval) as server:
-        yield Target(explicit(server.url), server)
+        cluster = explicit(server.url)
+        yield Target(cluster, server, cluster)
 
 
 @pytest.fixture(scope="session")

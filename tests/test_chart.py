@@ -1,7 +1,5 @@
-"""The Helm chart, checked without helm: what parses as plain YAML, and the facts that must not drift.
-
-Templates with expressions are not rendered here; the RBAC templates keep their rules free of template
-expressions precisely so that this test reads the rules the chart installs.
+"""The Helm chart: the facts that must not drift, read from its files, and its RBAC as Helm's own library
+(``helm-python-sdk``) renders it.
 """
 
 from __future__ import annotations
@@ -9,38 +7,16 @@ from __future__ import annotations
 import argparse
 import tomllib
 from pathlib import Path
-from typing import Any
 
-import pytest
 import yaml
 
 from service import config
+from tests.controlplane.identity import permissions, render_chart
+from tests.controlplane.test_least_privilege import BEHAVIOURS
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "kpack-image-builder"
 TEMPLATES = CHART / "templates"
-
-
-def plain_rules(template: str) -> list[dict[str, Any]]:
-    """The ``rules:`` of an RBAC template: everything from that line on is plain YAML."""
-    text = (TEMPLATES / template).read_text()
-    head, sep, rules = text.partition("\nrules:\n")
-    assert sep, f"{template} has no top-level rules:"
-    assert "{{" not in rules, f"{template}: template expressions below rules:"
-    assert "kind: " in head
-    loaded: list[dict[str, Any]] = yaml.safe_load("rules:\n" + rules)["rules"]
-    return loaded
-
-
-def normalised(rules: list[dict[str, Any]]) -> set[tuple[str, str, frozenset[str]]]:
-    """(apiGroup, resource, verbs) for every resource a rule names, so layout does not matter."""
-    out = set()
-    for rule in rules:
-        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                out.add((group, resource, frozenset(rule["verbs"])))
-    return out
 
 
 def test_chart_metadata() -> None:
@@ -120,69 +96,14 @@ def test_deployment_runs_the_service_as_documented() -> None:
     assert 'prometheus.io/scrape: "true"' in service
 
 
-MANAGER_RULES = [
-    {
-        "apiGroups": [""],
-        "resources": ["secrets", "serviceaccounts"],
-        "verbs": ["get", "list", "watch", "patch"],
-    },
-    {
-        "apiGroups": ["korifi.cloudfoundry.org"],
-        "resources": ["builderinfos", "buildworkloads"],
-        "verbs": ["create", "delete", "get", "list", "patch", "watch"],
-    },
-    {
-        "apiGroups": ["korifi.cloudfoundry.org"],
-        "resources": ["builderinfos/status", "buildworkloads/status"],
-        "verbs": ["get", "patch"],
-    },
-    {
-        "apiGroups": ["kpack.io"],
-        "resources": ["builders"],
-        "verbs": ["create", "get", "list", "patch", "update", "watch"],
-    },
-    {
-        "apiGroups": ["kpack.io"],
-        "resources": ["builds"],
-        "verbs": ["delete", "deletecollection", "get", "list", "patch", "watch"],  # delete: not in Korifi's
-    },
-    {
-        "apiGroups": ["kpack.io"],
-        "resources": ["builds/finalizers", "builds/status", "images/status"],
-        "verbs": ["get", "patch"],
-    },
-    {"apiGroups": ["kpack.io"], "resources": ["clusterbuilders"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["kpack.io"], "resources": ["clusterbuilders/status"], "verbs": ["get"]},
-    {
-        "apiGroups": ["kpack.io"],
-        "resources": ["images"],
-        "verbs": ["create", "delete", "get", "list", "patch", "watch"],
-    },
-    {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["list", "watch"]},
-    # Not in Korifi's role: events about workloads land in their own namespaces.
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
-]
-
-LEADER_ELECTION_RULES = [
-    {
-        "apiGroups": ["coordination.k8s.io"],
-        "resources": ["leases"],
-        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
-    },
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
-]
-
-
-@pytest.mark.parametrize(
-    ("template", "kind", "expected"),
-    [
-        ("clusterrole.yaml", "ClusterRole", MANAGER_RULES),
-        ("leader-election-role.yaml", "Role", LEADER_ELECTION_RULES),
-    ],
-)
-def test_rbac_rules_are_exactly_these(template: str, kind: str, expected: list[dict[str, Any]]) -> None:
-    assert f"\nkind: {kind}\n" in (TEMPLATES / template).read_text()
-    assert normalised(plain_rules(template)) == normalised(expected)
+def test_rbac_grants_exactly_what_the_behaviours_need() -> None:
+    """The roles the chart renders (Helm's own library) grant one permission per named behaviour of the
+    service, no more: tests/controlplane/test_least_privilege.py shows on kube-apiserver that each is
+    needed."""
+    documents = render_chart("kib", "kpack-image-builder")
+    assert permissions(documents) == set(BEHAVIOURS)
+    for template, kind in (("clusterrole.yaml", "ClusterRole"), ("leader-election-role.yaml", "Role")):
+        assert f"\nkind: {kind}\n" in (TEMPLATES / template).read_text()
 
 
 def test_bindings_name_the_roles_and_the_service_account() -> None:

@@ -474,6 +474,9 @@ async def _start_apiserver(
         f"--tls-private-key-file={pki.serving_key}",
         f"--client-ca-file={pki.ca_cert}",
         "--authorization-mode=RBAC",
+        # As OpenShift runs it: setting an owner reference that blocks the owner's deletion needs the right
+        # to update the owner's finalizers, so the least-privilege tests see what such a cluster refuses.
+        "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
         f"--service-account-issuer={ISSUER}",
         f"--service-account-key-file={pki.sa_key}",
         f"--service-account-signing-key-file={pki.sa_key}",

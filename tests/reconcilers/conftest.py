@@ -258,7 +258,7 @@ async def env(request: pytest.FixtureRequest, target: Target) -> AsyncIterator[E
     async with (
         running_registry() as registry,
         KubeClient(target.cluster, timeout=5.0) as client,
-        KubeClient(target.cluster, timeout=5.0) as manager_client,
+        KubeClient(target.service, timeout=5.0) as manager_client,
         RegistryClient(timeout=5.0) as images,
     ):
         repositories = RecordingRepositories()
