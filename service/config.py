@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from service.reconcilers.settings import BuilderSettings
+from service.reconcilers.settings import CACHE_KINDS, BuilderSettings
 from service.runtime.logs import FORMATS, LEVELS
 from service.runtime.ratelimiters import RATE_LIMITER_KINDS
 from service.runtime.sidecar import BindAddress
@@ -433,6 +433,18 @@ class Config:
         flag="--build-cache-mb",
         metavar="MB",
     )
+    build_cache: str = builder(
+        "buildCache",
+        "volume",
+        one_of(*CACHE_KINDS),
+        "each app's kpack build cache: volume (buildCacheMB), registry (an image <prefix><app>-cache) or none",
+    )
+    build_cache_storage_class: str = builder(
+        "buildCacheStorageClass",
+        "",
+        string,
+        "StorageClass of volume caches (empty: the cluster's default, or the class an Image has already)",
+    )
     disk_mb: int = builder(
         "cfStagingResources.diskMB",
         0,
@@ -666,8 +678,10 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         if not name.startswith(ENV_PREFIX) or (name not in known_env and _SERVICE_LINK.fullmatch(name)):
             continue
         if name not in known_env:
-            close = difflib.get_close_matches(name, list(known_env), n=1, cutoff=0.8)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            # Judged without the shared prefix, which would make any two names look alike.
+            suffixes = [known[len(ENV_PREFIX) :] for known in known_env]
+            close = difflib.get_close_matches(name[len(ENV_PREFIX) :], suffixes, n=1, cutoff=0.8)
+            hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
             raise ConfigError(f"environment: unknown variable {name}{hint}")
         if known_env[name]:
             values[known_env[name]] = value
@@ -707,8 +721,15 @@ def require_builder_settings(config: Config) -> None:
 
 
 def validate(config: Config, sources: Mapping[str, str] | None = None) -> None:
-    """Rules across settings (client-go's leader-election rules: the lease outlives the renew deadline,
-    which outlasts a jittered retry)."""
+    """Rules across settings: client-go's leader-election rules (the lease outlives the renew deadline,
+    which outlasts a jittered retry), and one kind of build cache."""
+    if config.build_cache_storage_class and config.build_cache != "volume":
+        sources = sources or {}
+        raise ConfigError(
+            f"buildCache, buildCacheStorageClass: a storage class is for a volume cache, got buildCache "
+            f"{config.build_cache} ({sources.get('buildCache', 'default')}) and buildCacheStorageClass "
+            f"{config.build_cache_storage_class} ({sources.get('buildCacheStorageClass', 'default')})"
+        )
     if config.leader_elect and not config.lease_duration > config.renew_deadline > 1.2 * config.retry_period:
         sources = sources or {}
         got = ", ".join(

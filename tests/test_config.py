@@ -389,6 +389,8 @@ def test_every_setting_from_every_source(tmp_path: Path) -> None:
         "containerRegistryType": ("ECR", "ECR"),
         "cfRootNamespace": ("root", "root"),
         "cfStagingResources.buildCacheMB": ("4096", 4096),
+        "buildCache": ("volume", "volume"),
+        "buildCacheStorageClass": ("fast", "fast"),
         "cfStagingResources.diskMB": ("100", 100),
         "cfStagingResources.memoryMB": ("0", 0),
         "insecureRegistries": ("registry.local:5000", ("registry.local:5000",)),
@@ -680,6 +682,22 @@ def test_leader_election_timing_error_names_sources() -> None:
 def test_leader_election_timing_is_only_checked_when_electing() -> None:
     """As controller-runtime: the timings are the elector's, so without one they are not judged."""
     assert load(["--lease-duration=10s", "--renew-deadline=10s"]).config.lease_duration == 10.0
+
+
+def test_one_kind_of_build_cache() -> None:
+    """A storage class with a registry cache (or none) is a contradiction, stopped at start-up naming both
+    keys and where each came from."""
+    message = config_error(
+        ["--build-cache=registry"], {"KPACK_IMAGE_BUILDER_BUILD_CACHE_STORAGE_CLASS": "fast"}
+    )
+    assert message == (
+        "buildCache, buildCacheStorageClass: a storage class is for a volume cache, got buildCache registry "
+        "(flag --build-cache) and buildCacheStorageClass fast (environment "
+        "KPACK_IMAGE_BUILDER_BUILD_CACHE_STORAGE_CLASS)"
+    )
+    assert load(["--build-cache=none"]).config.build_cache == "none"
+    assert load(["--build-cache-storage-class=fast"]).config.build_cache_storage_class == "fast"
+    assert "expected one of volume, registry, none" in config_error(["--build-cache=disk"])
 
 
 def test_log_level_accepts_korifi_spellings() -> None:

@@ -105,14 +105,19 @@ def droplet(
     labels: Mapping[str, str] | None,
     ports: Iterable[int],
     secrets: Iterable[Obj],
+    cache_image: str = "",
 ) -> Obj:
-    """The workload's ``status.droplet``; raises ``DropletError`` for unusable metadata."""
+    """The workload's ``status.droplet``; raises ``DropletError`` for unusable metadata. ``cacheImage`` (the
+    registry cache the build wrote, by digest) is this service's addition: Korifi's CRD prunes it."""
     registry: Obj = {"image": image}
     if secrets := list(secrets):
         registry["imagePullSecrets"] = secrets  # omitted when empty, as Korifi's omitempty
-    return {
+    out = {
         "registry": registry,
         "stack": stack,
         "processTypes": process_types((labels or {}).get(BUILD_METADATA_LABEL)),
         "ports": stable_ports(ports),
     }
+    if cache_image:
+        out["cacheImage"] = cache_image
+    return out

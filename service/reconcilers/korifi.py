@@ -53,6 +53,8 @@ KPACK_MISSED_BUILD_MESSAGE = "More recent build workload has been scheduled"
 INVALID_WORKLOAD = "InvalidWorkload"
 IMAGE_REJECTED = "ImageRejected"
 BUILDER_REJECTED = "BuilderRejected"
+# Events this service adds.
+BUILD_CACHE_REPLACED = "BuildCacheReplaced"
 
 READY_REASON = "Ready"
 READY_MESSAGE = "Ready"

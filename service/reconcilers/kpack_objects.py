@@ -103,9 +103,10 @@ def desired_builder(
 
 
 def desired_image(
-    work: Obj, app_guid: str, builder_ref: Obj, existing: Obj | None, settings: BuilderSettings
+    work: Obj, app_guid: str, builder_ref: Obj, existing: Obj | None, settings: BuilderSettings, cache: Obj
 ) -> Obj:
-    """The app's kpack Image as this workload wants it (metadata merged over an existing Image's)."""
+    """The app's kpack Image as this workload wants it (metadata merged over an existing Image's), with
+    ``cache`` as ``service.reconcilers.build_cache`` chooses it."""
     spec = work.get("spec") or {}
     registry = (spec.get("source") or {}).get("registry") or {}
     source_registry: Obj = {"image": registry.get("image", "")}
@@ -116,11 +117,6 @@ def desired_image(
         build["services"] = spec["services"]
     if spec.get("env"):
         build["env"] = spec["env"]
-    volume: Obj = {"size": f"{settings.build_cache_mb}Mi"}
-    old_volume = (((existing or {}).get("spec") or {}).get("cache") or {}).get("volume") or {}
-    if old_volume.get("storageClassName"):
-        # kpack refuses any change of the class; Korifi's patch would clear it and be refused forever.
-        volume["storageClassName"] = old_volume["storageClassName"]
     image = {
         "apiVersion": k.KPACK_API_VERSION,
         "kind": "Image",
@@ -136,7 +132,7 @@ def desired_image(
             "serviceAccountName": settings.builder_service_account,
             "source": {"registry": source_registry},
             "build": build,
-            "cache": {"volume": volume},
+            "cache": copy.deepcopy(cache),
         },
     }
     add_owner(image, work)

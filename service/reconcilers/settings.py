@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CACHE_KINDS = ("volume", "registry", "none")  # service.reconcilers.cache: what each asks of kpack
+
 
 @dataclass(frozen=True)
 class BuilderSettings:
@@ -14,7 +16,9 @@ class BuilderSettings:
     builder_service_account: str = "kpack-service-account"
     builder_readiness_timeout: float = 30.0
     container_repository_prefix: str = ""
+    build_cache: str = "volume"
     build_cache_mb: int = 2048
+    build_cache_storage_class: str = ""
     disk_mb: int = 0
     memory_mb: int = 0
     cf_root_namespace: str = "cf"

@@ -20,6 +20,13 @@ from service.kube.patches import merge_diff
 from service.kube.resources import BUILDER, IMAGE, SECRET, SERVICE_ACCOUNT, STORAGE_CLASS
 from service.reconcilers import korifi as k
 from service.reconcilers import workload_checks
+from service.reconcilers.build_cache import (
+    DROP_VOLUME,
+    VolumeChange,
+    desired_cache,
+    storage_class_of,
+    volume_change,
+)
 from service.reconcilers.buildpacks import first_unknown
 from service.reconcilers.buildworkload.attempt import Failure, Pass, Waiting
 from service.reconcilers.buildworkload.caches import Caches
@@ -31,7 +38,6 @@ from service.reconcilers.kpack_objects import (
     desired_builder,
     desired_image,
     permanent_refusal,
-    quantity_value,
 )
 from service.reconcilers.settings import BuilderSettings
 from service.runtime import Obj, get_confirmed
@@ -151,18 +157,35 @@ class Begin:
                 return sc.get("allowVolumeExpansion") is True
         return False
 
+    async def _drop_volume(self, attempt: Pass, image: Obj, change: VolumeChange) -> Obj:
+        """Take the volume cache off the Image, so that the next patch can set another one (a smaller one,
+        of another class, or one its class cannot grow to): ``service.reconcilers.build_cache``."""
+        meta_ = image["metadata"]
+        patch = {**DROP_VOLUME, "metadata": {"resourceVersion": meta_["resourceVersion"]}}
+        patched: Obj = await self.client.merge_patch(IMAGE, meta_["name"], patch, meta_["namespace"])
+        message = f'the build cache volume of kpack Image "{meta_["name"]}" is replaced ({change.value})'
+        log.info(message, extra={"image": meta_["name"]})
+        attempt.event("Normal", k.BUILD_CACHE_REPLACED, message)
+        return patched
+
     async def _reconcile_image(self, attempt: Pass, builder_ref: Obj) -> Obj | None:
-        """Create or patch the app's kpack Image; the written Image, or None when it must be recreated or
-        kpack refuses it (then Succeeded=False says why)."""
+        """Create or patch the app's kpack Image; the written Image, or None when kpack refuses it (then
+        Succeeded=False says why)."""
         work, namespace = attempt.work, attempt.namespace
         app_guid = workload_checks.app_guid(work)
-        repository = k.droplet_repository(self.settings.container_repository_prefix, app_guid)
-        try:
-            await self.repositories.create_repository(repository)
-        except Exception as exc:
-            raise Failure(f"failed to create droplet repo: {exc}") from exc
         existing = self.caches.images.get(namespace, app_guid)
-        desired = desired_image(work, app_guid, builder_ref, existing, self.settings)
+        cache = desired_cache(self.settings, app_guid, existing)
+        repositories = [
+            ("droplet", k.droplet_repository(self.settings.container_repository_prefix, app_guid))
+        ]
+        if "registry" in cache:
+            repositories.append(("build cache", cache["registry"]["tag"]))
+        for what, repository in repositories:
+            try:
+                await self.repositories.create_repository(repository)
+            except Exception as exc:
+                raise Failure(f"failed to create {what} repo: {exc}") from exc
+        desired = desired_image(work, app_guid, builder_ref, existing, self.settings, cache)
         try:
             if existing is None:
                 try:
@@ -171,21 +194,12 @@ class Begin:
                     # Another workload of the app made it first, or the cache has not seen it yet.
                     raise errors.Conflict(f'Image "{app_guid}" exists already; retrying') from None
                 return created
-            old_volume = ((existing.get("spec") or {}).get("cache") or {}).get("volume") or {}
-            new_size = desired["spec"]["cache"]["volume"]["size"]
-            old_bytes, new_bytes = quantity_value(old_volume.get("size")), quantity_value(new_size)
-            if old_volume.get("size") and old_bytes != new_bytes:
-                if not await self._resizable(old_volume.get("storageClassName")):
-                    # As Korifi: a cache that cannot grow in place means a new Image. Its deletion event
-                    # requeues this workload, which then creates the new one.
-                    await self.client.delete(
-                        IMAGE, app_guid, namespace, preconditions={"uid": existing["metadata"]["uid"]}
-                    )
-                    log.info("recreating kpack Image for a new cache size", extra={"image": app_guid})
-                    return None
-                if new_bytes is not None and old_bytes is not None and new_bytes < old_bytes:
-                    # kpack refuses to shrink a volume; keep the larger cache rather than fail every build.
-                    desired["spec"]["cache"]["volume"]["size"] = old_volume["size"]
+            change = volume_change(existing, cache)
+            if change is VolumeChange.GROW and await self._resizable(storage_class_of(existing)):
+                change = VolumeChange.NONE
+            if change is not VolumeChange.NONE:
+                existing = await self._drop_volume(attempt, existing, change)
+                desired = desired_image(work, app_guid, builder_ref, existing, self.settings, cache)
             patch = merge_diff(
                 {"metadata": existing["metadata"], "spec": existing.get("spec")},
                 {"metadata": desired["metadata"], "spec": desired["spec"]},

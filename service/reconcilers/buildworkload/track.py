@@ -181,7 +181,14 @@ class Track:
         if outcome.error is not None:
             raise Failure(f"failed getting image config: {outcome.error}") from outcome.error
         config = outcome.get()
-        return droplet(image, (status.get("stack") or {}).get("id", ""), config.labels, config.ports, refs)
+        return droplet(
+            image,
+            (status.get("stack") or {}).get("id", ""),
+            config.labels,
+            config.ports,
+            refs,
+            status.get("latestCacheImage") or "",
+        )
 
 
 def _skipped(image: Obj, image_generation: int) -> bool:
