@@ -1,4 +1,4 @@
-"""The simulated cluster's command line: ``python -m simcluster devcluster|demo``.
+"""The simulated cluster's command line: ``python -m simcluster devcluster|demo|kpack``.
 
 Not part of the product (the service's image does not carry this package): the demo and the dev
 cluster run from a source checkout, where ``make`` installs the simulated cluster's dependencies.
@@ -52,6 +52,52 @@ def _devcluster(args: argparse.Namespace) -> int:
         print(f"devcluster: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _kpack(args: argparse.Namespace) -> int:
+    from service.kube.config import ConfigError
+    from service.kube.errors import ApiError
+    from simcluster.kpack import KpackOptions
+    from simcluster.kpack.simulator import serve_on_cluster
+    from simcluster.kpack.webhook_server import RegistrationFailed
+
+    if not 0.0 <= args.failure_rate <= 1.0 or args.build_seconds < 0:
+        print("kpack: --failure-rate must be within [0, 1] and --build-seconds not negative", file=sys.stderr)
+        return 2
+    if args.webhook_url and not args.webhook_url.startswith("https://"):
+        print("kpack: --webhook-url must be an https:// URL", file=sys.stderr)
+        return 2
+    options = KpackOptions(build_seconds=args.build_seconds, failure_rate=args.failure_rate, seed=args.seed)
+    try:
+        anyio.run(
+            lambda: serve_on_cluster(
+                kubeconfig=args.kubeconfig,
+                context=args.context,
+                webhook_host=args.webhook_host,
+                webhook_port=args.webhook_port,
+                webhook_url=args.webhook_url,
+                options=options,
+                registry_url=args.registry,
+                registry_host=args.registry_host,
+                seed=args.create_defaults,
+            )
+        )
+    except Exception as exc:
+        # Failures from inside task groups come wrapped in exception groups: these are the user's to fix.
+        group = exc if isinstance(exc, ExceptionGroup) else ExceptionGroup("kpack", [exc])
+        known, rest = group.split((OSError, ConfigError, RegistrationFailed, ApiError))
+        if known is None or rest is not None:
+            raise
+        for message in _messages(known):
+            print(f"kpack: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _messages(exc: BaseException) -> list[str]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [m for e in exc.exceptions for m in _messages(e)]
+    return [str(exc)]
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -133,6 +179,64 @@ def build_parser() -> argparse.ArgumentParser:
         help="registry builds push to (http://host:port or host:port); default: an in-process registry",
     )
     dev.set_defaults(func=_devcluster)
+
+    kp = sub.add_parser(
+        "kpack",
+        help="run the kpack simulator against any cluster: controllers, admission webhooks, a registry",
+        description="Run the kpack simulator against the cluster of a kubeconfig (one with kpack's CRDs and "
+        "without kpack): its controllers, and its defaulting and validation as admission webhooks served "
+        "over HTTPS and registered as defaults.webhook.kpack.io and validation.webhook.kpack.io (removed "
+        "again on Ctrl-C or SIGTERM). See docs/emulator.md.",
+    )
+    kp.add_argument("--kubeconfig", help="the cluster's kubeconfig (default: $KUBECONFIG or ~/.kube/config)")
+    kp.add_argument("--context", help="the kubeconfig context (default: its current context)")
+    kp.add_argument(
+        "--webhook-host", default="127.0.0.1", help="address the webhooks listen on (default 127.0.0.1)"
+    )
+    kp.add_argument(
+        "--webhook-port", type=int, default=0, help="port the webhooks listen on (default: a free port)"
+    )
+    kp.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="https://host:port the API server calls the webhooks at, when not https://127.0.0.1:PORT "
+        "(an API server in a container or VM cannot reach this machine's loopback); the certificate "
+        "names its host",
+    )
+    kp.add_argument(
+        "--registry",
+        metavar="URL",
+        help="registry builds push to (http://host:port or host:port); default: an in-process registry",
+    )
+    kp.add_argument(
+        "--registry-host",
+        default="127.0.0.1",
+        help="address the in-process registry listens on (default 127.0.0.1)",
+    )
+    kp.add_argument(
+        "--create-defaults",
+        action="store_true",
+        help="create what Korifi's Helm chart creates next to kpack: the cf namespace, a default "
+        "StorageClass, the ClusterStack, ClusterStore and ClusterBuilder (existing ones are left alone)",
+    )
+    kp.add_argument(
+        "--build-seconds",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="how long a simulated build runs (default 2)",
+    )
+    kp.add_argument(
+        "--failure-rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="share of builds that fail, 0 to 1, the same builds on every run (default 0)",
+    )
+    kp.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed that picks which builds fail (default 0)"
+    )
+    kp.set_defaults(func=_kpack)
 
     demo = sub.add_parser(
         "demo",

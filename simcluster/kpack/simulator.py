@@ -2,15 +2,21 @@
 
 The controllers run on the project's own runtime (shared informers, work queues, workers) and reach the API
 over HTTP with a ``KubeClient``, as kpack's controller does with client-go, so the service under test meets
-the same caches, conflicts and event timing as against kpack. The webhooks live in the API server instead
-(in process), which is why they are installed separately from the controllers.
+the same caches, conflicts and event timing as against kpack. The webhooks are wired separately from the
+controllers: in the emulator they live in the API server, in process (``running_kpack``); against any
+other API server they are real admission webhooks, served over HTTPS by this process and registered with
+webhook configurations (``running_kpack_on_cluster``, ``serve_on_cluster`` behind ``python -m simcluster
+kpack``). Both ways run one implementation (``webhooks.KpackAdmission``).
 """
 
 from __future__ import annotations
 
 import secrets
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -18,7 +24,7 @@ import anyio
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
-from service.kube.config import explicit
+from service.kube.config import explicit, load_kubeconfig
 from service.kube.resources import Resource
 from service.registry.auth import docker_config_secret
 from service.registry.client import RegistryClient
@@ -41,7 +47,8 @@ from simcluster.kpack.images import BUILDS_BY_IMAGE, ImageController, builds_by_
 from simcluster.kpack.options import KpackOptions
 from simcluster.kpack.stores import StoreControllers
 from simcluster.kpack.validation import KPACK_CONTROLLER
-from simcluster.kpack.webhooks import install_webhooks
+from simcluster.kpack.webhook_server import WebhookServer, registered
+from simcluster.kpack.webhooks import KpackAdmission, default_storage_class, install_webhooks
 from simcluster.server import RunningApiServer
 
 RESOURCES: tuple[Resource, ...] = (
@@ -248,6 +255,103 @@ async def running_kpack(
     finally:
         api.server.users.pop(token, None)
         webhooks.uninstall()
+
+
+@dataclass(frozen=True)
+class KpackOnCluster:
+    simulator: KpackSimulator
+    webhooks: WebhookServer
+
+
+@asynccontextmanager
+async def running_kpack_on_cluster(
+    client: KubeClient,
+    options: KpackOptions | None = None,
+    *,
+    webhook_host: str = "127.0.0.1",
+    webhook_port: int = 0,
+    webhook_url: str | None = None,
+    seed: bool = False,
+    registry: RegistryClient | None = None,
+) -> AsyncIterator[KpackOnCluster]:
+    """kpack against the API server ``client`` talks to (one with kpack's CRDs and without kpack) for the
+    duration of the block: the controllers, and the webhooks served on ``webhook_host:webhook_port`` and
+    registered (called at ``webhook_url``, default the address served), in use when the block starts and
+    unregistered when it ends."""
+    options = options or KpackOptions()
+    simulator = KpackSimulator(client, options, registry=registry)
+    # kpack's webhook reads StorageClasses from an informer; this one shares the controllers' cache.
+    storage_classes = simulator.manager.informers.lister(r.STORAGE_CLASS)
+    admission = KpackAdmission(
+        lambda: default_storage_class(storage_classes.list()),
+        reject_env_secret_key_refs=options.reject_env_secret_key_refs,
+    )
+    server = WebhookServer(admission, host=webhook_host, port=webhook_port, url=webhook_url)
+    async with server.serving(), anyio.create_task_group() as tg:
+        tg.start_soon(simulator.run)
+        try:
+            with anyio.fail_after(30):
+                await simulator.wait_synced()
+                for informer in storage_classes.informers:
+                    await informer.wait_synced()
+            async with registered(client, server):
+                if seed:
+                    await seed_defaults(client, registry_host=simulator.options.registry)
+                yield KpackOnCluster(simulator, server)
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def serve_on_cluster(
+    *,
+    kubeconfig: str | None,
+    context: str | None = None,
+    webhook_host: str = "127.0.0.1",
+    webhook_port: int = 0,
+    webhook_url: str | None = None,
+    options: KpackOptions | None = None,
+    registry_url: str | None = None,
+    registry_host: str = "127.0.0.1",
+    seed: bool = False,
+) -> None:
+    """``python -m simcluster kpack``: the simulator against a kubeconfig's cluster until SIGINT or SIGTERM,
+    with an in-process OCI registry on ``registry_host`` unless ``registry_url`` names one."""
+    from simcluster.devcluster import registry_host as host_of
+    from simcluster.registry import running_registry
+
+    options = options or KpackOptions()
+
+    def say(message: str) -> None:
+        print(f"kpack: {message}", file=sys.stderr, flush=True)
+
+    config = await load_kubeconfig(kubeconfig, context)
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with AsyncExitStack() as stack:
+            if registry_url:
+                host = host_of(registry_url)
+            else:
+                reg = await stack.enter_async_context(running_registry(host=registry_host))
+                host = reg.host
+                say(f"serving an OCI registry on {reg.url}")
+            options = replace(options, registry=host)
+            client = await stack.enter_async_context(KubeClient(config, qps=0.0, user_agent="kpack-sim"))
+            running = await stack.enter_async_context(
+                running_kpack_on_cluster(
+                    client,
+                    options,
+                    webhook_host=webhook_host,
+                    webhook_port=webhook_port,
+                    webhook_url=webhook_url,
+                    seed=seed,
+                )
+            )
+            say(
+                f"kpack simulator running against {config.host}: webhooks {running.webhooks.url} "
+                f"registered, builds take {options.build_seconds:g} s, images pushed to {host}"
+            )
+            async for _ in signals:
+                break
+    say("stopped (webhook configurations removed)")
 
 
 # ---------------------------------------------------------------------- the objects around kpack

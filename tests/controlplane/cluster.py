@@ -19,7 +19,6 @@ import asyncio
 import base64
 import contextlib
 import ctypes
-import datetime
 import ipaddress
 import os
 import shutil
@@ -37,7 +36,7 @@ from typing import Any
 import aiohttp
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -45,6 +44,9 @@ from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import load_kubeconfig
+from simcluster.certs import issue as _issue
+from simcluster.certs import pem_cert as _pem_cert
+from simcluster.certs import pem_key as _pem_key
 from tests.controlplane.build import Binaries, kubernetes_version
 
 Log = Callable[[str], None]
@@ -74,16 +76,6 @@ class StartFailed(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------- certificates
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _pem_cert(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
 @dataclass(frozen=True)
 class Pki:
     """The PEM files kube-apiserver and the clients need, in ``dir``."""
@@ -111,53 +103,6 @@ class Pki:
 
     def client_key(self, user: str) -> Path:
         return self.dir / f"{user}.key"
-
-
-def _issue(
-    ca_key: ec.EllipticCurvePrivateKey,
-    ca_cert: x509.Certificate | None,
-    key: ec.EllipticCurvePrivateKey,
-    subject: x509.Name,
-    *,
-    is_ca: bool = False,
-    usage: ExtendedKeyUsageOID | None = None,
-    sans: Iterable[x509.GeneralName] = (),
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    issuer = ca_cert.subject if ca_cert is not None else subject
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=is_ca,
-                crl_sign=is_ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-    )
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if sans := list(sans):
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(ca_key, hashes.SHA256())
 
 
 def make_pki(directory: Path, client_users: dict[str, str]) -> Pki:
