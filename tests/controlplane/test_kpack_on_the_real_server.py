@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import anyio
 import orjson
 import pytest
-from anyio.abc import Process
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from service.kube import errors
 from service.kube import resources as r
@@ -43,7 +38,8 @@ from simcluster.kpack.webhooks import DEFAULTING, EXCLUDE_LABEL, VALIDATING
 from simcluster.registry import RunningRegistry, running_registry
 from tests.controlplane.build import binaries
 from tests.controlplane.cluster import ControlPlane, apply_crds
-from tests.helpers import child_env, eventually
+from tests.controlplane.kpack_process import Simulator, kpack_process
+from tests.helpers import eventually
 from tests.sim.kpack.conftest import PACKAGE, Obj, condition
 from tests.sim.kpack.test_admission import CREATE_CASES, DENIED, RESOURCES
 
@@ -55,7 +51,6 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 KPACK_CRDS = ROOT / "simcluster" / "crds" / "kpack"
-READY_LINE = "kpack simulator running against"
 DEADLINE = 30.0
 
 
@@ -72,16 +67,6 @@ async def registry() -> AsyncIterator[RunningRegistry]:
         yield reg
 
 
-@dataclass
-class Simulator:
-    process: Process
-    log: list[str] = field(default_factory=list)
-    webhooks: str = ""  # the base URL kube-apiserver calls, as the process announced it
-
-    def tail(self) -> str:
-        return "\n".join(self.log[-40:])
-
-
 async def _configurations(admin: KubeClient) -> list[str]:
     names = []
     for res in (MUTATING_WEBHOOK_CONFIGURATION, VALIDATING_WEBHOOK_CONFIGURATION):
@@ -95,52 +80,9 @@ async def simulator(
 ) -> AsyncIterator[Simulator]:
     """``python -m simcluster kpack`` against the control plane's admin kubeconfig, until its webhooks are
     in use; SIGTERM after the module, which must end it cleanly, its configurations gone."""
-    process = await anyio.open_process(
-        [
-            sys.executable,
-            "-m",
-            "simcluster",
-            "kpack",
-            f"--kubeconfig={real_control_plane.kubeconfig}",
-            f"--registry={registry.url}",
-            "--build-seconds=0.05",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=child_env(),
-        cwd=ROOT,
-    )
-    sim = Simulator(process)
-    ready = anyio.Event()
-
-    async def read_log() -> None:
-        assert process.stderr is not None
-        lines = BufferedByteReceiveStream(process.stderr)
-        try:
-            while True:
-                sim.log.append((await lines.receive_until(b"\n", 1 << 20)).decode(errors="replace"))
-                if READY_LINE in sim.log[-1]:
-                    sim.webhooks = sim.log[-1].split(": webhooks ", 1)[1].split(" ", 1)[0]
-                    ready.set()
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError):
-            ready.set()  # it ended: the check below says how
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(read_log)
-        try:
-            with anyio.fail_after(60):
-                await ready.wait()
-            assert process.returncode is None and READY_LINE in sim.log[-1], sim.tail()
-            yield sim
-        finally:
-            if process.returncode is None:
-                process.terminate()
-            with anyio.fail_after(30):
-                code = await process.wait()
-        assert code == 0, sim.tail()
-        assert sim.log[-1].endswith("stopped (webhook configurations removed)"), sim.tail()
-        assert await _configurations(admin) == []
+    async with kpack_process(real_control_plane.kubeconfig, registry.url) as sim:
+        yield sim
+    assert await _configurations(admin) == []
 
 
 @dataclass
