@@ -81,6 +81,7 @@ class EventRecorder:
         self._buffer: deque[_Pending] = deque()
         self._capacity = buffer
         self._wakeup: anyio.Event | None = None
+        self._finished: anyio.Event | None = None  # set when ``run`` returns (made there: it needs a loop)
         self._closed = False
         self._seen: OrderedDict[tuple[str, ...], _Seen] = OrderedDict()
         self.dropped = 0
@@ -104,6 +105,7 @@ class EventRecorder:
 
     async def run(self) -> None:
         """Write queued events until cancelled, or until ``close`` and the buffer is empty."""
+        self._finished = anyio.Event()
         try:
             while True:
                 while self._buffer:
@@ -121,12 +123,20 @@ class EventRecorder:
                 await self._wakeup.wait()
         finally:
             self._closed = True  # no writer any more: later events are dropped, not queued for no one
+            self._finished.set()
 
     def close(self) -> None:
         """Take no more events; ``run`` returns once it has written those already queued."""
         self._closed = True
         if self._wakeup is not None:
             self._wakeup.set()
+
+    async def drain(self) -> None:
+        """``close``, and wait for ``run`` to write what is queued (on graceful shutdown, under a deadline
+        of the caller's: the last reconciles' events are the ones that say how things ended)."""
+        self.close()
+        if self._finished is not None:
+            await self._finished.wait()
 
     async def _write(self, p: _Pending) -> None:
         seen = self._seen.get(p.key)

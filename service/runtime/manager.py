@@ -6,7 +6,8 @@ Start: sidecar (probes answer at once, not ready) → informers and runnables ad
 → runnables that need the leader (e.g. background I/O pools) and controllers' workers, only while leading.
 
 Stop (``shutdown``, e.g. on SIGTERM): readiness goes false; controllers stop taking work and in-flight
-reconciles get up to the graceful-shutdown timeout to finish; informers stop; the lease is released so
+reconciles get up to the graceful-shutdown timeout to finish; the Events they recorded are written (up to
+``EVENT_DRAIN_TIMEOUT``); informers stop; the lease is released so
 that a standby takes over at once; the sidecar stops last. ``run`` returns the exit code: 0 for a clean
 stop; 1 when the lease was lost (workers are cancelled at once: another replica may already be running
 them), when a component died, or when in-flight work overran the timeout.
@@ -35,6 +36,10 @@ from service.runtime.reconcile import Reconcile
 from service.runtime.sidecar import BindAddress, Checks, LoopMonitor, Sidecar
 
 log = logging.getLogger("service.runtime.manager")
+
+# On shutdown, how long queued Events may take to be written once the controllers have stopped (a
+# leader that lost its Lease does not wait: it stops at once).
+EVENT_DRAIN_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,9 @@ class Manager:
                 if await self._lead():
                     exit_code = await self._run_controllers()
                 self.stopping = True
+                if not self.lost_lease:
+                    with anyio.move_on_after(EVENT_DRAIN_TIMEOUT):
+                        await self.events.drain()
                 background.cancel_scope.cancel()
         finally:
             self.events.close()

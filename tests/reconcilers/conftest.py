@@ -24,15 +24,20 @@ from service.config import Config
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
+from service.kube.config import ClusterConfig
 from service.reconcilers import korifi as k
 from service.reconcilers.settings import BuilderSettings
 from service.registry.client import RegistryClient
 from service.runtime import Manager
+from simcluster.demo import SERVICE_ACCOUNT as SERVICE_ACCOUNT_OF_SPACES
 from simcluster.demo import create_space
+from simcluster.kpack import KpackOptions, KpackSimulator, running_kpack
+from simcluster.kpack.simulator import CLUSTER_BUILDER, running_kpack_on_cluster
 from simcluster.registry import RunningRegistry, running_registry
 from simcluster.server import RunningApiServer
 from tests.conftest import Target
 from tests.helpers import eventually
+from tests.kpack_world import isolated
 
 Obj = dict[str, Any]
 
@@ -301,3 +306,80 @@ async def running_controllers(
         tg.start_soon(manager.run)
         yield manager
         manager.shutdown()
+
+
+# ---------------------------------------------------------------------------------------- with the kpack simulator
+@dataclass
+class KpackCluster:
+    """A cluster with the kpack simulator playing kpack (its webhooks judge every write, its builds push
+    to ``registry``): a space to work in, the root namespace with the BuilderInfo, the default
+    ClusterBuilder, and the identity the service under test speaks as."""
+
+    client: KubeClient  # the test's own (an administrator)
+    registry: RunningRegistry
+    kpack: KpackSimulator
+    space: str
+    root: str
+    cluster_builder: str
+    identity: ClusterConfig  # the service's
+
+    def config(self, **settings: Any) -> Config:
+        """The service's configuration for this cluster, ``settings`` over it."""
+        return service_config(
+            **{
+                "builder_service_account": SERVICE_ACCOUNT_OF_SPACES,
+                "container_repository_prefix": f"{self.registry.host}/cf/",
+                "cf_root_namespace": self.root,
+                "cluster_builder_name": self.cluster_builder,
+                **settings,
+            }
+        )
+
+    @asynccontextmanager
+    async def service(self, **settings: Any) -> AsyncIterator[Manager]:
+        """The service, configured with ``settings`` (``Config`` field names), for the block."""
+        async with (
+            KubeClient(self.identity, timeout=5.0) as client,
+            RegistryClient(timeout=5.0) as images,
+            running_controllers(client, self.config(**settings), images) as manager,
+        ):
+            yield manager
+
+
+@pytest.fixture
+async def kpack_cluster(target: Target) -> AsyncIterator[KpackCluster]:
+    """On the emulator (``target``'s, the default), the simulator inside it as ``devcluster --kpack`` runs
+    it, its defaults seeded; on another cluster (``TEST_KUBECONFIG``), the simulator against it with real
+    admission webhooks, and the defaults under names of this test's (``tests/kpack_world.py``)."""
+    options = KpackOptions(build_seconds=0.05)
+    if target.emulator is not None:
+        api = target.emulator
+        async with (
+            running_registry(host=api.host) as registry,
+            running_kpack(api, replace(options, registry=registry.host), seed=True) as simulator,
+            KubeClient(target.cluster, timeout=5.0) as client,
+        ):
+            await create_space(client, "space", registry.host)
+            yield KpackCluster(client, registry, simulator, "space", "cf", CLUSTER_BUILDER, target.service)
+        return
+    async with (
+        running_registry() as registry,
+        KubeClient(target.cluster, timeout=5.0) as client,
+    ):
+        world = isolated(registry.host, uuid.uuid4().hex[:6])
+        try:
+            await world.create(client)
+            async with running_kpack_on_cluster(client, replace(options, registry=registry.host)) as kpack:
+                await create_space(client, world.spaces[0], registry.host)
+                yield KpackCluster(
+                    client,
+                    registry,
+                    kpack.simulator,
+                    world.spaces[0],
+                    world.root,
+                    world.cluster_builder,
+                    target.service,
+                )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await world.remove(client)

@@ -1,12 +1,13 @@
 """The build cache kinds (issue 8 §1, ``service.reconcilers.build_cache``) with the kpack simulator playing
 kpack: its webhooks judge every Image write, its builds write and read registry caches. The service is
-started again with another configuration where an operator would change it, over the same cluster."""
+started again with another configuration where an operator would change it, over the same cluster. On the
+emulator, and on the real kube-apiserver through ``TEST_KUBECONFIG`` (``kpack_cluster``)."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -15,68 +16,61 @@ import pytest
 
 from service.kube import resources as r
 from service.kube.client import KubeClient
-from service.kube.config import explicit
 from service.reconcilers import korifi as k
 from service.reconcilers.kpack_objects import quantity_value
 from service.registry.client import RegistryClient
-from simcluster.crds import new_cluster
-from simcluster.demo import SERVICE_ACCOUNT, create_space
-from simcluster.kpack import KpackOptions, running_kpack
-from simcluster.registry import RunningRegistry, running_registry
-from simcluster.server import running_apiserver
+from service.runtime import Manager
+from simcluster.registry import RunningRegistry
 from tests.helpers import eventually
-from tests.reconcilers.conftest import running_controllers, service_config
+from tests.reconcilers.conftest import KpackCluster
 
 pytestmark = pytest.mark.anyio
 
 Obj = dict[str, Any]
-SPACE = "space"
 APP = "app"
 
 
 @dataclass
 class Cluster:
-    client: KubeClient
-    registry: RunningRegistry
+    kc: KpackCluster
     images: RegistryClient
+
+    @property
+    def client(self) -> KubeClient:
+        return self.kc.client
+
+    @property
+    def registry(self) -> RunningRegistry:
+        return self.kc.registry
+
+    @property
+    def space(self) -> str:
+        return self.kc.space
 
     @property
     def prefix(self) -> str:
         return f"{self.registry.host}/cf/"
 
-    @asynccontextmanager
-    async def service(self, **settings: Any) -> AsyncIterator[None]:
+    def service(self, **settings: Any) -> AbstractAsyncContextManager[Manager]:
         """The service, configured with ``settings`` (``Config`` field names), for the block."""
-        config = service_config(
-            **{
-                "builder_service_account": SERVICE_ACCOUNT,
-                "container_repository_prefix": self.prefix,
-                "build_cache_mb": 1024,
-                **settings,
-            }
-        )
-        async with (
-            KubeClient(self.client.config, timeout=5.0) as client,
-            running_controllers(client, config, self.images),
-        ):
-            yield
+        return self.kc.service(**{"build_cache_mb": 1024, **settings})
 
     async def build(self, name: str, source: str = "pkg:1") -> Obj:
         """A workload of the app, built to the end; it must succeed."""
         body = {
             "apiVersion": k.KORIFI_API_VERSION,
             "kind": "BuildWorkload",
-            "metadata": {"name": name, "namespace": SPACE, "labels": {k.APP_GUID_LABEL: APP}},
+            "metadata": {"name": name, "namespace": self.space, "labels": {k.APP_GUID_LABEL: APP}},
             "spec": {
                 "buildRef": {"name": name},
                 "builderName": k.BUILDER_NAME,
                 "source": {"registry": {"image": f"{self.registry.host}/packages/{source}"}},
             },
         }
-        await self.client.create(r.BUILD_WORKLOAD, body, SPACE)
+        await self.client.create(r.BUILD_WORKLOAD, body, self.space)
 
         async def finished() -> Obj | None:
-            obj = await self.client.get(r.BUILD_WORKLOAD, name, SPACE)
+            obj = await self.client.get(r.BUILD_WORKLOAD, name, self.space)
             done = [
                 c
                 for c in (obj.get("status") or {}).get("conditions") or ()
@@ -90,31 +84,24 @@ class Cluster:
         return workload
 
     async def image(self) -> Obj:
-        image: Obj = await self.client.get(r.IMAGE, APP, SPACE)
+        image: Obj = await self.client.get(r.IMAGE, APP, self.space)
         return image
 
     async def build_of(self, workload: Obj) -> Obj:
         """The kpack Build that made a workload's droplet."""
         droplet = workload["status"]["droplet"]["registry"]["image"]
-        builds = (await self.client.list(r.BUILD, SPACE))["items"]
+        builds = (await self.client.list(r.BUILD, self.space))["items"]
         return next(b for b in builds if (b.get("status") or {}).get("latestImage") == droplet)
 
     async def events(self, workload: str, reason: str) -> list[Obj]:
-        items = (await self.client.list(r.EVENT, SPACE))["items"]
+        items = (await self.client.list(r.EVENT, self.space))["items"]
         return [e for e in items if e["involvedObject"]["name"] == workload and e["reason"] == reason]
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with (
-        running_apiserver(new_cluster()) as api,
-        running_registry(host=api.host) as registry,
-        running_kpack(api, KpackOptions(build_seconds=0.05, registry=registry.host), seed=True),
-        KubeClient(explicit(api.url), timeout=5.0) as client,
-        RegistryClient(timeout=5.0) as images,
-    ):
-        await create_space(client, SPACE, registry.host)
-        yield Cluster(client, registry, images)
+async def cluster(kpack_cluster: KpackCluster) -> AsyncIterator[Cluster]:
+    async with RegistryClient(timeout=5.0) as images:
+        yield Cluster(kpack_cluster, images)
 
 
 async def test_a_registry_cache_is_written_by_each_build_and_read_by_the_next(cluster: Cluster) -> None:
@@ -161,34 +148,38 @@ async def test_switching_kinds_keeps_the_image_and_every_droplet(cluster: Cluste
 async def test_a_smaller_volume_or_another_class_replaces_the_volume_not_the_image(cluster: Cluster) -> None:
     """kpack refuses both changes; Korifi would recreate the Image, and the garbage collector would take its
     Builds and their droplets along (korifi.md §6.6)."""
+    fast = f"fast-{cluster.space}"  # cluster-scoped: a name of this test's, on a shared cluster
     await cluster.client.create(
         r.STORAGE_CLASS,
         {
             "apiVersion": "storage.k8s.io/v1",
             "kind": "StorageClass",
-            "metadata": {"name": "fast"},
+            "metadata": {"name": fast},
             "provisioner": "example.com/fast",
         },
     )
-    workloads = []
-    async with cluster.service():
-        workloads.append(await cluster.build("wl-0"))
-    async with cluster.service(build_cache_mb=512):
-        workloads.append(await cluster.build("wl-1", source="pkg:1b"))
-    assert cache_of(await cluster.image()) == {"volume": {"size": mib(512)}}
-    async with cluster.service(build_cache_mb=512, build_cache_storage_class="fast"):
-        workloads.append(await cluster.build("wl-2", source="pkg:2"))
-    assert cache_of(await cluster.image()) == {"volume": {"size": mib(512), "storageClassName": "fast"}}
-    for name, change in (("wl-1", "shrink"), ("wl-2", "class")):
-        events = await cluster.events(name, k.BUILD_CACHE_REPLACED)
-        assert [e["message"] for e in events] == [
-            f'the build cache volume of kpack Image "{APP}" is replaced ({change})'
-        ]
-    # Back to the default class: the configured class empty keeps the one the Image has.
-    async with cluster.service(build_cache_mb=512):
-        workloads.append(await cluster.build("wl-3", source="pkg:3"))
-    assert (await cluster.image())["spec"]["cache"]["volume"]["storageClassName"] == "fast"
-    await assert_kept(cluster, workloads)
+    try:
+        workloads = []
+        async with cluster.service():
+            workloads.append(await cluster.build("wl-0"))
+        async with cluster.service(build_cache_mb=512):
+            workloads.append(await cluster.build("wl-1", source="pkg:1b"))
+        assert cache_of(await cluster.image()) == {"volume": {"size": mib(512)}}
+        async with cluster.service(build_cache_mb=512, build_cache_storage_class=fast):
+            workloads.append(await cluster.build("wl-2", source="pkg:2"))
+        assert cache_of(await cluster.image()) == {"volume": {"size": mib(512), "storageClassName": fast}}
+        for name, change in (("wl-1", "shrink"), ("wl-2", "class")):
+            events = await cluster.events(name, k.BUILD_CACHE_REPLACED)
+            assert [e["message"] for e in events] == [
+                f'the build cache volume of kpack Image "{APP}" is replaced ({change})'
+            ]
+        # Back to the default class: the configured class empty keeps the one the Image has.
+        async with cluster.service(build_cache_mb=512):
+            workloads.append(await cluster.build("wl-3", source="pkg:3"))
+        assert (await cluster.image())["spec"]["cache"]["volume"]["storageClassName"] == fast
+        await assert_kept(cluster, workloads)
+    finally:
+        await cluster.client.delete(r.STORAGE_CLASS, fast)
 
 
 def mib(n: int) -> Decimal:

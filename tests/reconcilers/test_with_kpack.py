@@ -1,5 +1,7 @@
 """The controllers with the kpack simulator playing kpack (webhooks, builders, builds that push): what a
-cluster with kpack installed answers, including its refusals."""
+cluster with kpack installed answers, including its refusals. On the emulator, and on another cluster
+through ``TEST_KUBECONFIG`` (the real kube-apiserver, with the simulator's webhooks real ones there):
+``kpack_cluster`` in the conftest."""
 
 from __future__ import annotations
 
@@ -12,38 +14,46 @@ import pytest
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
-from service.kube.config import explicit
 from service.reconcilers import korifi as k
-from service.reconcilers.settings import BuilderSettings
 from service.registry.client import RegistryClient
 from service.registry.errors import NotFound as RegistryNotFound
-from simcluster.crds import new_cluster
-from simcluster.demo import PULL_SECRET, SERVICE_ACCOUNT, create_space
-from simcluster.kpack import KpackOptions, KpackSimulator, running_kpack
-from simcluster.registry import RunningRegistry, running_registry
-from simcluster.server import running_apiserver
+from simcluster.demo import PULL_SECRET, SERVICE_ACCOUNT
+from simcluster.kpack import KpackSimulator
+from simcluster.registry import RunningRegistry
 from tests.helpers import eventually
-from tests.reconcilers.conftest import running_controllers, service_config
+from tests.reconcilers.conftest import KpackCluster
 
 pytestmark = pytest.mark.anyio
 
 Obj = dict[str, Any]
-SPACE = "space"
 ACCOUNT = SERVICE_ACCOUNT
 
 
 @dataclass
 class Cluster:
-    client: KubeClient
-    registry: RunningRegistry
-    kpack: KpackSimulator
-    settings: BuilderSettings
+    kc: KpackCluster
+
+    @property
+    def client(self) -> KubeClient:
+        return self.kc.client
+
+    @property
+    def registry(self) -> RunningRegistry:
+        return self.kc.registry
+
+    @property
+    def kpack(self) -> KpackSimulator:
+        return self.kc.kpack
+
+    @property
+    def space(self) -> str:
+        return self.kc.space
 
     async def workload(self, name: str, app: str = "app", source: str = "pkg:1", **spec: Any) -> Obj:
         body = {
             "apiVersion": k.KORIFI_API_VERSION,
             "kind": "BuildWorkload",
-            "metadata": {"name": name, "namespace": SPACE, "labels": {k.APP_GUID_LABEL: app}},
+            "metadata": {"name": name, "namespace": self.space, "labels": {k.APP_GUID_LABEL: app}},
             "spec": {
                 "buildRef": {"name": name},
                 "builderName": k.BUILDER_NAME,
@@ -51,11 +61,11 @@ class Cluster:
                 **spec,
             },
         }
-        return await self.client.create(r.BUILD_WORKLOAD, body, SPACE)
+        return await self.client.create(r.BUILD_WORKLOAD, body, self.space)
 
     async def outcome(self, name: str, within: float = 15.0) -> Obj:
         async def finished() -> Obj | None:
-            obj = await self.client.get(r.BUILD_WORKLOAD, name, SPACE)
+            obj = await self.client.get(r.BUILD_WORKLOAD, name, self.space)
             for condition in (obj.get("status") or {}).get("conditions") or ():
                 if condition["type"] == k.SUCCEEDED and condition["status"] in ("True", "False"):
                     return obj
@@ -69,24 +79,9 @@ def succeeded(obj: Obj) -> Obj:
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with (
-        running_apiserver(new_cluster()) as api,
-        running_registry(host=api.host) as registry,
-        running_kpack(api, KpackOptions(build_seconds=0.05, registry=registry.host), seed=True) as kpack,
-        KubeClient(explicit(api.url), timeout=5.0) as client,
-        KubeClient(explicit(api.url), timeout=5.0) as manager_client,
-        RegistryClient(timeout=5.0) as images,
-    ):
-        config = service_config(
-            builder_service_account=ACCOUNT,
-            builder_readiness_timeout=10.0,
-            container_repository_prefix=f"{registry.host}/cf/",
-        )
-        settings = config.builder_settings()
-        await create_space(client, SPACE, registry.host)
-        async with running_controllers(manager_client, config, images):
-            yield Cluster(client, registry, kpack, settings)
+async def cluster(kpack_cluster: KpackCluster) -> AsyncIterator[Cluster]:
+    async with kpack_cluster.service(builder_readiness_timeout=10.0):
+        yield Cluster(kpack_cluster)
 
 
 async def test_kpack_builds_the_workload_and_the_image_settles(cluster: Cluster) -> None:
@@ -100,12 +95,12 @@ async def test_kpack_builds_the_workload_and_the_image_settles(cluster: Cluster)
     }
     assert droplet["registry"]["image"].startswith(f"{cluster.registry.host}/cf/app-droplets@sha256:")
     assert droplet["stack"] == "io.buildpacks.stacks.jammy"
-    image = await cluster.client.get(r.IMAGE, "app", SPACE)
+    image = await cluster.client.get(r.IMAGE, "app", cluster.space)
     # kpack's defaults stayed, and re-applying Korifi's spec did not move the generation (no rebuilds).
     assert image["spec"]["imageTaggingStrategy"] == "BuildNumber"
     assert image["metadata"]["generation"] == 1
     assert image["status"]["latestImage"] == droplet["registry"]["image"]
-    build = await cluster.client.get(r.BUILD, "app-build-1", SPACE)
+    build = await cluster.client.get(r.BUILD, "app-build-1", cluster.space)
     assert build["metadata"]["finalizers"] == [k.KPACK_BUILD_FINALIZER]
 
 
@@ -113,9 +108,9 @@ async def test_a_custom_builder_is_built_by_kpack_and_used(cluster: Cluster) -> 
     await cluster.workload("wl-go", app="go-app", buildpacks=["paketo-buildpacks/go"])
     done = await cluster.outcome("wl-go")
     assert succeeded(done)["reason"] == k.BUILD_SUCCEEDED
-    builder = await cluster.client.get(r.BUILDER, k.builder_name(["paketo-buildpacks/go"]), SPACE)
+    builder = await cluster.client.get(r.BUILDER, k.builder_name(["paketo-buildpacks/go"]), cluster.space)
     assert [entry["group"][0]["id"] for entry in builder["status"]["order"]] == ["paketo-buildpacks/go"]
-    build = await cluster.client.get(r.BUILD, "go-app-build-1", SPACE)
+    build = await cluster.client.get(r.BUILD, "go-app-build-1", cluster.space)
     assert build["metadata"]["annotations"]["image.kpack.io/builderKind"] == "Builder"
 
 
@@ -126,15 +121,15 @@ async def test_an_image_kpack_refuses_to_change_fails_the_workload_saying_why(cl
         {
             "apiVersion": k.KPACK_API_VERSION,
             "kind": "Image",
-            "metadata": {"name": "app", "namespace": SPACE},
+            "metadata": {"name": "app", "namespace": cluster.space},
             "spec": {
                 "tag": f"{cluster.registry.host}/old-prefix/app-droplets",
-                "builder": {"kind": "ClusterBuilder", "name": "cf-kpack-cluster-builder"},
+                "builder": {"kind": "ClusterBuilder", "name": cluster.kc.cluster_builder},
                 "serviceAccountName": ACCOUNT,
                 "source": {"registry": {"image": f"{cluster.registry.host}/packages/old"}},
             },
         },
-        SPACE,
+        cluster.space,
     )
     await cluster.workload("wl-1")
     failed = await cluster.outcome("wl-1")
@@ -153,16 +148,16 @@ async def test_a_build_kpack_skipped_is_requested_and_delivered(cluster: Cluster
     await cluster.workload("wl-1")
     first = await cluster.outcome("wl-1")
     assert succeeded(first)["reason"] == k.BUILD_SUCCEEDED
-    cluster.kpack.skip_next_build(SPACE, "app")
+    cluster.kpack.skip_next_build(cluster.space, "app")
     await cluster.workload("wl-2", source="pkg:2")
     second = await cluster.outcome("wl-2", within=20)
     assert succeeded(second)["reason"] == k.BUILD_SUCCEEDED
     assert second["metadata"]["labels"][k.IMAGE_GENERATION_LABEL] == "2"
-    builds = (await cluster.client.list(r.BUILD, SPACE))["items"]
+    builds = (await cluster.client.list(r.BUILD, cluster.space))["items"]
     latest = max(builds, key=lambda b: int(b["metadata"]["labels"]["image.kpack.io/buildNumber"]))
     assert latest["metadata"]["annotations"]["image.kpack.io/reason"].split(",")[0] == "TRIGGER"
     assert latest["metadata"]["labels"]["image.kpack.io/imageGeneration"] == "2"
-    first_build = await cluster.client.get(r.BUILD, "app-build-1", SPACE)
+    first_build = await cluster.client.get(r.BUILD, "app-build-1", cluster.space)
     assert first_build["metadata"]["annotations"][k.BUILD_NEEDED_ANNOTATION] == "true"
 
 
@@ -174,11 +169,11 @@ async def test_deleting_a_workload_deletes_its_builds_and_their_images(cluster: 
     image = done["status"]["droplet"]["registry"]["image"]
     async with RegistryClient() as registry:
         assert await registry.get_manifest(image)
-        await cluster.client.delete(r.BUILD_WORKLOAD, "wl-1", SPACE)
+        await cluster.client.delete(r.BUILD_WORKLOAD, "wl-1", cluster.space)
 
         async def all_gone() -> bool:
-            builds = (await cluster.client.list(r.BUILD, SPACE))["items"]
-            images = (await cluster.client.list(r.IMAGE, SPACE))["items"]
+            builds = (await cluster.client.list(r.BUILD, cluster.space))["items"]
+            images = (await cluster.client.list(r.IMAGE, cluster.space))["items"]
             if builds or images:
                 return False
             try:
@@ -189,4 +184,4 @@ async def test_deleting_a_workload_deletes_its_builds_and_their_images(cluster: 
 
         await eventually(all_gone, what="the Image, its Builds and the droplet image are gone")
     with pytest.raises(errors.NotFound):
-        await cluster.client.get(r.BUILD_WORKLOAD, "wl-1", SPACE)
+        await cluster.client.get(r.BUILD_WORKLOAD, "wl-1", cluster.space)

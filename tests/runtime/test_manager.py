@@ -152,6 +152,33 @@ async def test_shutdown_lets_in_flight_reconciles_finish(
     assert "late" not in toy.seen
 
 
+async def test_events_recorded_by_the_last_reconciles_are_written_before_it_stops(
+    api: RunningApiServer, client: KubeClient
+) -> None:
+    """The Events of the reconciles a shutdown waited for say how things ended: they are written before
+    ``run`` returns, not dropped with the writer (Event writes held back by the server meanwhile)."""
+    toy = Toy(gate=anyio.Event())
+    manager = new_manager(client, toy, graceful_shutdown_timeout=5.0)
+    await client.create(r.CONFIG_MAP, configmap("last"))
+    api.faults.add(FaultRule(method="POST", path="/events$", status=0, latency=0.3))
+    async with running(manager) as (_, codes):
+        with anyio.fail_after(5):
+            await toy.entered.wait()
+        obj = await client.get(r.CONFIG_MAP, "last", "default")
+        for i in range(3):
+            manager.events.record(obj, "Normal", f"Ending{i}", "the reconcile's outcome")
+        manager.shutdown()
+        toy.gate.set()  # type: ignore[union-attr]
+        await codes.wait()
+    assert codes.codes == [0]
+    events = (await client.list(r.EVENT, "default"))["items"]
+    assert sorted(e["reason"] for e in events if e["involvedObject"]["name"] == "last") == [
+        "Ending0",
+        "Ending1",
+        "Ending2",
+    ]
+
+
 async def test_overrunning_the_grace_period_cancels_work_and_exits_1(client: KubeClient) -> None:
     toy = Toy(gate=anyio.Event())  # never set: the reconcile would wait for ever
     manager = new_manager(client, toy, graceful_shutdown_timeout=0.3)

@@ -40,19 +40,25 @@ from service.reconcilers.kpack_objects import (
     permanent_refusal,
 )
 from service.reconcilers.settings import BuilderSettings
-from service.runtime import Obj, get_confirmed
+from service.runtime import EventRecorder, Obj, get_confirmed
 
 log = logging.getLogger("service.reconcilers.buildworkload")
 
 
 class Begin:
     def __init__(
-        self, client: KubeClient, settings: BuilderSettings, caches: Caches, repositories: RepositoryCreator
+        self,
+        client: KubeClient,
+        settings: BuilderSettings,
+        caches: Caches,
+        repositories: RepositoryCreator,
+        events: EventRecorder,
     ) -> None:
         self.client = client
         self.settings = settings
         self.caches = caches
         self.repositories = repositories
+        self.events = events
 
     async def __call__(self, attempt: Pass) -> None:
         work = attempt.work
@@ -165,7 +171,9 @@ class Begin:
         patched: Obj = await self.client.merge_patch(IMAGE, meta_["name"], patch, meta_["namespace"])
         message = f'the build cache volume of kpack Image "{meta_["name"]}" is replaced ({change.value})'
         log.info(message, extra={"image": meta_["name"]})
-        attempt.event("Normal", k.BUILD_CACHE_REPLACED, message)
+        # Recorded now, not with the pass's outcome: it happened even if the rest of the pass is retried
+        # (kpack's status write after the drop often makes the next patch a conflict).
+        self.events.record(attempt.work, "Normal", k.BUILD_CACHE_REPLACED, message)
         return patched
 
     async def _reconcile_image(self, attempt: Pass, builder_ref: Obj) -> Obj | None:

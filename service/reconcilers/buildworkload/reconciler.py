@@ -53,7 +53,9 @@ class BuildWorkloadReconciler:
         self.events = manager.events
         self.controller: Controller | None = None  # set by ``register``: registry reads wake through it
         self.caches = Caches(manager.informers)
-        self.begin = Begin(self.client, settings, self.caches, repositories or NoRepositoryCreator())
+        self.begin = Begin(
+            self.client, settings, self.caches, repositories or NoRepositoryCreator(), self.events
+        )
         siblings = Siblings(self.client, self.caches, self.events)
         self.track = Track(self.client, settings, self.caches, siblings, images, offload, self._wake)
         self.finalize = Finalize(self.client, self.caches)
