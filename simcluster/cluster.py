@@ -66,6 +66,8 @@ from simcluster.validation import (
     details,
     invalid,
     parse_rv,
+    precondition_failed,
+    storage_key,
     validate_meta,
 )
 
@@ -290,16 +292,19 @@ class Cluster(Reads):
                     schemas.Cause(
                         "FieldValueInvalid",
                         "metadata.resourceVersion",
-                        "Invalid value: 0x0: must be specified for an update",
+                        "Invalid value: 0: must be specified for an update",
                     )
                 ],
+                by_resource=True,
             )
         if meta.get("uid") and meta["uid"] != old["metadata"]["uid"]:
+            # storage's own precondition, worded as etcd3's store reports it
             raise conflict(
                 kind,
                 name,
-                f"Precondition failed: UID in precondition: {meta['uid']}, UID in "
-                f"object meta: {old['metadata']['uid']}",
+                f"StorageError: invalid object, Code: 4, Key: {storage_key(kind, ns, name)}, "
+                f"ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: UID in precondition: "
+                f"{meta['uid']}, UID in object meta: {old['metadata']['uid']}",
             )
         has_status = kind.versions[version].status
         if subresource == "status":
@@ -424,19 +429,10 @@ class Cluster(Reads):
         old = self.get(kind, ns, name)
         meta = old["metadata"]
         if options.precondition_uid and options.precondition_uid != meta["uid"]:
-            raise conflict(
-                kind,
-                name,
-                f"Precondition failed: UID in precondition: "
-                f"{options.precondition_uid}, UID in object meta: {meta['uid']}",
-            )
+            raise precondition_failed(kind, name, "uid", options.precondition_uid, meta["uid"])
         if options.precondition_rv and options.precondition_rv != meta["resourceVersion"]:
-            raise conflict(
-                kind,
-                name,
-                f"Precondition failed: ResourceVersion in precondition: "
-                f"{options.precondition_rv}, ResourceVersion in object meta: "
-                f"{meta['resourceVersion']}",
+            raise precondition_failed(
+                kind, name, "resourceVersion", options.precondition_rv, meta["resourceVersion"]
             )
         validators = tuple(h for h in self.webhooks.for_kind(kind) if h.validate is not None)
         if validators:

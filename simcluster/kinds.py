@@ -8,7 +8,7 @@ from typing import Any
 
 from service.kube import resources as r
 from service.kube.resources import Resource
-from service.kube.selectors import FieldSelector, parse_field_selector
+from service.kube.selectors import FieldSelector, SelectorError, parse_field_selector
 
 Obj = dict[str, Any]
 
@@ -110,7 +110,17 @@ class Kind:
 
     def field_selector(self, text: str | None) -> FieldSelector:
         """Parse a ``fieldSelector`` for this kind (SelectorError on a label it does not support)."""
-        selector = parse_field_selector(text, self.field_paths)
+        try:
+            selector = parse_field_selector(text, self.field_paths)
+        except SelectorError as exc:
+            unsupported = str(exc).removeprefix("field label not supported: ")
+            if self.custom or self.field_paths is not OBJECT_META_FIELDS or unsupported == str(exc):
+                raise
+            # A built-in kind without a field label conversion of its own gets apimachinery's default
+            # one (DefaultMetaV1FieldSelectorConversion), which words the refusal differently.
+            raise SelectorError(
+                f'"{unsupported}" is not a known field selector: only "metadata.name", "metadata.namespace"'
+            ) from None
         labels = sorted({label for label, _, _ in selector.terms})
         if all(self.field_paths[label] == OBJECT_META_FIELDS.get(label) for label in labels):
             return selector  # only metadata.name / metadata.namespace: the plain selector reads them directly

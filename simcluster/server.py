@@ -23,6 +23,7 @@ from simcluster.cluster import Cluster
 from simcluster.faults import FaultRule, Faults
 from simcluster.kinds import Kind
 from simcluster.lifecycle import DeleteOptions
+from simcluster.openapi import Documents, respond
 from simcluster.tables import table_for, wants_table
 from simcluster.watch import Watcher, frame
 
@@ -67,6 +68,17 @@ def kube_version_key(version: str) -> tuple[int, int, int, int, str]:
 
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+class _NoHandler(Exception):
+    """No API handler serves the path: kube-apiserver's handler chain ends in a plain-text 404. The
+    built-in groups answer what they do not know with a ``NotFound`` Status; the CRD handler delegates
+    everything outside the resources its CRDs define (unknown groups, versions, resources, and paths that
+    do not fit a resource's scope) to that last handler."""
+
+
+def _page_not_found() -> web.Response:
+    return web.Response(text="404 page not found\n", status=404, content_type="text/plain", charset="utf-8")
 
 
 def _error(exc: errors.ApiError) -> web.Response:
@@ -134,6 +146,7 @@ class ApiServer:
         self.default_watch_timeout = default_watch_timeout
         # More bearer tokens, each naming the user it authenticates (as kube-apiserver's token file does).
         self.users: dict[str, str] = dict(users or {})
+        self.openapi = Documents(cluster)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
@@ -169,6 +182,8 @@ class ApiServer:
             return await handler(request)
         except errors.ApiError as exc:
             return _error(exc)
+        except _NoHandler:
+            return _page_not_found()
         except SelectorError as exc:
             return _error(errors.BadRequest(str(exc)))
 
@@ -198,6 +213,8 @@ class ApiServer:
             return web.Response(text="ok")
         if path == "/version":
             return _json(SERVER_VERSION)
+        if path == "/openapi/v2" or path.startswith("/openapi/v3"):
+            return respond(self.openapi, request)
         if path == "/api":
             return _json(
                 {
@@ -216,35 +233,53 @@ class ApiServer:
         elif parts[0] == "apis" and len(parts) == 2:
             found = self._group(parts[1])
             if found is None:
-                raise errors.NotFound("the server could not find the requested resource", details={})
+                raise _NoHandler
             return _json(found)
         elif parts[0] == "apis" and len(parts) >= 3:
             group, version, rest = parts[1], parts[2], parts[3:]
         else:
-            raise errors.NotFound("the server could not find the requested resource", details={})
+            raise _NoHandler
         if not rest:
             return _json(self._resource_list(group, version))
         return await self._resource(request, self._target(group, version, rest))
+
+    def _built_in_group(self, group: str) -> bool:
+        return any(k.group == group and not k.custom for k in self.cluster.kinds.values())
+
+    def _not_found(self, group: str) -> Exception:
+        """What a path under ``/api`` or ``/apis/<group>`` that serves nothing is answered with."""
+        if self._built_in_group(group):
+            return errors.NotFound("the server could not find the requested resource", details={})
+        return _NoHandler()
 
     def _target(self, group: str, version: str, rest: list[str]) -> Target:
         namespace = None
         if rest[0] == "namespaces" and len(rest) >= 3 and rest[2] not in _NAMESPACE_SUBRESOURCES:
             namespace, rest = rest[1], rest[2:]
         if len(rest) > 3:
-            raise errors.NotFound("the server could not find the requested resource", details={})
-        kind = self.cluster.lookup(group, version, rest[0])
+            raise self._not_found(group)
+        try:
+            kind = self.cluster.lookup(group, version, rest[0])
+        except errors.NotFound:
+            raise self._not_found(group) from None
         if namespace is not None and not kind.namespaced:
-            raise errors.NotFound("the server could not find the requested resource", details={})
+            raise self._not_found(group)
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
         if name is not None and kind.namespaced and namespace is None:
             # a namespaced resource's cluster-wide path only lists and watches
-            raise errors.NotFound("the server could not find the requested resource", details={})
+            raise self._not_found(group)
         if (
             sub is not None
             and not (sub == "status" and kind.versions[version].status)
             and not (sub == "finalize" and kind.key == ("", "namespaces"))
         ):
+            if kind.custom:
+                # The CRD handler answers a subresource it does not serve as if the object were missing.
+                raise errors.NotFound(
+                    f'{kind.qualified} "{name}" not found',
+                    details={"name": name, "group": kind.group, "kind": kind.plural},
+                )
             raise errors.NotFound("the server could not find the requested resource", details={})
         return Target(kind, version, namespace, name, sub)
 
@@ -277,6 +312,8 @@ class ApiServer:
                     return _json(table_for(t.kind, t.version, result["items"], result["metadata"]))
                 return _json(result)
             if t.kind.namespaced and t.namespace is None and method != "GET":
+                if t.kind.custom:  # the CRD handler serves only lists and watches there
+                    raise _NoHandler
                 raise errors.MethodNotAllowed(
                     "the server does not allow this method on the requested resource", details={}
                 )
@@ -309,6 +346,8 @@ class ApiServer:
                         user=user,
                     )
                 )
+            if t.kind.custom and method in ("PUT", "PATCH"):
+                raise errors.BadRequest("name must be provided")
             raise errors.MethodNotAllowed(
                 "the server does not allow this method on the requested resource", details={}
             )
@@ -519,7 +558,7 @@ class ApiServer:
                     }
                 )
         if not resources:
-            raise errors.NotFound("the server could not find the requested resource", details={})
+            raise self._not_found(group)
         group_version = f"{group}/{version}" if group else version
         return {
             "kind": "APIResourceList",

@@ -54,26 +54,28 @@ def json_path(obj: dict[str, Any], path: str) -> Any:
     return _dig(obj, path)
 
 
+_AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp", "description": "Age"}
+
+
 def table_for(
     kind: Kind, version: str, items: list[dict[str, Any]], list_meta: dict[str, Any]
 ) -> dict[str, Any]:
-    printer = [
-        c
-        for c in kind.versions[version].printer_columns
-        if c.get("jsonPath") != ".metadata.creationTimestamp"
-    ]
+    # A CRD's printer columns, else its default one (Age): apiextensions-apiserver puts only Name before
+    # them. Built-in kinds: Name and Age (kube-apiserver's kind-specific columns are not emulated).
+    printer = kind.versions[version].printer_columns if kind.custom else []
+    if not printer:
+        printer = [_AGE]
     columns = [{"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}]
     columns += [
         {
             "name": c["name"],
-            "type": c.get("type", "string"),
+            "type": "string" if c is _AGE and not kind.custom else c.get("type", "string"),
             "format": c.get("format", ""),
             "description": c.get("description", ""),
             "priority": c.get("priority", 0),
         }
         for c in printer
     ]
-    columns.append({"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0})
     rows = []
     for obj in items:
         cells: list[Any] = [obj["metadata"].get("name", "")]
@@ -81,7 +83,6 @@ def table_for(
             value = json_path(obj, c["jsonPath"])
             # a column whose path finds nothing is null, as in apiextensions-apiserver's table convertor
             cells.append(None if value is None else _age(value) if c.get("type") == "date" else value)
-        cells.append(_age(obj["metadata"].get("creationTimestamp")))
         rows.append(
             {
                 "cells": cells,

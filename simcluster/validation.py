@@ -22,7 +22,7 @@ from service.kube.names import (
     qualified_name_errors,
 )
 from simcluster import schema as schemas
-from simcluster.kinds import Kind, Obj
+from simcluster.kinds import Kind, Obj, built_in_kinds
 
 ANNOTATIONS_LIMIT = 256 * 1024  # apimachinery's TotalAnnotationSizeLimitB
 
@@ -46,13 +46,21 @@ def details(kind: Kind, name: str) -> Obj:
     return out
 
 
-def invalid(kind: Kind, name: str, causes: list[schemas.Cause]) -> errors.Invalid:
-    rendered = [c.render() for c in causes]
-    text = rendered[0] if len(rendered) == 1 else "[" + ", ".join(rendered) + "]"
-    qualified = f"{kind.kind}.{kind.group}" if kind.group else kind.kind
+def _by_kind(kind: Kind, name: str) -> tuple[str, Obj]:
+    """How validation and the delete preconditions name an object: by its kind (``Widget.example.com``),
+    where storage names it by its resource (``widgets.example.com``, as ``details``)."""
     out: Obj = {"name": name, "group": kind.group, "kind": kind.kind}
     if not kind.group:
         del out["group"]
+    return (f"{kind.kind}.{kind.group}" if kind.group else kind.kind), out
+
+
+def invalid(
+    kind: Kind, name: str, causes: list[schemas.Cause], *, by_resource: bool = False
+) -> errors.Invalid:
+    rendered = [c.render() for c in causes]
+    text = rendered[0] if len(rendered) == 1 else "[" + ", ".join(rendered) + "]"
+    qualified, out = (kind.qualified, details(kind, name)) if by_resource else _by_kind(kind, name)
     out["causes"] = [c.as_dict() for c in causes]
     return errors.Invalid(f'{qualified} "{name}" is invalid: {text}', details=out)
 
@@ -64,12 +72,54 @@ def conflict(kind: Kind, name: str, why: str | None = None) -> errors.Conflict:
     )
 
 
+def precondition_failed(kind: Kind, name: str, field: str, wanted: str, actual: str) -> errors.Conflict:
+    """A delete's precondition (``uid`` or ``resourceVersion``) that the stored object does not meet."""
+    qualified, out = _by_kind(kind, name)
+    label = "UID" if field == "uid" else "ResourceVersion"
+    why = "deleted and then recreated" if field == "uid" else "modified"
+    return errors.Conflict(
+        f'Operation cannot be fulfilled on {qualified} "{name}": the {label} in the precondition '
+        f"({wanted}) does not match the {label} in record ({actual}). The object might have been {why}",
+        details=out,
+    )
+
+
+def storage_key(kind: Kind, namespace: str | None, name: str) -> str:
+    """The object's etcd key, which storage errors quote (built-in kinds' prefixes have no group)."""
+    parts = [
+        "/registry",
+        *([kind.group] if kind.custom else []),
+        kind.plural,
+        *([namespace] if namespace else []),
+    ]
+    return "/".join([*parts, name])
+
+
 def parse_rv(value: Any) -> int:
     """A resourceVersion as storage reads it: 0 when absent or unparsable."""
     try:
         return int(str(value)) if value not in (None, "") else 0
     except ValueError:
         return 0
+
+
+# What kube-apiserver's scheme knows (only the built-in kinds served here): another kind it knows fails to
+# convert, one it does not know is not registered.
+_REGISTERED = frozenset((k.api_version(k.storage_version), k.kind) for k in built_in_kinds())
+
+
+def _undecodable(kind: Kind, api_version: str, kind_name: str) -> errors.BadRequest:
+    """A built-in kind's decoder refusing a body of another kind or apiVersion."""
+    version = api_version.rpartition("/")[2]
+    if (api_version, kind_name) in _REGISTERED:
+        internal = kind.group.split(".")[0] if kind.group else "core"
+        why = f"converting ({version}.{kind_name}) to ({internal}.{kind.kind}): unknown conversion"
+    else:
+        why = (
+            f'no kind "{kind_name}" is registered for version "{api_version}" in scheme '
+            '"pkg/runtime/scheme.go:111"'
+        )
+    return errors.BadRequest(f'{kind_name} in version "{version}" cannot be handled as a {kind.kind}: {why}')
 
 
 def check_body(kind: Kind, version: str, body: Any) -> Obj:
@@ -83,20 +133,29 @@ def check_body(kind: Kind, version: str, body: Any) -> Obj:
     want = kind.api_version(version)
     if kind.custom:
         if not body.get("kind"):
-            raise errors.BadRequest(f"Object 'Kind' is missing in '{orjson.dumps(body)[:200].decode()}'")
-        if not body.get("apiVersion"):
+            # apimachinery's decode error, with its summary of the body (the first 30 bytes)
+            data = orjson.dumps(body).decode()
+            summary = data if len(data) <= 30 else f"{data[:30]} ..."
             raise errors.BadRequest(
-                f"Object 'apiVersion' is missing in '{orjson.dumps(body)[:200].decode()}'"
+                f"the object provided is unrecognized (must be of type {kind.kind}): "
+                f"Object 'Kind' is missing in '{data}' ({summary})"
             )
+        body.setdefault("apiVersion", "")  # refused below, as a mismatch
     api_version, kind_name = body.setdefault("apiVersion", want), body.setdefault("kind", kind.kind)
+    if (api_version, kind_name) != (want, kind.kind) and not kind.custom:
+        raise _undecodable(kind, str(api_version), str(kind_name))
     if api_version != want:
         raise errors.BadRequest(
             f"the API version in the data ({api_version}) does not match the expected API version ({want})"
         )
     if kind_name != kind.kind:
-        raise errors.BadRequest(
-            f"the kind in the data ({kind_name}) does not match the expected kind ({kind.kind})"
+        # The CRD handler decodes any kind, and its validation then refuses it, named as the data names it.
+        group = str(api_version).rpartition("/")[0]
+        cause = schemas.Cause(
+            "FieldValueInvalid", "kind", f'Invalid value: "{kind_name}": must be {kind.kind}'
         )
+        named = Kind(group, kind.plural, str(kind_name), kind.namespaced, {}, "")
+        raise invalid(named, str((body.get("metadata") or {}).get("name", "")), [cause])
     meta = body.get("metadata")
     if meta is None:
         body["metadata"] = {}

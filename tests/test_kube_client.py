@@ -253,7 +253,7 @@ async def test_json_patch(client: KubeClient, widget: Obj) -> None:
 async def test_delete_options(client: KubeClient) -> None:
     held = {"metadata": {"name": "f", "namespace": "default", "finalizers": ["example.com/hold"]}}
     created = await client.create(r.CONFIG_MAP, held)
-    with pytest.raises(errors.Conflict, match="UID in precondition"):
+    with pytest.raises(errors.Conflict, match="UID in the precondition"):
         await client.delete(r.CONFIG_MAP, "f", "default", preconditions={"uid": "not-the-uid"})
     with pytest.raises(errors.Conflict):
         await client.delete(r.CONFIG_MAP, "f", "default", preconditions={"resourceVersion": "1"})

@@ -1,9 +1,26 @@
-"""Shared helpers for the API emulator's conformance suite: every test talks raw HTTP to a live emulator."""
+"""The conformance suite's harness: each test talks raw HTTP to a live API server and, unless it needs the
+emulator itself, runs twice — against the emulator and against the real kube-apiserver — so that the
+emulator's semantics (docs/emulator.md) are checked against the real thing, not against our reading of it.
+
+- ``server`` is parametrized: ``emulator`` (a fresh emulator per test, the root conftest's ``api``) and
+  ``kube-apiserver`` (the session's ``real_control_plane``, with kpack's and the project's CRDs). Tests
+  marked ``emulator`` (fault injection, compaction, the emulator's own state) get only the first.
+- The real server is shared by the whole session, so every test works in a namespace of its own
+  (``kube.ns``, fresh on both servers; ``kube.namespace()`` makes more), installs its own CRDs in a group of
+  its own (``kube.group``), and what it creates at cluster scope is deleted after it (``Kube.cleanup``).
+  Namespaces go asynchronously (kube-controller-manager empties them), so cluster-wide lists and watches
+  keep to the test's own namespaces (``kube.mine``, ``WatchReader``).
+- The Widget CRD (``widgets``, group ``example.com``) is installed per test on the emulator and once per
+  session on the real server (a CRD costs kube-apiserver a discovery and OpenAPI rebuild).
+- kube-controller-manager puts a ``kube-root-ca.crt`` ConfigMap in every new namespace (the emulator does
+  not: docs/emulator.md); the namespace fixture waits for it, so it is there before the test begins, and
+  lists and watches leave it out (``NOISE``).
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,8 +30,13 @@ import anyio
 import orjson
 import pytest
 
+from service.kube.client import KubeClient
+from service.kube.config import load_kubeconfig
+from simcluster.crds import bundled_crd_dirs, read_documents
 from simcluster.server import RunningApiServer
-from tests.helpers import eventually  # noqa: F401
+from tests.controlplane.build import binaries
+from tests.controlplane.cluster import ControlPlane, apply_crds
+from tests.helpers import eventually
 
 Obj = dict[str, Any]
 
@@ -29,6 +51,12 @@ GROUP = "example.com"
 WIDGETS = f"/apis/{GROUP}/v1/namespaces/{{ns}}/widgets"
 BW = "/apis/korifi.cloudfoundry.org/v1alpha1/namespaces/{ns}/buildworkloads"
 CM = "/api/v1/namespaces/{ns}/configmaps"
+NAMESPACES = "/api/v1/namespaces"
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+EMULATOR, REAL = "emulator", "kube-apiserver"
+# What kube-controller-manager puts in every namespace (its root CA publisher); the emulator does not.
+NOISE = frozenset({"kube-root-ca.crt"})
 
 
 def path(template: str, ns: str = "default", name: str | None = None, sub: str | None = None) -> str:
@@ -52,10 +80,27 @@ class Reply:
 
 
 class Kube:
-    """A deliberately thin raw-HTTP client: each call is one request, answered as status and JSON body."""
+    """A deliberately thin raw-HTTP client: each call is one request, answered as status and JSON body.
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    It knows the test's namespace (``ns``, the default of every helper), the namespaces it made, and the
+    cluster-scoped objects it created, which ``cleanup`` deletes."""
+
+    def __init__(self, session: aiohttp.ClientSession, server: str = EMULATOR, ns: str = "default") -> None:
         self.session = session
+        self.server = server
+        self.ns = ns
+        self.group = f"{ns}.{GROUP}"  # for the test's own CRDs: cluster-scoped names no other test uses
+        self.namespaces = {ns}
+        self._created: list[str] = []  # cluster-scoped objects this test created, by URL
+
+    @property
+    def real(self) -> bool:
+        return self.server == REAL
+
+    def path(
+        self, template: str, ns: str | None = None, name: str | None = None, sub: str | None = None
+    ) -> str:
+        return path(template, ns or self.ns, name, sub)
 
     async def request(
         self,
@@ -77,7 +122,12 @@ class Kube:
                     parsed: Any = orjson.loads(text) if text else None
                 except orjson.JSONDecodeError:
                     parsed = text.decode()
-                return Reply(resp.status, parsed, dict(resp.headers))
+                reply = Reply(resp.status, parsed, dict(resp.headers))
+        if method == "POST" and reply.status == 201 and isinstance(parsed, dict):
+            meta = parsed.get("metadata") or {}
+            if "namespace" not in meta and meta.get("resourceVersion") and meta.get("name"):
+                self._created.append(f"{url}/{meta['name']}")
+        return reply
 
     async def get(self, url: str, **params: str) -> Reply:
         return await self.request("GET", url, params=params or None)
@@ -94,22 +144,73 @@ class Kube:
     async def delete(self, url: str, body: Any = None, **params: str) -> Reply:
         return await self.request("DELETE", url, body, params=params or None)
 
-    async def create(self, template: str, body: Obj, ns: str = "default") -> Obj:
-        reply = await self.post(path(template, ns), body)
+    async def create(self, template: str, body: Obj, ns: str | None = None) -> Obj:
+        reply = await self.post(self.path(template, ns), body)
         assert reply.status == 201, reply.body
         out: Obj = reply.body
         return out
 
-    async def must_get(self, template: str, name: str, ns: str = "default") -> Obj:
-        reply = await self.get(path(template, ns, name))
+    async def must_get(self, template: str, name: str, ns: str | None = None) -> Obj:
+        reply = await self.get(self.path(template, ns, name))
         assert reply.status == 200, reply.body
         out: Obj = reply.body
         return out
 
-    async def gone(self, template: str, name: str, ns: str = "default") -> bool:
-        reply = await self.get(path(template, ns, name))
+    async def gone(self, template: str, name: str, ns: str | None = None) -> bool:
+        reply = await self.get(self.path(template, ns, name))
         assert reply.status in (200, 404), reply.body
         return reply.status == 404
+
+    async def namespace(self, suffix: str) -> str:
+        """A new namespace of this test's (``<ns>-<suffix>``), ready: on the real server, once
+        kube-controller-manager has put its ``kube-root-ca.crt`` in it."""
+        name = f"{self.ns}-{suffix}" if suffix else self.ns
+        reply = await self.post(NAMESPACES, {"metadata": {"name": name}})
+        assert reply.status == 201, reply.body
+        self.namespaces.add(name)
+        if self.real:
+            await eventually(
+                lambda: self.get(path(CM, name, "kube-root-ca.crt")),
+                DEADLINE,
+                f"kube-root-ca.crt in {name}",
+                until=lambda r: r.status == 200,
+            )
+        return name
+
+    def mine(self, items: Iterable[Obj]) -> list[Obj]:
+        """The items of a list that are this test's (in its namespaces; cluster-scoped, named after its
+        namespace), without ``NOISE``."""
+
+        def ours(meta: Obj) -> bool:
+            if "namespace" in meta:
+                return meta["namespace"] in self.namespaces
+            return self.ns in meta["name"]  # every cluster-scoped name a test makes has its namespace in it
+
+        return [o for o in items if o["metadata"]["name"] not in NOISE and ours(o["metadata"])]
+
+    def names(self, listing: Obj) -> list[str]:
+        return [o["metadata"]["name"] for o in self.mine(listing["items"])]
+
+    @asynccontextmanager
+    async def watching(self, url: str, **params: str) -> AsyncIterator[WatchReader]:
+        """A watch of ``url``; its reader skips events of other tests' namespaces and of ``NOISE``."""
+        async with watching(self.session, url, **params) as w:
+            w.keep = self._mine_event
+            yield w
+
+    def _mine_event(self, event: Obj) -> bool:
+        obj = event.get("object") or {}
+        if event.get("type") in ("BOOKMARK", "ERROR") or obj.get("kind") in ("Status", "Table"):
+            return True
+        return bool(self.mine([obj]))
+
+    async def cleanup(self) -> None:
+        """Delete what the test created at cluster scope (its namespaces too), newest first; deletion is
+        asynchronous where finalizers or kube-controller-manager have work to do."""
+        for url in reversed(self._created):
+            with anyio.fail_after(DEADLINE):
+                async with self.session.delete(url) as resp:
+                    assert resp.status in (200, 202, 404), (url, resp.status, await resp.text())
 
 
 def assert_status(reply: Reply, code: int, reason: str, message: str | None = None) -> Obj:
@@ -124,6 +225,12 @@ def assert_status(reply: Reply, code: int, reason: str, message: str | None = No
     if message is not None:
         assert body["message"] == message, body
     return body
+
+
+def assert_page_not_found(reply: Reply) -> None:
+    """The reply is kube-apiserver's last resort: a plain-text 404, for paths no API handler serves."""
+    assert (reply.status, reply.body) == (404, "404 page not found\n"), (reply.status, reply.body)
+    assert reply.headers["Content-Type"] == "text/plain; charset=utf-8", reply.headers
 
 
 def configmap(name: str, labels: Mapping[str, str] | None = None, **extra: Any) -> Obj:
@@ -148,12 +255,19 @@ def dead_ref(name: str = "ghost") -> Obj:
     return {"apiVersion": "v1", "kind": "ConfigMap", "name": name, "uid": str(uuid.uuid4())}
 
 
-def widget(name: str, version: str = "v1", labels: Mapping[str, str] | None = None, **spec: Any) -> Obj:
+def widget(
+    name: str,
+    version: str = "v1",
+    labels: Mapping[str, str] | None = None,
+    *,
+    group: str = GROUP,
+    **spec: Any,
+) -> Obj:
     meta: Obj = {"name": name}
     if labels:
         meta["labels"] = dict(labels)
     return {
-        "apiVersion": f"{GROUP}/{version}",
+        "apiVersion": f"{group}/{version}",
         "kind": "Widget",
         "metadata": meta,
         "spec": {"size": 1, "color": "red", **spec},
@@ -210,6 +324,7 @@ def widget_schema() -> Obj:
 
 def widget_crd(
     *,
+    group: str = GROUP,
     scope: str = "Namespaced",
     plural: str = "widgets",
     kind: str = "Widget",
@@ -230,9 +345,9 @@ def widget_crd(
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{GROUP}"},
+        "metadata": {"name": f"{plural}.{group}"},
         "spec": {
-            "group": GROUP,
+            "group": group,
             "scope": scope,
             "names": {
                 "plural": plural,
@@ -246,32 +361,54 @@ def widget_crd(
     }
 
 
-CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+def established(crd: Obj) -> bool:
+    conditions = (crd.get("status") or {}).get("conditions") or ()
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
 
 async def install_crd(kube: Kube, crd: Obj) -> Obj:
+    """Create a CRD and wait, as a client must, until it is Established and its kind is served; returns
+    the CRD as it is then."""
     reply = await kube.post(CRDS, crd)
     assert reply.status == 201, reply.body
-    out: Obj = reply.body
+    name = crd["metadata"]["name"]
+    spec = crd["spec"]
+    storage = next(v["name"] for v in spec["versions"] if v.get("storage"))
+    collection = f"/apis/{spec['group']}/{storage}/{spec['names']['plural']}"
+    out: Obj = (
+        await eventually(
+            lambda: kube.get(f"{CRDS}/{name}"),
+            DEADLINE,
+            f"CRD {name} Established",
+            until=lambda r: established(r.body),
+        )
+    ).body
+    await eventually(
+        lambda: kube.get(collection), DEADLINE, f"{collection} served", until=lambda r: r.status == 200
+    )
     return out
 
 
 class WatchReader:
-    """Reads a watch stream line by line; every read has a deadline."""
+    """Reads a watch stream line by line; every read has a deadline. Events ``keep`` refuses (other
+    tests' objects on the shared real server) are read and dropped."""
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self.resp = resp
         self.seen: list[Obj] = []
+        self.keep: Callable[[Obj], bool] = lambda _: True
 
     async def next(self, within: float = DEADLINE) -> Obj | None:
         """The next event, or None once the server ended the stream."""
         with anyio.fail_after(within):
-            line = await self.resp.content.readline()
-        if not line:
-            return None
-        event: Obj = orjson.loads(line)
-        self.seen.append(event)
-        return event
+            while True:
+                line = await self.resp.content.readline()
+                if not line:
+                    return None
+                event: Obj = orjson.loads(line)
+                if self.keep(event):
+                    self.seen.append(event)
+                    return event
 
     async def event(self, within: float = DEADLINE, *, skip_bookmarks: bool = True) -> Obj:
         while True:
@@ -299,12 +436,13 @@ class WatchReader:
                 if predicate(ev):
                     return out
 
-    async def expect_end(self, within: float = DEADLINE) -> list[Obj]:
+    async def expect_end(self, within: float = DEADLINE, *, skip_bookmarks: bool = False) -> list[Obj]:
         """Read until the server closes the stream; return what arrived on the way."""
         out = []
         with anyio.fail_after(within):
             while (ev := await self.next(within)) is not None:
-                out.append(ev)
+                if not (skip_bookmarks and ev["type"] == "BOOKMARK"):
+                    out.append(ev)
         return out
 
 
@@ -320,18 +458,83 @@ async def watching(session: aiohttp.ClientSession, url: str, **params: str) -> A
         resp.close()
 
 
+# ---------------------------------------------------------------------------------------------- fixtures
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "server" not in metafunc.fixturenames:
+        return
+    real = pytest.param(
+        REAL,
+        # The first test to ask pays for the session's control plane: a build when nothing is cached (8
+        # minutes measured on two cores), else a start of seconds.
+        marks=pytest.mark.timeout(3600 if binaries().missing() else 120),
+    )
+    servers = [EMULATOR] if metafunc.definition.get_closest_marker("emulator") else [EMULATOR, real]
+    metafunc.parametrize("server", servers, indirect=True)
+
+
+@dataclass
+class RealServer:
+    """The session's kube-apiserver, as this suite uses it: one HTTP session (TLS, the admin's
+    certificate) for every test, kpack's and the project's CRDs and the Widget CRD installed."""
+
+    session: aiohttp.ClientSession
+    widgets: Obj
+
+
+@pytest.fixture(scope="session")
+async def real_server(real_control_plane: ControlPlane) -> AsyncIterator[RealServer]:
+    config = await load_kubeconfig(str(real_control_plane.kubeconfig))
+    async with KubeClient(config) as client:
+        await apply_crds(client, [*read_documents(bundled_crd_dirs()), widget_crd()])
+    connector = aiohttp.TCPConnector(ssl=config.ssl)
+    async with aiohttp.ClientSession(base_url=config.host, connector=connector, trust_env=False) as session:
+        kube = Kube(session, REAL)
+        yield RealServer(session, await kube.must_get(CRDS, f"widgets.{GROUP}"))
+        await kube.delete(f"{CRDS}/widgets.{GROUP}")
+    await anyio.sleep(0.25)  # TLS connections finish closing (aiohttp#1925, as in KubeClient)
+
+
+@dataclass
+class Server:
+    """The server one run of a test talks to: the emulator (``api``) or the real one (``real``)."""
+
+    name: str
+    api: RunningApiServer | None = None
+    real: RealServer | None = None
+
+
 @pytest.fixture
-async def session(api: RunningApiServer) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=api.url) as s:
+def server(request: pytest.FixtureRequest) -> Server:
+    # Synchronous, so that it may ask for the (async) server fixtures by name: only the one it needs.
+    if request.param == REAL:
+        return Server(REAL, real=request.getfixturevalue("real_server"))
+    return Server(EMULATOR, api=request.getfixturevalue("api"))
+
+
+@pytest.fixture
+async def session(server: Server) -> AsyncIterator[aiohttp.ClientSession]:
+    if server.real is not None:
+        yield server.real.session  # the session's own, closed at its end
+        return
+    assert server.api is not None
+    async with aiohttp.ClientSession(base_url=server.api.url) as s:
         yield s
 
 
 @pytest.fixture
-def kube(session: aiohttp.ClientSession) -> Kube:
-    return Kube(session)
+async def kube(server: Server, session: aiohttp.ClientSession) -> AsyncIterator[Kube]:
+    """A client in a fresh namespace of the test's own; what it created at cluster scope goes after."""
+    kube = Kube(session, server.name, f"sim-{uuid.uuid4().hex[:8]}")
+    await kube.namespace("")
+    try:
+        yield kube
+    finally:
+        await kube.cleanup()
 
 
 @pytest.fixture
-async def widgets(kube: Kube) -> Obj:
+async def widgets(server: Server, kube: Kube) -> Obj:
     """The example.com Widget CRD (namespaced; v1 storage, v2 served; status subresource), installed."""
+    if server.real is not None:
+        return server.real.widgets
     return await install_crd(kube, widget_crd())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import aiohttp
 import pytest
 
 from tests.sim.conftest import (
@@ -17,8 +16,6 @@ from tests.sim.conftest import (
     configmap,
     eventually,
     owner_ref,
-    path,
-    watching,
     widget,
 )
 
@@ -29,7 +26,7 @@ HOLD = "example.com/hold"
 
 async def test_delete_without_finalizers_removes_at_once(kube: Kube, widgets: Obj) -> None:
     created = await kube.create(WIDGETS, widget("w1"))
-    reply = await kube.delete(path(WIDGETS, name="w1"))
+    reply = await kube.delete(kube.path(WIDGETS, name="w1"))
     assert reply.status == 200
     # Custom resources (like ConfigMaps) answer with a Success Status naming what went.
     assert reply.body == {
@@ -41,26 +38,27 @@ async def test_delete_without_finalizers_removes_at_once(kube: Kube, widgets: Ob
     }
     assert await kube.gone(WIDGETS, "w1")
     assert_status(
-        await kube.delete(path(WIDGETS, name="w1")), 404, "NotFound", 'widgets.example.com "w1" not found'
+        await kube.delete(kube.path(WIDGETS, name="w1")),
+        404,
+        "NotFound",
+        'widgets.example.com "w1" not found',
     )
 
 
 async def test_some_kinds_answer_a_delete_with_the_object(kube: Kube) -> None:
     await kube.create("/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": "sa"}})
-    reply = await kube.delete("/api/v1/namespaces/default/serviceaccounts/sa")
+    reply = await kube.delete(f"/api/v1/namespaces/{kube.ns}/serviceaccounts/sa")
     assert reply.status == 200
     assert reply.body["kind"] == "ServiceAccount"
     assert reply.body["metadata"]["name"] == "sa"
 
 
-async def test_finalizers_hold_the_object_until_removed(
-    kube: Kube, session: aiohttp.ClientSession, widgets: Obj
-) -> None:
+async def test_finalizers_hold_the_object_until_removed(kube: Kube, widgets: Obj) -> None:
     body = widget("w1")
     body["metadata"]["finalizers"] = [HOLD, "example.com/other"]
     created = await kube.create(WIDGETS, body)
-    url = path(WIDGETS, name="w1")
-    async with watching(session, path(WIDGETS), resourceVersion=created["metadata"]["resourceVersion"]) as w:
+    url = kube.path(WIDGETS, name="w1")
+    async with kube.watching(kube.path(WIDGETS), resourceVersion=created["metadata"]["resourceVersion"]) as w:
         reply = await kube.delete(url)
         assert reply.status == 200
         meta = reply.body["metadata"]
@@ -109,18 +107,26 @@ async def test_finalizers_hold_the_object_until_removed(
 
 async def test_delete_preconditions(kube: Kube, widgets: Obj) -> None:
     created = await kube.create(WIDGETS, widget("w1"))
-    url = path(WIDGETS, name="w1")
+    url = kube.path(WIDGETS, name="w1")
     uid, rv = created["metadata"]["uid"], created["metadata"]["resourceVersion"]
     status = assert_status(
         await kube.delete(url, {"preconditions": {"uid": "not-the-uid"}}),
         409,
         "Conflict",
-        f'Operation cannot be fulfilled on widgets.example.com "w1": Precondition failed: '
-        f"UID in precondition: not-the-uid, UID in object meta: {uid}",
+        f'Operation cannot be fulfilled on Widget.example.com "w1": the UID in the precondition '
+        f"(not-the-uid) does not match the UID in record ({uid}). The object might have been deleted "
+        "and then recreated",
     )
-    assert status["details"]["name"] == "w1"
-    await kube.patch(url, {"spec": {"size": 2}})
-    assert_status(await kube.delete(url, {"preconditions": {"resourceVersion": rv}}), 409, "Conflict")
+    assert status["details"] == {"name": "w1", "group": GROUP, "kind": "Widget"}
+    patched = await kube.patch(url, {"spec": {"size": 2}})
+    assert_status(
+        await kube.delete(url, {"preconditions": {"resourceVersion": rv}}),
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on Widget.example.com "w1": the ResourceVersion in the '
+        f"precondition ({rv}) does not match the ResourceVersion in record ({patched.rv}). The object "
+        "might have been modified",
+    )
     assert not await kube.gone(WIDGETS, "w1")
     current = await kube.must_get(WIDGETS, "w1")
     ok = await kube.delete(
@@ -138,15 +144,15 @@ async def test_delete_preconditions(kube: Kube, widgets: Obj) -> None:
 async def test_delete_collection_by_label_selector(kube: Kube) -> None:
     for name, tier in (("a", "web"), ("b", "web"), ("c", "db")):
         await kube.create(CM, configmap(name, {"tier": tier}))
-    await kube.post("/api/v1/namespaces", {"metadata": {"name": "other"}})
-    await kube.create(CM, configmap("d", {"tier": "web"}), ns="other")
-    reply = await kube.delete(path(CM), labelSelector="tier=web")
+    other = await kube.namespace("other")
+    await kube.create(CM, configmap("d", {"tier": "web"}), ns=other)
+    reply = await kube.delete(kube.path(CM), labelSelector="tier=web")
     assert reply.status == 200
     assert reply.body["kind"] == "ConfigMapList"
-    assert sorted(o["metadata"]["name"] for o in reply.body["items"]) == ["a", "b"]
-    remaining = await kube.get(path(CM))
-    assert [o["metadata"]["name"] for o in remaining.body["items"]] == ["c"]
-    assert not await kube.gone(CM, "d", ns="other")  # other namespaces are untouched
+    assert sorted(kube.names(reply.body)) == ["a", "b"]
+    remaining = await kube.get(kube.path(CM))
+    assert kube.names(remaining.body) == ["c"]
+    assert not await kube.gone(CM, "d", ns=other)  # other namespaces are untouched
 
 
 async def test_background_propagation_removes_dependents_after_the_owner(kube: Kube) -> None:
@@ -154,7 +160,7 @@ async def test_background_propagation_removes_dependents_after_the_owner(kube: K
     for name in ("dep1", "dep2"):
         await kube.create(CM, configmap(name, metadata={"ownerReferences": [owner_ref(owner)]}))
     bystander = await kube.create(CM, configmap("bystander"))
-    reply = await kube.delete(path(CM, name="owner"))  # Background is the default
+    reply = await kube.delete(kube.path(CM, name="owner"))  # Background is the default
     assert reply.status == 200
     assert await kube.gone(CM, "owner")  # the owner goes at once
 
@@ -168,7 +174,7 @@ async def test_background_propagation_removes_dependents_after_the_owner(kube: K
 async def test_explicit_background_propagation(kube: Kube) -> None:
     owner = await kube.create(CM, configmap("owner"))
     await kube.create(CM, configmap("dep", metadata={"ownerReferences": [owner_ref(owner)]}))
-    reply = await kube.delete(path(CM, name="owner"), {"propagationPolicy": "Background"})
+    reply = await kube.delete(kube.path(CM, name="owner"), {"propagationPolicy": "Background"})
     assert reply.status == 200
     assert await kube.gone(CM, "owner")
 
@@ -178,34 +184,35 @@ async def test_explicit_background_propagation(kube: Kube) -> None:
     await eventually(gone)
 
 
-async def test_foreground_propagation_waits_for_blocking_dependents(kube: Kube, widgets: Obj) -> None:
-    owner = await kube.create(WIDGETS, widget("owner"))
-    blocking = widget("blocking")
-    blocking["metadata"]["ownerReferences"] = [owner_ref(owner, blockOwnerDeletion=True)]
-    blocking["metadata"]["finalizers"] = [HOLD]  # keeps the dependent (and so the owner) around
-    await kube.create(WIDGETS, blocking)
-    plain = widget("plain")
-    plain["metadata"]["ownerReferences"] = [owner_ref(owner)]
-    await kube.create(WIDGETS, plain)
+async def test_foreground_propagation_waits_for_blocking_dependents(kube: Kube) -> None:
+    # ConfigMaps, not a CRD's kind: kube-controller-manager's collector learns of new kinds only every 30 s.
+    owner = await kube.create(CM, configmap("owner"))
+    blocking = configmap(
+        "blocking",
+        # the finalizer keeps the dependent (and so the owner) around
+        metadata={"ownerReferences": [owner_ref(owner, blockOwnerDeletion=True)], "finalizers": [HOLD]},
+    )
+    await kube.create(CM, blocking)
+    await kube.create(CM, configmap("plain", metadata={"ownerReferences": [owner_ref(owner)]}))
 
-    reply = await kube.delete(path(WIDGETS, name="owner"), propagationPolicy="Foreground")
+    reply = await kube.delete(kube.path(CM, name="owner"), propagationPolicy="Foreground")
     assert reply.status == 200
     assert "foregroundDeletion" in reply.body["metadata"]["finalizers"]
     assert reply.body["metadata"]["deletionTimestamp"]
 
     async def dependents_deleting() -> bool:
-        dep = await kube.must_get(WIDGETS, "blocking")
-        return bool(dep["metadata"].get("deletionTimestamp")) and await kube.gone(WIDGETS, "plain")
+        dep = await kube.must_get(CM, "blocking")
+        return bool(dep["metadata"].get("deletionTimestamp")) and await kube.gone(CM, "plain")
 
     await eventually(dependents_deleting)
-    held = await kube.must_get(WIDGETS, "owner")
+    held = await kube.must_get(CM, "owner")
     assert held["metadata"]["finalizers"] == ["foregroundDeletion"]
     assert held["metadata"]["deletionTimestamp"]
 
-    await kube.patch(path(WIDGETS, name="blocking"), {"metadata": {"finalizers": None}})
+    await kube.patch(kube.path(CM, name="blocking"), {"metadata": {"finalizers": None}})
 
     async def all_gone() -> bool:
-        return await kube.gone(WIDGETS, "blocking") and await kube.gone(WIDGETS, "owner")
+        return await kube.gone(CM, "blocking") and await kube.gone(CM, "owner")
 
     await eventually(all_gone)
 
@@ -213,7 +220,7 @@ async def test_foreground_propagation_waits_for_blocking_dependents(kube: Kube, 
 async def test_foreground_without_blocking_dependents_finishes(kube: Kube) -> None:
     owner = await kube.create(CM, configmap("owner"))
     await kube.create(CM, configmap("dep", metadata={"ownerReferences": [owner_ref(owner)]}))
-    reply = await kube.delete(path(CM, name="owner"), {"propagationPolicy": "Foreground"})
+    reply = await kube.delete(kube.path(CM, name="owner"), {"propagationPolicy": "Foreground"})
     assert reply.status == 200
     assert reply.body["metadata"]["finalizers"] == ["foregroundDeletion"]
 
@@ -230,7 +237,7 @@ async def test_orphan_propagation_keeps_dependents(kube: Kube) -> None:
         CM, configmap("dep", metadata={"ownerReferences": [owner_ref(owner), owner_ref(other)]})
     )
     await kube.create(CM, configmap("dep2", metadata={"ownerReferences": [owner_ref(owner)]}))
-    reply = await kube.delete(path(CM, name="owner"), propagationPolicy="Orphan")
+    reply = await kube.delete(kube.path(CM, name="owner"), propagationPolicy="Orphan")
     assert reply.status == 200
     assert "orphan" in reply.body["metadata"]["finalizers"]
 
@@ -247,7 +254,7 @@ async def test_orphan_propagation_keeps_dependents(kube: Kube) -> None:
 async def test_orphan_dependents_option(kube: Kube) -> None:
     owner = await kube.create(CM, configmap("owner"))
     await kube.create(CM, configmap("dep", metadata={"ownerReferences": [owner_ref(owner)]}))
-    reply = await kube.delete(path(CM, name="owner"), {"orphanDependents": True})
+    reply = await kube.delete(kube.path(CM, name="owner"), {"orphanDependents": True})
     assert reply.status == 200
 
     async def owner_gone() -> bool:
@@ -260,7 +267,7 @@ async def test_orphan_dependents_option(kube: Kube) -> None:
 async def test_bad_propagation_policy(kube: Kube) -> None:
     await kube.create(CM, configmap("c1"))
     status = assert_status(
-        await kube.delete(path(CM, name="c1"), propagationPolicy="Sideways"),
+        await kube.delete(kube.path(CM, name="c1"), propagationPolicy="Sideways"),
         422,
         "Invalid",
         'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported value: "Sideways": '
@@ -268,14 +275,14 @@ async def test_bad_propagation_policy(kube: Kube) -> None:
     )
     assert status["details"]["causes"][0]["field"] == "propagationPolicy"
     both = {"orphanDependents": True, "propagationPolicy": "Orphan"}
-    assert_status(await kube.delete(path(CM, name="c1"), both), 422, "Invalid")
+    assert_status(await kube.delete(kube.path(CM, name="c1"), both), 422, "Invalid")
     assert not await kube.gone(CM, "c1")
 
 
 async def test_existing_gc_finalizer_decides_without_a_policy(kube: Kube) -> None:
     owner = await kube.create(CM, configmap("owner", metadata={"finalizers": ["orphan"]}))
     await kube.create(CM, configmap("dep", metadata={"ownerReferences": [owner_ref(owner)]}))
-    reply = await kube.delete(path(CM, name="owner"))
+    reply = await kube.delete(kube.path(CM, name="owner"))
     assert reply.status == 200
     assert reply.body["metadata"]["finalizers"] == ["orphan"]
 
@@ -289,7 +296,7 @@ async def test_existing_gc_finalizer_decides_without_a_policy(kube: Kube) -> Non
 async def test_explicit_policy_replaces_a_gc_finalizer(kube: Kube) -> None:
     owner = await kube.create(CM, configmap("owner", metadata={"finalizers": ["orphan"]}))
     await kube.create(CM, configmap("dep", metadata={"ownerReferences": [owner_ref(owner)]}))
-    reply = await kube.delete(path(CM, name="owner"), propagationPolicy="Background")
+    reply = await kube.delete(kube.path(CM, name="owner"), propagationPolicy="Background")
     assert reply.status == 200
     assert reply.body["kind"] == "Status"  # no finalizer left: deleted at once
     assert await kube.gone(CM, "owner")
@@ -302,6 +309,6 @@ async def test_explicit_policy_replaces_a_gc_finalizer(kube: Kube) -> None:
 
 async def test_pending_delete_with_orphan_dependents_false_is_accepted(kube: Kube) -> None:
     await kube.create(CM, configmap("held", metadata={"finalizers": [HOLD]}))
-    reply = await kube.delete(path(CM, name="held"), {"orphanDependents": False})
+    reply = await kube.delete(kube.path(CM, name="held"), {"orphanDependents": False})
     assert reply.status == 202
     assert reply.body["metadata"]["deletionTimestamp"]

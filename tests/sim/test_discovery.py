@@ -9,7 +9,20 @@ import pytest
 
 from simcluster.crds import new_cluster
 from simcluster.server import running_apiserver
-from tests.sim.conftest import CM, GROUP, Kube, Obj, assert_status, configmap, path
+from tests.sim.conftest import (
+    CM,
+    CRDS,
+    GROUP,
+    Kube,
+    Obj,
+    assert_page_not_found,
+    assert_status,
+    configmap,
+    eventually,
+    install_crd,
+    path,
+    widget_crd,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -82,29 +95,24 @@ async def test_group_discovery(kube: Kube, widgets: Obj) -> None:
 
 
 async def test_discovery_of_unknown_things_is_not_found(kube: Kube) -> None:
-    for url in (
-        "/apis/nothing.example.com",
-        "/apis/kpack.io/v9",
-        "/api/v2",
-        "/apis/kpack.io/v1alpha2/nothings",
-    ):
-        assert_status(
-            await kube.get(url), 404, "NotFound", "the server could not find the requested resource"
-        )
+    assert_status(
+        await kube.get("/api/v2"), 404, "NotFound", "the server could not find the requested resource"
+    )
+    for url in ("/apis/nothing.example.com", "/apis/kpack.io/v9", "/apis/kpack.io/v1alpha2/nothings"):
+        assert_page_not_found(await kube.get(url))
 
 
-async def test_crd_removal_leaves_discovery(kube: Kube, widgets: Obj) -> None:
-    name = widgets["metadata"]["name"]
-    reply = await kube.delete(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+async def test_crd_removal_leaves_discovery(kube: Kube) -> None:
+    crd = await install_crd(kube, widget_crd(group=kube.group))
+    assert (await kube.get(f"/apis/{kube.group}")).status == 200
+    reply = await kube.delete(f"{CRDS}/{crd['metadata']['name']}")
     assert reply.status == 200
 
     async def gone() -> bool:
-        return (await kube.get(f"/apis/{GROUP}")).status == 404
-
-    from tests.sim.conftest import eventually
+        return (await kube.get(f"/apis/{kube.group}")).status == 404
 
     await eventually(gone)
-    assert_status(await kube.get(f"/apis/{GROUP}/v1/namespaces/default/widgets"), 404, "NotFound")
+    assert_page_not_found(await kube.get(kube.path(f"/apis/{kube.group}/v1/namespaces/{{ns}}/widgets")))
 
 
 async def test_version_and_probes(kube: Kube) -> None:

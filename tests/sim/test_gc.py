@@ -11,6 +11,7 @@ from tests.sim.conftest import (
     BW,
     CM,
     GROUP,
+    NAMESPACES,
     Kube,
     Obj,
     assert_status,
@@ -19,14 +20,11 @@ from tests.sim.conftest import (
     dead_ref,
     eventually,
     owner_ref,
-    path,
     widget,
     widget_crd,
 )
 
 pytestmark = pytest.mark.anyio
-
-NAMESPACES = "/api/v1/namespaces"
 
 
 async def test_object_whose_every_owner_is_gone_is_collected(kube: Kube) -> None:
@@ -55,8 +53,8 @@ async def test_dead_owner_reference_is_dropped_when_another_owner_lives(kube: Ku
 
 async def test_owner_reference_must_match_name_and_namespace(kube: Kube) -> None:
     """The collector looks an owner up by kind, name and the dependent's namespace, then checks its uid."""
-    await kube.post(NAMESPACES, {"metadata": {"name": "elsewhere"}})
-    far = await kube.create(CM, configmap("far-owner"), ns="elsewhere")
+    elsewhere = await kube.namespace("elsewhere")
+    far = await kube.create(CM, configmap("far-owner"), ns=elsewhere)
     await kube.create(CM, configmap("cross-ns", metadata={"ownerReferences": [owner_ref(far)]}))
     near = await kube.create(CM, configmap("near-owner"))
     renamed = {**owner_ref(near), "name": "not-its-name"}
@@ -68,13 +66,13 @@ async def test_owner_reference_must_match_name_and_namespace(kube: Kube) -> None
 
     await eventually(collected)
     assert not await kube.gone(CM, "fine")
-    assert not await kube.gone(CM, "far-owner", ns="elsewhere")
+    assert not await kube.gone(CM, "far-owner", ns=elsewhere)
 
 
 async def test_cluster_scoped_owner_of_namespaced_dependent(kube: Kube) -> None:
-    owner = await kube.post(NAMESPACES, {"metadata": {"name": "owner-ns"}})
-    await kube.create(CM, configmap("dep", metadata={"ownerReferences": [owner_ref(owner.body)]}))
-    deleted = await kube.delete(f"{NAMESPACES}/owner-ns")
+    owner = await kube.must_get(NAMESPACES, await kube.namespace("owner"))
+    await kube.create(CM, configmap("dep", metadata={"ownerReferences": [owner_ref(owner)]}))
+    deleted = await kube.delete(f"{NAMESPACES}/{owner['metadata']['name']}")
     assert deleted.status == 200
 
     async def collected() -> bool:
@@ -84,55 +82,57 @@ async def test_cluster_scoped_owner_of_namespaced_dependent(kube: Kube) -> None:
 
 
 async def test_deleting_a_namespace_deletes_everything_in_it(kube: Kube) -> None:
-    created = await kube.post(NAMESPACES, {"metadata": {"name": "doomed"}})
-    assert created.status == 201
-    assert created.body["status"]["phase"] == "Active"
-    assert created.body["spec"]["finalizers"] == ["kubernetes"]
-    await kube.create(CM, configmap("c1"), ns="doomed")
+    doomed = await kube.namespace("doomed")
+    created = await kube.must_get(NAMESPACES, doomed)
+    assert created["status"]["phase"] == "Active"
+    assert created["spec"]["finalizers"] == ["kubernetes"]
+    await kube.create(CM, configmap("c1"), ns=doomed)
     held = build_workload("held")
     held["metadata"]["finalizers"] = ["example.com/hold"]  # keeps the namespace terminating until removed
-    await kube.create(BW, held, ns="doomed")
+    await kube.create(BW, held, ns=doomed)
     await kube.create(CM, configmap("safe"))
 
-    reply = await kube.delete(f"{NAMESPACES}/doomed")
+    reply = await kube.delete(f"{NAMESPACES}/{doomed}")
     assert reply.status == 200
     assert reply.body["kind"] == "Namespace"
     assert reply.body["status"]["phase"] == "Terminating"
     assert reply.body["metadata"]["deletionTimestamp"]
 
     status = assert_status(
-        await kube.post(path(CM, "doomed"), configmap("late")),
+        await kube.post(kube.path(CM, doomed), configmap("late")),
         403,
         "Forbidden",
-        'configmaps "late" is forbidden: unable to create new content in namespace doomed because it is '
-        "being terminated",
+        'configmaps "late" is forbidden: unable to create new content in namespace '
+        f"{doomed} because it is being terminated",
     )
     assert status["details"]["causes"] == [
         {
             "reason": "NamespaceTerminating",
-            "message": "namespace doomed is being terminated",
+            "message": f"namespace {doomed} is being terminated",
             "field": "metadata.namespace",
         }
     ]
 
     async def contents_going() -> bool:
-        bw = await kube.get(path(BW, "doomed", "held"))
-        return await kube.gone(CM, "c1", ns="doomed") and bool(bw.body["metadata"].get("deletionTimestamp"))
+        bw = await kube.get(kube.path(BW, doomed, "held"))
+        return await kube.gone(CM, "c1", ns=doomed) and bool(bw.body["metadata"].get("deletionTimestamp"))
 
     await eventually(contents_going)
-    ns: Obj = await kube.must_get(NAMESPACES, "doomed")
+    ns: Obj = await kube.must_get(NAMESPACES, doomed)
     assert ns["status"]["phase"] == "Terminating"
     # Updates of what is left are still allowed; only creates are refused.
-    assert (await kube.patch(path(BW, "doomed", "held"), {"metadata": {"labels": {"a": "b"}}})).status == 200
+    assert (
+        await kube.patch(kube.path(BW, doomed, "held"), {"metadata": {"labels": {"a": "b"}}})
+    ).status == 200
 
-    await kube.patch(path(BW, "doomed", "held"), {"metadata": {"finalizers": None}})
+    await kube.patch(kube.path(BW, doomed, "held"), {"metadata": {"finalizers": None}})
 
     async def namespace_gone() -> bool:
-        return (await kube.get(f"{NAMESPACES}/doomed")).status == 404
+        return (await kube.get(f"{NAMESPACES}/{doomed}")).status == 404
 
     await eventually(namespace_gone)
     assert not await kube.gone(CM, "safe")
-    assert_status(await kube.post(path(CM, "doomed"), configmap("late")), 404, "NotFound")
+    assert_status(await kube.post(kube.path(CM, doomed), configmap("late")), 404, "NotFound")
 
 
 def test_owner_kinds_are_found_as_crds_come_and_go() -> None:

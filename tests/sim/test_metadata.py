@@ -11,14 +11,15 @@ from tests.sim.conftest import (
     BW,
     CM,
     CRDS,
+    NAMESPACES,
     WIDGETS,
     Kube,
     Obj,
     assert_status,
     build_workload,
     configmap,
-    path,
     widget,
+    widget_crd,
 )
 
 pytestmark = pytest.mark.anyio
@@ -60,7 +61,7 @@ async def test_client_supplied_system_fields_are_ignored(kube: Kube, widgets: Ob
         "metadata": {**meta, "uid": meta["uid"], "creationTimestamp": "2001-01-01T00:00:00Z"},
     }
     changed["metadata"]["generation"] = 99
-    updated = await kube.put(path(WIDGETS, name="w1"), changed)
+    updated = await kube.put(kube.path(WIDGETS, name="w1"), changed)
     assert updated.status == 200, updated.body
     assert updated.body["metadata"]["creationTimestamp"] == meta["creationTimestamp"]
     assert updated.body["metadata"]["generation"] == 1
@@ -71,11 +72,11 @@ async def test_resource_version_is_one_global_increasing_counter(kube: Kube, wid
     rvs.append((await kube.create(CM, configmap("c1")))["metadata"]["resourceVersion"])
     rvs.append((await kube.create(WIDGETS, widget("w1")))["metadata"]["resourceVersion"])
     rvs.append((await kube.create(BW, build_workload("b1")))["metadata"]["resourceVersion"])
-    rvs.append((await kube.patch(path(CM, name="c1"), {"data": {"k": "2"}})).rv)
-    rvs.append((await kube.patch(path(WIDGETS, name="w1"), {"spec": {"size": 3}})).rv)
-    ns = await kube.post("/api/v1/namespaces", {"metadata": {"name": "other"}})
-    rvs.append(ns.rv)
-    rvs.append((await kube.create(CM, configmap("c2"), ns="other"))["metadata"]["resourceVersion"])
+    rvs.append((await kube.patch(kube.path(CM, name="c1"), {"data": {"k": "2"}})).rv)
+    rvs.append((await kube.patch(kube.path(WIDGETS, name="w1"), {"spec": {"size": 3}})).rv)
+    other = await kube.namespace("other")
+    rvs.append((await kube.must_get(NAMESPACES, other))["metadata"]["resourceVersion"])
+    rvs.append((await kube.create(CM, configmap("c2"), ns=other))["metadata"]["resourceVersion"])
     assert all(isinstance(rv, str) for rv in rvs)
     numbers = [int(rv) for rv in rvs]
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), numbers
@@ -85,7 +86,7 @@ async def test_resource_version_is_one_global_increasing_counter(kube: Kube, wid
 
 
 async def test_generation_counts_spec_changes_only(kube: Kube, widgets: Obj) -> None:
-    url = path(WIDGETS, name="w1")
+    url = kube.path(WIDGETS, name="w1")
     created = await kube.create(WIDGETS, widget("w1"))
     assert created["metadata"]["generation"] == 1
 
@@ -94,7 +95,7 @@ async def test_generation_counts_spec_changes_only(kube: Kube, widgets: Obj) -> 
     labels = await kube.patch(url, {"metadata": {"labels": {"a": "b"}, "annotations": {"x": "y"}}})
     assert labels.body["metadata"]["generation"] == 2
     assert int(labels.rv) > int(spec.rv)
-    status = await kube.patch(path(WIDGETS, name="w1", sub="status"), {"status": {"phase": "Ready"}})
+    status = await kube.patch(kube.path(WIDGETS, name="w1", sub="status"), {"status": {"phase": "Ready"}})
     assert status.status == 200, status.body
     assert status.body["metadata"]["generation"] == 2
     assert status.body["status"] == {"phase": "Ready"}
@@ -113,14 +114,12 @@ async def test_generation_counts_spec_changes_only(kube: Kube, widgets: Obj) -> 
 async def test_built_in_kinds_without_generation(kube: Kube) -> None:
     created = await kube.create(CM, configmap("c1"))
     assert "generation" not in created["metadata"]
-    patched = await kube.patch(path(CM, name="c1"), {"data": {"k": "changed"}})
+    patched = await kube.patch(kube.path(CM, name="c1"), {"data": {"k": "changed"}})
     assert "generation" not in patched.body["metadata"]
 
 
 async def test_crd_generation_follows_its_spec(kube: Kube) -> None:
-    from tests.sim.conftest import widget_crd
-
-    crd = await kube.post(CRDS, widget_crd())
+    crd = await kube.post(CRDS, widget_crd(group=kube.group))
     assert crd.body["metadata"]["generation"] == 1
     name = crd.body["metadata"]["name"]
     labelled = await kube.patch(f"{CRDS}/{name}", {"metadata": {"labels": {"a": "b"}}})
@@ -138,7 +137,7 @@ async def test_generate_name(kube: Kube) -> None:
         assert re.fullmatch(r"app-[a-z0-9]{5}", name), name
         assert made["metadata"]["generateName"] == "app-"
     assert first["metadata"]["name"] != second["metadata"]["name"]
-    status = assert_status(await kube.post(path(CM), {"metadata": {}, "data": {}}), 422, "Invalid")
+    status = assert_status(await kube.post(kube.path(CM), {"metadata": {}, "data": {}}), 422, "Invalid")
     assert status["details"]["causes"] == [
         {
             "reason": "FieldValueRequired",
@@ -150,14 +149,14 @@ async def test_generate_name(kube: Kube) -> None:
 
 @pytest.mark.parametrize("name", ["Upper", "under_score", "-dash", "dash-", "a" * 254, "sp ace"])
 async def test_object_names_must_be_dns_subdomains(kube: Kube, name: str) -> None:
-    status = assert_status(await kube.post(path(CM), configmap(name)), 422, "Invalid")
+    status = assert_status(await kube.post(kube.path(CM), configmap(name)), 422, "Invalid")
     assert status["details"]["causes"][0]["field"] == "metadata.name"
     assert status["details"]["causes"][0]["reason"] == "FieldValueInvalid"
     assert status["message"].startswith(f'ConfigMap "{name}" is invalid: metadata.name: Invalid value: ')
 
 
 async def test_dotted_names_are_fine_but_namespaces_must_be_labels(kube: Kube) -> None:
-    assert (await kube.post(path(CM), configmap("a.b.c"))).status == 201
+    assert (await kube.post(kube.path(CM), configmap("a.b.c"))).status == 201
     status = assert_status(
         await kube.post("/api/v1/namespaces", {"metadata": {"name": "a.b"}}), 422, "Invalid"
     )
@@ -181,11 +180,13 @@ async def test_dotted_names_are_fine_but_namespaces_must_be_labels(kube: Kube) -
     ],
 )
 async def test_label_syntax(kube: Kube, labels: dict[str, str], field: str) -> None:
-    status = assert_status(await kube.post(path(CM), configmap("c1", labels)), 422, "Invalid")
+    status = assert_status(await kube.post(kube.path(CM), configmap("c1", labels)), 422, "Invalid")
     assert [c["field"] for c in status["details"]["causes"]] == [field]
     # The same rules hold on update.
     await kube.create(CM, configmap("c2"))
-    assert_status(await kube.patch(path(CM, name="c2"), {"metadata": {"labels": labels}}), 422, "Invalid")
+    assert_status(
+        await kube.patch(kube.path(CM, name="c2"), {"metadata": {"labels": labels}}), 422, "Invalid"
+    )
 
 
 async def test_annotations_are_limited_to_256_kib_in_all(kube: Kube) -> None:
@@ -194,11 +195,11 @@ async def test_annotations_are_limited_to_256_kib_in_all(kube: Kube) -> None:
     at_limit = {"a": "x" * (256 * 1024 - 2), "b": ""}
     created = await kube.create(CM, configmap("c1"))
     assert created
-    ok = await kube.patch(path(CM, name="c1"), {"metadata": {"annotations": at_limit}})
+    ok = await kube.patch(kube.path(CM, name="c1"), {"metadata": {"annotations": at_limit}})
     assert ok.status == 200
     over = {"a": "x" * (128 * 1024), "b": "é" * (64 * 1024)}  # 256 KiB of characters, more in bytes
     status = assert_status(
-        await kube.post(path(CM), {**configmap("c2"), "metadata": {"name": "c2", "annotations": over}}),
+        await kube.post(kube.path(CM), {**configmap("c2"), "metadata": {"name": "c2", "annotations": over}}),
         422,
         "Invalid",
     )
@@ -219,44 +220,49 @@ async def test_valid_labels(kube: Kube) -> None:
 
 
 async def test_namespaced_create_needs_an_existing_namespace(kube: Kube, widgets: Obj) -> None:
+    missing = f"{kube.ns}-missing"
     for template, body in ((CM, configmap("c1")), (WIDGETS, widget("w1")), (BW, build_workload("b1"))):
         status = assert_status(
-            await kube.post(path(template, "nope"), body), 404, "NotFound", 'namespaces "nope" not found'
+            await kube.post(kube.path(template, missing), body),
+            404,
+            "NotFound",
+            f'namespaces "{missing}" not found',
         )
-        assert status["details"] == {"name": "nope", "kind": "namespaces"}
+        assert status["details"] == {"name": missing, "kind": "namespaces"}
 
 
 async def test_reads_and_writes_in_a_missing_namespace_name_the_object(kube: Kube) -> None:
     """Only create checks the namespace (admission); other verbs just do not find the object."""
     msg = 'configmaps "c1" not found'
-    assert_status(await kube.get(path(CM, "nope", "c1")), 404, "NotFound", msg)
-    assert_status(await kube.put(path(CM, "nope", "c1"), configmap("c1")), 404, "NotFound", msg)
-    assert_status(await kube.patch(path(CM, "nope", "c1"), {"data": {}}), 404, "NotFound", msg)
-    assert_status(await kube.delete(path(CM, "nope", "c1")), 404, "NotFound", msg)
-    listed = await kube.get(path(CM, "nope"))
+    missing = f"{kube.ns}-missing"
+    assert_status(await kube.get(kube.path(CM, missing, "c1")), 404, "NotFound", msg)
+    assert_status(await kube.put(kube.path(CM, missing, "c1"), configmap("c1")), 404, "NotFound", msg)
+    assert_status(await kube.patch(kube.path(CM, missing, "c1"), {"data": {}}), 404, "NotFound", msg)
+    assert_status(await kube.delete(kube.path(CM, missing, "c1")), 404, "NotFound", msg)
+    listed = await kube.get(kube.path(CM, missing))
     assert listed.status == 200 and listed.body["items"] == []
-    swept = await kube.delete(path(CM, "nope"))
+    swept = await kube.delete(kube.path(CM, missing))
     assert swept.status == 200 and swept.body["items"] == []
 
 
 async def test_url_and_body_namespace_must_agree(kube: Kube) -> None:
-    await kube.post("/api/v1/namespaces", {"metadata": {"name": "other"}})
-    body = configmap("c1", metadata={"namespace": "other"})
+    other = await kube.namespace("other")
+    body = configmap("c1", metadata={"namespace": other})
     msg = "the namespace of the provided object does not match the namespace sent on the request"
-    assert_status(await kube.post(path(CM, "default"), body), 400, "BadRequest", msg)
+    assert_status(await kube.post(kube.path(CM), body), 400, "BadRequest", msg)
     created = await kube.create(CM, configmap("c1"))
-    created["metadata"]["namespace"] = "other"
-    assert_status(await kube.put(path(CM, "default", "c1"), created), 400, "BadRequest", msg)
+    created["metadata"]["namespace"] = other
+    assert_status(await kube.put(kube.path(CM, name="c1"), created), 400, "BadRequest", msg)
     # A body without a namespace takes the URL's.
-    made = await kube.create(CM, configmap("c2"), ns="other")
-    assert made["metadata"]["namespace"] == "other"
+    made = await kube.create(CM, configmap("c2"), ns=other)
+    assert made["metadata"]["namespace"] == other
 
 
 async def test_url_and_body_name_must_agree(kube: Kube) -> None:
     created = await kube.create(CM, configmap("c1"))
     created["metadata"]["name"] = "c2"
     assert_status(
-        await kube.put(path(CM, name="c1"), created),
+        await kube.put(kube.path(CM, name="c1"), created),
         400,
         "BadRequest",
         "the name of the object (c2) does not match the name on the URL (c1)",
@@ -265,5 +271,5 @@ async def test_url_and_body_name_must_agree(kube: Kube) -> None:
 
 async def test_create_with_resource_version_is_refused(kube: Kube) -> None:
     body = configmap("c1", metadata={"resourceVersion": "5"})
-    reply = await kube.post(path(CM), body)
+    reply = await kube.post(kube.path(CM), body)
     assert_status(reply, 500, "", "resourceVersion should not be set on objects to be created")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import aiohttp
+import copy
+
 import pytest
 
 from tests.sim.conftest import (
@@ -13,11 +14,10 @@ from tests.sim.conftest import (
     WIDGETS,
     Kube,
     Obj,
+    assert_page_not_found,
     assert_status,
     build_workload,
     install_crd,
-    path,
-    watching,
     widget,
     widget_crd,
 )
@@ -54,21 +54,23 @@ async def test_built_in_kind_has_its_real_scope(
 
     api_version = prefix.removeprefix("/api/").removeprefix("/apis/")
     if kind == "CustomResourceDefinition":
-        body = widget_crd()
+        body = widget_crd(group=kube.group)
         name = body["metadata"]["name"]
     else:
-        name = f"sample-{plural}"
-        body = {"apiVersion": api_version, "kind": kind, "metadata": {"name": name}, **extra}
-    namespaced_url = f"{prefix}/namespaces/default/{plural}"
+        name = f"{kube.ns}-{plural}"  # cluster-scoped names are the session's on the real server
+        body = {"apiVersion": api_version, "kind": kind, "metadata": {"name": name}, **copy.deepcopy(extra)}
+        if kind == "Event":  # an Event outside `default` names its object's namespace
+            body["involvedObject"]["namespace"] = kube.ns
+    namespaced_url = f"{prefix}/namespaces/{kube.ns}/{plural}"
     cluster_url = f"{prefix}/{plural}"
     if namespaced:
         created = await kube.post(namespaced_url, body)
         assert created.status == 201, created.body
-        assert created.body["metadata"]["namespace"] == "default"
+        assert created.body["metadata"]["namespace"] == kube.ns
         assert (await kube.get(f"{namespaced_url}/{name}")).status == 200
         # The cluster-wide path of a namespaced resource lists across namespaces.
         listed = await kube.get(cluster_url)
-        assert name in [o["metadata"]["name"] for o in listed.body["items"]]
+        assert name in kube.names(listed.body)
     else:
         created = await kube.post(cluster_url, body)
         assert created.status == 201, created.body
@@ -81,22 +83,24 @@ async def test_built_in_kind_has_its_real_scope(
 
 
 async def test_posting_a_crd_serves_its_custom_resource(kube: Kube) -> None:
-    assert_status(await kube.get(path(WIDGETS)), 404, "NotFound")
-    crd = await install_crd(kube, widget_crd())
+    group = kube.group
+    widgets = f"/apis/{group}/v1/namespaces/{{ns}}/widgets"
+    assert_page_not_found(await kube.get(kube.path(widgets)))
+    crd = await install_crd(kube, widget_crd(group=group))
     conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
     assert conditions == {"NamesAccepted": "True", "Established": "True"}
     assert crd["status"]["acceptedNames"]["kind"] == "Widget"
     assert crd["status"]["storedVersions"] == ["v1"]
 
-    created = await kube.create(WIDGETS, widget("w1"))
-    assert created["apiVersion"] == f"{GROUP}/v1"
+    created = await kube.create(widgets, widget("w1", group=group))
+    assert created["apiVersion"] == f"{group}/v1"
     assert created["kind"] == "Widget"
-    assert created["metadata"]["namespace"] == "default"
-    listed = await kube.get(path(WIDGETS))
+    assert created["metadata"]["namespace"] == kube.ns
+    listed = await kube.get(kube.path(widgets))
     assert listed.body["kind"] == "WidgetList"
     assert [o["metadata"]["name"] for o in listed.body["items"]] == ["w1"]
 
-    resources = (await kube.get(f"/apis/{GROUP}/v1")).body["resources"]
+    resources = (await kube.get(f"/apis/{group}/v1")).body["resources"]
     by_name = {r["name"]: r for r in resources}
     assert by_name["widgets"]["namespaced"] is True
     assert by_name["widgets"]["shortNames"] == ["wid"]
@@ -104,20 +108,22 @@ async def test_posting_a_crd_serves_its_custom_resource(kube: Kube) -> None:
 
 
 async def test_cluster_scoped_crd(kube: Kube) -> None:
-    await install_crd(kube, widget_crd(scope="Cluster", plural="gadgets", kind="Gadget"))
-    body = {"apiVersion": f"{GROUP}/v1", "kind": "Gadget", "metadata": {"name": "g1"}, "spec": {"size": 2}}
-    created = await kube.post(f"/apis/{GROUP}/v1/gadgets", body)
+    group = kube.group
+    await install_crd(kube, widget_crd(group=group, scope="Cluster", plural="gadgets", kind="Gadget"))
+    body = {"apiVersion": f"{group}/v1", "kind": "Gadget", "metadata": {"name": "g1"}, "spec": {"size": 2}}
+    created = await kube.post(f"/apis/{group}/v1/gadgets", body)
     assert created.status == 201, created.body
     assert "namespace" not in created.body["metadata"]
-    assert (await kube.get(f"/apis/{GROUP}/v1/gadgets/g1")).status == 200
-    assert_status(await kube.get(f"/apis/{GROUP}/v1/namespaces/default/gadgets/g1"), 404, "NotFound")
+    assert (await kube.get(f"/apis/{group}/v1/gadgets/g1")).status == 200
+    assert_page_not_found(await kube.get(f"/apis/{group}/v1/namespaces/{kube.ns}/gadgets/g1"))
 
 
 async def test_crd_without_status_subresource_treats_status_as_data(kube: Kube) -> None:
-    await install_crd(kube, widget_crd(plural="plainwidgets", kind="PlainWidget", status=False))
-    url = f"/apis/{GROUP}/v1/namespaces/default/plainwidgets"
+    group = kube.group
+    await install_crd(kube, widget_crd(group=group, plural="plainwidgets", kind="PlainWidget", status=False))
+    url = f"/apis/{group}/v1/namespaces/{kube.ns}/plainwidgets"
     body = {
-        "apiVersion": f"{GROUP}/v1",
+        "apiVersion": f"{group}/v1",
         "kind": "PlainWidget",
         "metadata": {"name": "p"},
         "spec": {"size": 1},
@@ -135,7 +141,7 @@ async def test_crd_without_status_subresource_treats_status_as_data(kube: Kube) 
 async def test_second_served_version_returns_objects_with_its_api_version(kube: Kube, widgets: Obj) -> None:
     created = await kube.create(WIDGETS, widget("w1"))
     assert created["apiVersion"] == f"{GROUP}/v1"
-    v2 = f"/apis/{GROUP}/v2/namespaces/default/widgets"
+    v2 = f"/apis/{GROUP}/v2/namespaces/{kube.ns}/widgets"
     got = await kube.get(f"{v2}/w1")
     assert got.status == 200
     assert got.body["apiVersion"] == f"{GROUP}/v2"
@@ -152,26 +158,24 @@ async def test_second_served_version_returns_objects_with_its_api_version(kube: 
     assert_status(await kube.post(v2, widget("w3", version="v1")), 400, "BadRequest")
 
 
-async def test_watch_through_second_version_sends_its_api_version(
-    kube: Kube, session: aiohttp.ClientSession, widgets: Obj
-) -> None:
+async def test_watch_through_second_version_sends_its_api_version(kube: Kube, widgets: Obj) -> None:
     await kube.create(WIDGETS, widget("w1"))
-    async with watching(session, f"/apis/{GROUP}/v2/namespaces/default/widgets") as w:
+    async with kube.watching(f"/apis/{GROUP}/v2/namespaces/{kube.ns}/widgets") as w:
         ev = await w.event()
         assert ev["type"] == "ADDED"
         assert ev["object"]["apiVersion"] == f"{GROUP}/v2"
-        await kube.patch(path(WIDGETS, name="w1"), {"spec": {"size": 5}})
+        await kube.patch(kube.path(WIDGETS, name="w1"), {"spec": {"size": 5}})
         ev = await w.event()
         assert ev["type"] == "MODIFIED"
         assert ev["object"]["apiVersion"] == f"{GROUP}/v2"
 
 
 async def test_unserved_version_is_not_found(kube: Kube) -> None:
-    crd = widget_crd(plural="oldwidgets", kind="OldWidget")
+    crd = widget_crd(group=kube.group, plural="oldwidgets", kind="OldWidget")
     crd["spec"]["versions"][1]["served"] = False
     await install_crd(kube, crd)
-    assert (await kube.get(f"/apis/{GROUP}/v1/namespaces/default/oldwidgets")).status == 200
-    assert_status(await kube.get(f"/apis/{GROUP}/v2/namespaces/default/oldwidgets"), 404, "NotFound")
+    assert (await kube.get(f"/apis/{kube.group}/v1/namespaces/{kube.ns}/oldwidgets")).status == 200
+    assert_page_not_found(await kube.get(f"/apis/{kube.group}/v2/namespaces/{kube.ns}/oldwidgets"))
 
 
 async def test_preloaded_kpack_image_is_served_in_both_versions(kube: Kube) -> None:
@@ -181,10 +185,10 @@ async def test_preloaded_kpack_image_is_served_in_both_versions(kube: Kube) -> N
         "metadata": {"name": "img"},
         "spec": {"tag": "registry.example.com/app", "anything": {"goes": True}},
     }
-    created = await kube.post("/apis/kpack.io/v1alpha2/namespaces/default/images", body)
+    created = await kube.post(f"/apis/kpack.io/v1alpha2/namespaces/{kube.ns}/images", body)
     assert created.status == 201, created.body
     assert created.body["spec"]["anything"] == {"goes": True}  # x-kubernetes-preserve-unknown-fields
-    old = await kube.get("/apis/kpack.io/v1alpha1/namespaces/default/images/img")
+    old = await kube.get(f"/apis/kpack.io/v1alpha1/namespaces/{kube.ns}/images/img")
     assert old.status == 200
     assert old.body["apiVersion"] == "kpack.io/v1alpha1"
 
@@ -220,10 +224,10 @@ async def test_unknown_fields_are_pruned(kube: Kube, widgets: Obj) -> None:
 
     # Updates prune the same way.
     stored["spec"]["junk"] = "again"
-    updated = await kube.put(path(WIDGETS, name="w1"), stored)
+    updated = await kube.put(kube.path(WIDGETS, name="w1"), stored)
     assert updated.status == 200
     assert "junk" not in updated.body["spec"]
-    patched = await kube.patch(path(WIDGETS, name="w1"), {"spec": {"junk": 1, "tags": [{"junk": 2}]}})
+    patched = await kube.patch(kube.path(WIDGETS, name="w1"), {"spec": {"junk": 1, "tags": [{"junk": 2}]}})
     assert patched.status == 200
     assert "junk" not in patched.body["spec"]
     assert patched.body["spec"]["tags"] == [{}]
@@ -231,7 +235,7 @@ async def test_unknown_fields_are_pruned(kube: Kube, widgets: Obj) -> None:
 
 async def test_pruning_alone_does_not_count_as_a_change(kube: Kube, widgets: Obj) -> None:
     created = await kube.create(WIDGETS, widget("w1"))
-    patched = await kube.patch(path(WIDGETS, name="w1"), {"spec": {"junk": 1}})
+    patched = await kube.patch(kube.path(WIDGETS, name="w1"), {"spec": {"junk": 1}})
     assert patched.status == 200
     assert patched.rv == created["metadata"]["resourceVersion"]
     assert patched.body["metadata"]["generation"] == 1
@@ -241,7 +245,7 @@ async def test_pruning_alone_does_not_count_as_a_change(kube: Kube, widgets: Obj
 
 
 async def test_wrong_type_is_invalid(kube: Kube, widgets: Obj) -> None:
-    body = assert_status(await kube.post(path(WIDGETS), widget("w1", size="big")), 422, "Invalid")
+    body = assert_status(await kube.post(kube.path(WIDGETS), widget("w1", size="big")), 422, "Invalid")
     assert body["message"] == (
         'Widget.example.com "w1" is invalid: spec.size: Invalid value: "string": '
         'spec.size in body must be of type integer: "string"'
@@ -258,21 +262,23 @@ async def test_wrong_type_is_invalid(kube: Kube, widgets: Obj) -> None:
             }
         ],
     }
-    bad_bool = assert_status(await kube.post(path(WIDGETS), widget("w2", enabled="yes")), 422, "Invalid")
+    bad_bool = assert_status(await kube.post(kube.path(WIDGETS), widget("w2", enabled="yes")), 422, "Invalid")
     assert [c["field"] for c in bad_bool["details"]["causes"]] == ["spec.enabled"]
     bad_map = widget("w3")
     bad_map["spec"]["limits"] = {"cpu": {"max": "lots"}}
-    causes = assert_status(await kube.post(path(WIDGETS), bad_map), 422, "Invalid")["details"]["causes"]
+    causes = assert_status(await kube.post(kube.path(WIDGETS), bad_map), 422, "Invalid")["details"]["causes"]
     assert [c["field"] for c in causes] == ["spec.limits.cpu.max"]
     bad_items = widget("w4", tags=[{"name": 3}])
-    causes = assert_status(await kube.post(path(WIDGETS), bad_items), 422, "Invalid")["details"]["causes"]
+    causes = assert_status(await kube.post(kube.path(WIDGETS), bad_items), 422, "Invalid")["details"][
+        "causes"
+    ]
     assert [c["field"] for c in causes] == ["spec.tags[0].name"]
 
 
 async def test_missing_required_is_invalid(kube: Kube, widgets: Obj) -> None:
     body = widget("w1")
     del body["spec"]["size"]
-    status = assert_status(await kube.post(path(WIDGETS), body), 422, "Invalid")
+    status = assert_status(await kube.post(kube.path(WIDGETS), body), 422, "Invalid")
     assert status["message"] == 'Widget.example.com "w1" is invalid: spec.size: Required value'
     assert status["details"]["causes"] == [
         {"reason": "FieldValueRequired", "message": "Required value", "field": "spec.size"}
@@ -281,7 +287,7 @@ async def test_missing_required_is_invalid(kube: Kube, widgets: Obj) -> None:
 
 
 async def test_bad_enum_is_invalid(kube: Kube, widgets: Obj) -> None:
-    status = assert_status(await kube.post(path(WIDGETS), widget("w1", color="purple")), 422, "Invalid")
+    status = assert_status(await kube.post(kube.path(WIDGETS), widget("w1", color="purple")), 422, "Invalid")
     assert status["details"]["causes"] == [
         {
             "reason": "FieldValueNotSupported",
@@ -294,7 +300,7 @@ async def test_bad_enum_is_invalid(kube: Kube, widgets: Obj) -> None:
 async def test_every_violation_is_reported(kube: Kube, widgets: Obj) -> None:
     body = widget("w1", color="purple", enabled=3)
     del body["spec"]["size"]
-    status = assert_status(await kube.post(path(WIDGETS), body), 422, "Invalid")
+    status = assert_status(await kube.post(kube.path(WIDGETS), body), 422, "Invalid")
     fields = sorted(c["field"] for c in status["details"]["causes"])
     assert fields == ["spec.color", "spec.enabled", "spec.size"]
     assert status["message"].startswith('Widget.example.com "w1" is invalid: [')
@@ -302,9 +308,11 @@ async def test_every_violation_is_reported(kube: Kube, widgets: Obj) -> None:
 
 async def test_updates_are_validated_too(kube: Kube, widgets: Obj) -> None:
     created = await kube.create(WIDGETS, widget("w1"))
-    assert_status(await kube.patch(path(WIDGETS, name="w1"), {"spec": {"color": "pink"}}), 422, "Invalid")
+    assert_status(
+        await kube.patch(kube.path(WIDGETS, name="w1"), {"spec": {"color": "pink"}}), 422, "Invalid"
+    )
     created["spec"]["size"] = "huge"
-    assert_status(await kube.put(path(WIDGETS, name="w1"), created), 422, "Invalid")
+    assert_status(await kube.put(kube.path(WIDGETS, name="w1"), created), 422, "Invalid")
     assert (await kube.must_get(WIDGETS, "w1"))["spec"]["size"] == 1
 
 
@@ -324,7 +332,7 @@ async def test_build_workload_crd_prunes_undeclared_fields(kube: Kube) -> None:
 async def test_build_workload_crd_requires_builder_name(kube: Kube) -> None:
     body = build_workload("bw1")
     del body["spec"]["builderName"]
-    status = assert_status(await kube.post(path(BW), body), 422, "Invalid")
+    status = assert_status(await kube.post(kube.path(BW), body), 422, "Invalid")
     assert status["message"] == (
         'BuildWorkload.korifi.cloudfoundry.org "bw1" is invalid: spec.builderName: Required value'
     )
@@ -340,7 +348,7 @@ async def test_build_workload_status_is_a_subresource(kube: Kube) -> None:
     body["status"] = {"observedGeneration": 7}
     created = await kube.create(BW, body)
     assert "status" not in created
-    assert (await kube.get(path(BW, name="bw1", sub="status"))).status == 200
+    assert (await kube.get(kube.path(BW, name="bw1", sub="status"))).status == 200
     # ConfigMaps have no status subresource.
     await kube.create(CM, {"metadata": {"name": "c"}})
-    assert_status(await kube.get(path(CM, name="c", sub="status")), 404, "NotFound")
+    assert_status(await kube.get(kube.path(CM, name="c", sub="status")), 404, "NotFound")

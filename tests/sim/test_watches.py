@@ -18,9 +18,10 @@ from tests.sim.conftest import (
     Kube,
     Obj,
     WatchReader,
+    assert_page_not_found,
+    assert_status,
     configmap,
     install_crd,
-    path,
     watching,
     widget,
     widget_crd,
@@ -30,15 +31,15 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_added_modified_deleted(kube: Kube, session: aiohttp.ClientSession, widgets: Obj) -> None:
-    start = (await kube.get(path(WIDGETS))).body["metadata"]["resourceVersion"]
-    async with watching(session, path(WIDGETS), resourceVersion=start) as w:
+    start = (await kube.get(kube.path(WIDGETS))).body["metadata"]["resourceVersion"]
+    async with kube.watching(kube.path(WIDGETS), resourceVersion=start) as w:
         created = await kube.create(WIDGETS, widget("w1"))
         added = await w.expect("ADDED", "w1")
         assert added == created
-        patched = await kube.patch(path(WIDGETS, name="w1"), {"spec": {"size": 2}})
+        patched = await kube.patch(kube.path(WIDGETS, name="w1"), {"spec": {"size": 2}})
         modified = await w.expect("MODIFIED", "w1")
         assert modified == patched.body
-        await kube.delete(path(WIDGETS, name="w1"))
+        await kube.delete(kube.path(WIDGETS, name="w1"))
         deleted = await w.expect("DELETED", "w1")
         assert int(deleted["metadata"]["resourceVersion"]) > int(patched.rv)
         assert deleted["spec"]["size"] == 2
@@ -49,16 +50,16 @@ async def test_added_modified_deleted(kube: Kube, session: aiohttp.ClientSession
 
 
 async def test_watch_is_scoped_to_its_namespace(kube: Kube, session: aiohttp.ClientSession) -> None:
-    await kube.post("/api/v1/namespaces", {"metadata": {"name": "other"}})
-    rv = (await kube.get(path(CM))).body["metadata"]["resourceVersion"]
+    other = await kube.namespace("other")
+    rv = (await kube.get(kube.path(CM))).body["metadata"]["resourceVersion"]
     async with (
-        watching(session, path(CM), resourceVersion=rv) as here,
-        watching(session, "/api/v1/configmaps", resourceVersion=rv) as everywhere,
+        kube.watching(kube.path(CM), resourceVersion=rv) as here,
+        kube.watching("/api/v1/configmaps", resourceVersion=rv) as everywhere,
     ):
-        await kube.create(CM, configmap("elsewhere"), ns="other")
+        await kube.create(CM, configmap("elsewhere"), ns=other)
         await kube.create(CM, configmap("local"))
         await here.expect("ADDED", "local")  # the other namespace's object never arrives here
-        assert (await everywhere.expect("ADDED", "elsewhere"))["metadata"]["namespace"] == "other"
+        assert (await everywhere.expect("ADDED", "elsewhere"))["metadata"]["namespace"] == other
         await everywhere.expect("ADDED", "local")
 
 
@@ -68,9 +69,9 @@ async def test_initial_state_comes_first_as_added(
 ) -> None:
     for name in ("a", "b", "c"):
         await kube.create(CM, configmap(name))
-    await kube.delete(path(CM, name="b"))
+    await kube.delete(kube.path(CM, name="b"))
     params = {"resourceVersion": rv} if rv is not None else {}
-    async with watching(session, path(CM), **params) as w:
+    async with kube.watching(kube.path(CM), **params) as w:
         initial = [await w.event() for _ in range(2)]
         assert [(e["type"], e["object"]["metadata"]["name"]) for e in initial] == [
             ("ADDED", "a"),
@@ -85,10 +86,10 @@ async def test_resume_replays_every_event_after_the_resource_version(
 ) -> None:
     a = await kube.create(CM, configmap("a"))
     since = a["metadata"]["resourceVersion"]
-    await kube.patch(path(CM, name="a"), {"data": {"k": "2"}})
+    await kube.patch(kube.path(CM, name="a"), {"data": {"k": "2"}})
     await kube.create(CM, configmap("b"))
-    await kube.delete(path(CM, name="a"))
-    async with watching(session, path(CM), resourceVersion=since) as w:
+    await kube.delete(kube.path(CM, name="a"))
+    async with kube.watching(kube.path(CM), resourceVersion=since) as w:
         replay = [await w.event() for _ in range(3)]
         assert [(e["type"], e["object"]["metadata"]["name"]) for e in replay] == [
             ("MODIFIED", "a"),
@@ -102,11 +103,12 @@ async def test_resume_replays_every_event_after_the_resource_version(
         await w.expect("ADDED", "c")
 
 
+@pytest.mark.emulator  # compaction and dropped watches on demand
 async def test_too_old_resource_version_is_expired(kube: Kube, session: aiohttp.ClientSession) -> None:
     a = await kube.create(CM, configmap("a"))
-    await kube.patch(path(CM, name="a"), {"data": {"k": "2"}})
+    await kube.patch(kube.path(CM, name="a"), {"data": {"k": "2"}})
     await kube.post("/__sim__/compact", {})
-    async with watching(session, path(CM), resourceVersion=a["metadata"]["resourceVersion"]) as w:
+    async with kube.watching(kube.path(CM), resourceVersion=a["metadata"]["resourceVersion"]) as w:
         rest = await w.expect_end()
     assert len(rest) == 1, rest
     ev = rest[0]
@@ -118,18 +120,20 @@ async def test_too_old_resource_version_is_expired(kube: Kube, session: aiohttp.
     assert status["message"].startswith("too old resource version: ")
 
 
+@pytest.mark.emulator  # compaction and dropped watches on demand
 async def test_watch_from_the_compaction_point_is_fine(kube: Kube, session: aiohttp.ClientSession) -> None:
     await kube.create(CM, configmap("a"))
     compacted = await kube.post("/__sim__/compact", {})
     rv = compacted.body["compactedResourceVersion"]
-    async with watching(session, path(CM), resourceVersion=rv) as w:
+    async with kube.watching(kube.path(CM), resourceVersion=rv) as w:
         await kube.create(CM, configmap("b"))
         await w.expect("ADDED", "b")
 
 
+@pytest.mark.emulator  # kube-apiserver sends a bookmark about once a minute
 async def test_bookmarks(kube: Kube, session: aiohttp.ClientSession, widgets: Obj) -> None:
-    start = (await kube.get(path(WIDGETS))).body["metadata"]["resourceVersion"]
-    async with watching(session, path(WIDGETS), resourceVersion=start, allowWatchBookmarks="true") as w:
+    start = (await kube.get(kube.path(WIDGETS))).body["metadata"]["resourceVersion"]
+    async with kube.watching(kube.path(WIDGETS), resourceVersion=start, allowWatchBookmarks="true") as w:
         created = await kube.create(WIDGETS, widget("w1"))
         bookmarks: list[Obj] = []
         events: list[Obj] = []
@@ -149,15 +153,15 @@ async def test_bookmarks(kube: Kube, session: aiohttp.ClientSession, widgets: Ob
             assert set(obj["metadata"]) <= {"resourceVersion", "creationTimestamp", "annotations"}
         # Resuming from a bookmark loses nothing.
         last = bookmarks[-1]["object"]["metadata"]["resourceVersion"]
-    await kube.patch(path(WIDGETS, name="w1"), {"spec": {"size": 3}})
-    async with watching(session, path(WIDGETS), resourceVersion=last) as resumed:
+    await kube.patch(kube.path(WIDGETS, name="w1"), {"spec": {"size": 3}})
+    async with kube.watching(kube.path(WIDGETS), resourceVersion=last) as resumed:
         ev = await resumed.expect("MODIFIED", "w1")
         assert ev["spec"]["size"] == 3
 
 
 async def test_no_bookmarks_unless_asked(kube: Kube, session: aiohttp.ClientSession) -> None:
-    rv = (await kube.get(path(CM))).body["metadata"]["resourceVersion"]
-    async with watching(session, path(CM), resourceVersion=rv, timeoutSeconds="1") as w:
+    rv = (await kube.get(kube.path(CM))).body["metadata"]["resourceVersion"]
+    async with kube.watching(kube.path(CM), resourceVersion=rv, timeoutSeconds="1") as w:
         rest = await w.expect_end(within=DEADLINE)
     assert rest == []  # a second of silence: ~5 bookmark intervals, and none came
 
@@ -165,7 +169,7 @@ async def test_no_bookmarks_unless_asked(kube: Kube, session: aiohttp.ClientSess
 async def test_timeout_seconds_ends_the_stream_cleanly(kube: Kube, session: aiohttp.ClientSession) -> None:
     await kube.create(CM, configmap("a"))
     started = time.monotonic()
-    async with watching(session, path(CM), timeoutSeconds="1") as w:
+    async with kube.watching(kube.path(CM), timeoutSeconds="1") as w:
         rest = await w.expect_end(within=DEADLINE)
     elapsed = time.monotonic() - started
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in rest] == [("ADDED", "a")]
@@ -173,18 +177,18 @@ async def test_timeout_seconds_ends_the_stream_cleanly(kube: Kube, session: aioh
 
 
 async def test_label_selector_transitions(kube: Kube, session: aiohttp.ClientSession) -> None:
-    rv = (await kube.get(path(CM))).body["metadata"]["resourceVersion"]
-    async with watching(session, path(CM), resourceVersion=rv, labelSelector="app=web") as w:
+    rv = (await kube.get(kube.path(CM))).body["metadata"]["resourceVersion"]
+    async with kube.watching(kube.path(CM), resourceVersion=rv, labelSelector="app=web") as w:
         await kube.create(CM, configmap("x"))  # does not match: not seen
-        await kube.patch(path(CM, name="x"), {"metadata": {"labels": {"app": "web"}}})
+        await kube.patch(kube.path(CM, name="x"), {"metadata": {"labels": {"app": "web"}}})
         entered = await w.expect("ADDED", "x")  # starts matching: ADDED
         assert entered["metadata"]["labels"] == {"app": "web"}
-        await kube.patch(path(CM, name="x"), {"data": {"k": "2"}})
+        await kube.patch(kube.path(CM, name="x"), {"data": {"k": "2"}})
         await w.expect("MODIFIED", "x")
-        moved = await kube.patch(path(CM, name="x"), {"metadata": {"labels": {"app": "db"}}})
+        moved = await kube.patch(kube.path(CM, name="x"), {"metadata": {"labels": {"app": "db"}}})
         left = await w.expect("DELETED", "x")  # stops matching: DELETED
         assert left["metadata"]["resourceVersion"] == moved.rv
-        await kube.delete(path(CM, name="x"))  # not matching any more: not seen
+        await kube.delete(kube.path(CM, name="x"))  # not matching any more: not seen
         await kube.create(CM, configmap("marker", {"app": "web"}))
         await w.expect("ADDED", "marker")  # the next event is the marker: nothing slipped in between
 
@@ -192,10 +196,10 @@ async def test_label_selector_transitions(kube: Kube, session: aiohttp.ClientSes
 async def test_single_object_watch_by_field_selector(kube: Kube, session: aiohttp.ClientSession) -> None:
     await kube.create(CM, configmap("a"))
     await kube.create(CM, configmap("b"))
-    async with watching(session, path(CM), fieldSelector="metadata.name=b") as w:
+    async with kube.watching(kube.path(CM), fieldSelector="metadata.name=b") as w:
         await w.expect("ADDED", "b")
-        await kube.patch(path(CM, name="a"), {"data": {"k": "x"}})
-        await kube.patch(path(CM, name="b"), {"data": {"k": "y"}})
+        await kube.patch(kube.path(CM, name="a"), {"data": {"k": "x"}})
+        await kube.patch(kube.path(CM, name="b"), {"data": {"k": "y"}})
         modified = await w.expect("MODIFIED", "b")
         assert modified["data"] == {"k": "y"}
 
@@ -204,7 +208,7 @@ async def test_single_object_watch_by_field_selector(kube: Kube, session: aiohtt
 async def test_watch_param_true_values(kube: Kube, session: aiohttp.ClientSession, value: str) -> None:
     await kube.create(CM, configmap("a"))
     with anyio.fail_after(DEADLINE):
-        async with session.get(path(CM), params={"watch": value}) as resp:
+        async with session.get(kube.path(CM), params={"watch": value}) as resp:
             assert resp.status == 200
             line = await resp.content.readline()
     event = orjson.loads(line)
@@ -214,30 +218,32 @@ async def test_watch_param_true_values(kube: Kube, session: aiohttp.ClientSessio
 @pytest.mark.parametrize("value", ["false", "0", "False", "FALSE"])
 async def test_watch_param_false_values(kube: Kube, value: str) -> None:
     await kube.create(CM, configmap("a"))
-    reply = await kube.get(path(CM), watch=value)
+    reply = await kube.get(kube.path(CM), watch=value)
     assert reply.status == 200
     assert reply.body["kind"] == "ConfigMapList"
 
 
+@pytest.mark.emulator  # kube-apiserver sends a bookmark about once a minute
 async def test_bookmark_param_follows_the_same_rule(kube: Kube, session: aiohttp.ClientSession) -> None:
-    rv = (await kube.get(path(CM))).body["metadata"]["resourceVersion"]
-    async with watching(session, path(CM), resourceVersion=rv, allowWatchBookmarks="1") as w:
+    rv = (await kube.get(kube.path(CM))).body["metadata"]["resourceVersion"]
+    async with kube.watching(kube.path(CM), resourceVersion=rv, allowWatchBookmarks="1") as w:
         ev = await w.next(within=BOOKMARK_INTERVAL * 10)
         assert ev is not None and ev["type"] == "BOOKMARK"
     async with watching(
-        session, path(CM), resourceVersion=rv, allowWatchBookmarks="0", timeoutSeconds="1"
+        session, kube.path(CM), resourceVersion=rv, allowWatchBookmarks="0", timeoutSeconds="1"
     ) as w:
         assert await w.expect_end() == []
 
 
+@pytest.mark.emulator  # compaction and dropped watches on demand
 async def test_drop_watches_ends_every_open_watch(
     kube: Kube, session: aiohttp.ClientSession, widgets: Obj
 ) -> None:
-    rv = (await kube.get(path(CM))).body["metadata"]["resourceVersion"]
+    rv = (await kube.get(kube.path(CM))).body["metadata"]["resourceVersion"]
     async with (
-        watching(session, path(CM), resourceVersion=rv) as one,
-        watching(session, path(WIDGETS), resourceVersion=rv) as two,
-        watching(session, "/api/v1/namespaces", resourceVersion=rv) as three,
+        kube.watching(kube.path(CM), resourceVersion=rv) as one,
+        kube.watching(kube.path(WIDGETS), resourceVersion=rv) as two,
+        kube.watching("/api/v1/namespaces", resourceVersion=rv) as three,
     ):
         await kube.create(CM, configmap("a"))
         await one.expect("ADDED", "a")  # the watches are live
@@ -247,14 +253,17 @@ async def test_drop_watches_ends_every_open_watch(
         for w in (one, two, three):
             assert await w.expect_end() == []
     # New watches work afterwards.
-    async with watching(session, path(CM), resourceVersion=rv) as again:
+    async with kube.watching(kube.path(CM), resourceVersion=rv) as again:
         await again.expect("ADDED", "a")
 
 
 async def test_watch_of_unknown_resource_is_not_found(kube: Kube) -> None:
-    reply = await kube.get("/apis/example.com/v1/namespaces/default/nothings", watch="true")
-    assert reply.status == 404
-    assert reply.body["reason"] == "NotFound"
+    assert_page_not_found(
+        await kube.get(kube.path(f"/apis/{GROUP}/v1/namespaces/{{ns}}/nothings"), watch="true")
+    )
+    assert_status(
+        await kube.get(kube.path("/api/v1/namespaces/{ns}/nothings"), watch="true"), 404, "NotFound"
+    )
 
 
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
@@ -263,17 +272,21 @@ TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;
 async def test_watch_as_table(kube: Kube, session: aiohttp.ClientSession) -> None:
     """`kubectl get --watch` asks for Tables: each event carries a one-row Table (column definitions only
     in the first), as kube-apiserver's watch encoder sends them."""
-    crd = widget_crd(plural="gizmos", kind="Gizmo", extra_versions=())
-    crd["spec"]["versions"][0]["additionalPrinterColumns"] = [
+    columns = [
         {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     ]
+    crd = widget_crd(group=kube.group, plural="gizmos", kind="Gizmo", extra_versions=())
+    crd["spec"]["versions"][0]["additionalPrinterColumns"] = columns
     await install_crd(kube, crd)
-    gizmos = f"/apis/{GROUP}/v1/namespaces/{{ns}}/gizmos"
-    first = await kube.create(gizmos, {**widget("g1"), "kind": "Gizmo"})
+    gizmos = f"/apis/{kube.group}/v1/namespaces/{{ns}}/gizmos"
+    first = await kube.create(gizmos, {**widget("g1", group=kube.group), "kind": "Gizmo"})
     with anyio.fail_after(DEADLINE):
         resp = await session.get(
-            path(gizmos), params={"watch": "true"}, headers={"Accept": TABLE}, timeout=aiohttp.ClientTimeout()
+            kube.path(gizmos),
+            params={"watch": "true"},
+            headers={"Accept": TABLE},
+            timeout=aiohttp.ClientTimeout(),
         )
     try:
         w = WatchReader(resp)
@@ -281,14 +294,15 @@ async def test_watch_as_table(kube: Kube, session: aiohttp.ClientSession) -> Non
         assert added["type"] == "ADDED"
         table = added["object"]
         assert (table["kind"], table["apiVersion"]) == ("Table", "meta.k8s.io/v1")
-        assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Size", "Phase", "Age"]
+        # A CRD's printer columns replace the default Age column.
+        assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Size", "Phase"]
         assert table["metadata"] == {"resourceVersion": first["metadata"]["resourceVersion"]}
         [row] = table["rows"]
         assert row["cells"][:3] == ["g1", 1, None]  # no status.phase: null
         assert row["object"]["kind"] == "PartialObjectMetadata"
         assert row["object"]["metadata"]["uid"] == first["metadata"]["uid"]
 
-        patched = await kube.patch(path(gizmos, name="g1"), {"spec": {"size": 7}})
+        patched = await kube.patch(kube.path(gizmos, name="g1"), {"spec": {"size": 7}})
         modified = await w.event()
         assert modified["type"] == "MODIFIED"
         assert modified["object"]["kind"] == "Table"
@@ -298,6 +312,6 @@ async def test_watch_as_table(kube: Kube, session: aiohttp.ClientSession) -> Non
     finally:
         resp.close()
     # Without the Table media type, the same watch carries the objects themselves.
-    async with watching(session, path(gizmos)) as plain:
+    async with kube.watching(kube.path(gizmos)) as plain:
         obj = await plain.expect("ADDED", "g1")
         assert obj["kind"] == "Gizmo" and obj["spec"]["size"] == 7
