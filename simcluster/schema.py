@@ -7,6 +7,7 @@ defaults fill absent fields; then types, ``required``, ``enum`` and the value li
 
 from __future__ import annotations
 
+import calendar
 import copy
 import re
 from dataclasses import dataclass
@@ -97,7 +98,53 @@ def _render_value(value: Any) -> str:
 
 @lru_cache(maxsize=512)
 def _pattern(expr: str) -> re.Pattern[str]:
-    return re.compile(expr)
+    r"""``expr`` with Go's (RE2's) meaning of ``$``: the end of the text. Python's ``$`` also matches before
+    a final newline, which would let ``"Ready\n"`` pass ``^[A-Za-z]+$``; so an unescaped ``$`` outside a
+    character class becomes ``\Z``."""
+    out, i, in_class = [], 0, False
+    while i < len(expr):
+        c = expr[i]
+        if c == "\\":
+            out.append(expr[i : i + 2])
+            i += 2
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+            # A ']' first in the class (after an optional '^') is a literal, not its end.
+            start = i + 1 + (expr[i + 1 : i + 2] == "^")
+            if expr[start : start + 1] == "]":
+                out.append(expr[i : start + 1])
+                i = start + 1
+                continue
+        elif c == "]" and in_class:
+            in_class = False
+        out.append("\\Z" if c == "$" and not in_class else c)
+        i += 1
+    return re.compile("".join(out))
+
+
+_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+_TIME_OF_DAY = re.compile(r"([0-9]{2}):([0-9]{2}):([0-9]{2})(.[0-9]+)?(z|([+-][0-9]{2}:[0-9]{2}))\Z")
+
+
+def _is_date_time(value: str) -> bool:
+    """kube-openapi's ``strfmt.IsDateTime``: a calendar date (Go's ``2006-01-02``), ``T`` (either case), a
+    time of day and a zone (``Z`` or ``±hh:mm``)."""
+    parts = value.lower().split("t")
+    date = _DATE.fullmatch(parts[0])
+    if len(value) < 4 or len(parts) < 2 or date is None:
+        return False
+    year, month, day = (int(g) for g in date.groups())
+    if not 1 <= month <= 12 or not 1 <= day <= _MONTH_DAYS[month] + (month == 2 and calendar.isleap(year)):
+        return False
+    time = _TIME_OF_DAY.match(parts[1])
+    return time is not None and time[1] <= "23" and time[2] <= "59" and time[3] <= "59"
+
+
+# The string formats kube-apiserver checks that this project's and kpack's CRDs use (int32 and int64 are
+# not checked on a number).
+_FORMATS = {"date-time": _is_date_time}
 
 
 def _walk(value: Any, schema: Schema, path: str, causes: list[Cause]) -> Any:
@@ -178,7 +225,9 @@ def _walk_object(value: dict[str, Any], schema: Schema, path: str, causes: list[
     n = len(value)
     if "maxProperties" in schema and n > schema["maxProperties"]:
         causes.append(
-            Cause("TooMany", path, f"Too many: {n}: must have at most {schema['maxProperties']} items")
+            Cause(
+                "FieldValueTooMany", path, f"Too many: {n}: must have at most {schema['maxProperties']} items"
+            )
         )
     if "minProperties" in schema and n < schema["minProperties"]:
         causes.append(
@@ -194,7 +243,9 @@ def _walk_object(value: dict[str, Any], schema: Schema, path: str, causes: list[
 def _check_array(value: list[Any], schema: Schema, path: str, causes: list[Cause]) -> None:
     n = len(value)
     if "maxItems" in schema and n > schema["maxItems"]:
-        causes.append(Cause("TooMany", path, f"Too many: {n}: must have at most {schema['maxItems']} items"))
+        causes.append(
+            Cause("FieldValueTooMany", path, f"Too many: {n}: must have at most {schema['maxItems']} items")
+        )
     if "minItems" in schema and n < schema["minItems"]:
         causes.append(
             Cause(
@@ -207,12 +258,25 @@ def _check_array(value: list[Any], schema: Schema, path: str, causes: list[Cause
 
 def _check_scalar(value: Any, schema: Schema, path: str, causes: list[Cause]) -> None:
     if isinstance(value, str):
-        length = len(value)
+        check = _FORMATS.get(schema.get("format", ""))
+        if check is not None and not check(value):
+            rendered = _render_value(value)
+            causes.append(
+                Cause(
+                    "FieldValueTypeInvalid",
+                    path,
+                    f"Invalid value: {rendered}: {path} in body must be of type {schema['format']}: {rendered}",
+                )
+            )
+        # As kube-openapi's string validator: maxLength, minLength, pattern, and only the first that fails.
+        length = len(value)  # in characters, as Go's utf8.RuneCountInString
         if "maxLength" in schema and length > schema["maxLength"]:
             causes.append(
-                Cause("TooLong", path, f"Too long: may not be more than {schema['maxLength']} bytes")
+                Cause(
+                    "FieldValueTooLong", path, f"Too long: may not be more than {schema['maxLength']} bytes"
+                )
             )
-        if "minLength" in schema and length < schema["minLength"]:
+        elif "minLength" in schema and length < schema["minLength"]:
             causes.append(
                 Cause(
                     "FieldValueInvalid",
@@ -221,7 +285,7 @@ def _check_scalar(value: Any, schema: Schema, path: str, causes: list[Cause]) ->
                     f"{schema['minLength']} chars long",
                 )
             )
-        if "pattern" in schema and not _pattern(schema["pattern"]).search(value):
+        elif "pattern" in schema and not _pattern(schema["pattern"]).search(value):
             causes.append(
                 Cause(
                     "FieldValueInvalid",
