@@ -90,7 +90,7 @@ def non_negative_int(value: Any) -> int:
     return number
 
 
-def positive_float(value: Any) -> float:
+def finite_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")
     try:
@@ -99,8 +99,6 @@ def positive_float(value: Any) -> float:
         raise ValueError(f"expected a number, got {value!r}") from None
     if not math.isfinite(number):  # float() takes inf, nan and 1e999; a rate limiter cannot use them
         raise ValueError(f"expected a finite number, got {value!r}")
-    if not number > 0:
-        raise ValueError(f"must be more than 0, got {value!r}")
     return number
 
 
@@ -304,7 +302,7 @@ _METAVARS: dict[Parser, str] = {
     non_negative_duration: "DURATION",
     positive_duration: "DURATION",
     positive_int: "N",
-    positive_float: "NUMBER",
+    finite_float: "NUMBER",
     bind_address: "ADDR",
     string: "NAME",
     optional_string: "NAME",
@@ -379,11 +377,13 @@ class Config:
     sync_period: float = runtime(
         "syncPeriod", 36000.0, non_negative_duration, "re-deliver every cached object this often (0: never)"
     )
+    # As controller-runtime's GetConfig (QPS -1): no client-side throttling by default. The API server's
+    # Priority and Fairness paces clients, and its 429s are retried after their Retry-After.
     kube_api_qps: float = client(
         "kubeAPIQPS",
-        20.0,
-        positive_float,
-        "client-side request rate to the API",
+        -1.0,
+        finite_float,
+        "client-side request rate to the API (0 or less: no client-side limit)",
         flag="--kube-api-qps",  # not the --kube-apiqps the key's spelling would give; as --kube-api-burst
         env="KUBE_API_QPS",
     )

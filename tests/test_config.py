@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from service import config
 from service.config import Config, ConfigError, Loaded
+from service.kube.ratelimit import TokenBucket
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,15 +131,16 @@ def test_numbers() -> None:
     for bad in ("0", 0, "-1", "1.5", 2.5, "abc", "", True, None):
         with pytest.raises(ValueError):
             config.positive_int(bad)
-    assert config.positive_float("0.5") == 0.5
-    assert config.positive_float(10) == 10.0
-    assert config.positive_float("1e3") == 1000.0
-    for bad in ("0", "-1", "abc", "", True, None):
+    assert config.finite_float("0.5") == 0.5
+    assert config.finite_float(10) == 10.0
+    assert config.finite_float("1e3") == 1000.0
+    assert config.finite_float("-1") == -1.0
+    for bad in ("abc", "", True, None):
         with pytest.raises(ValueError):
-            config.positive_float(bad)
+            config.finite_float(bad)
     for infinite in ("inf", "-inf", "Infinity", "nan", "-nan", "1e999", float("inf"), float("nan")):
         with pytest.raises(ValueError, match="expected a finite number"):
-            config.positive_float(infinite)
+            config.finite_float(infinite)
 
 
 def test_strings_and_choices() -> None:
@@ -328,9 +330,7 @@ def test_negative_durations_and_rates_after_a_space() -> None:
     assert config_error(["--renew-deadline", "-1s"]) == (
         "renewDeadline (from flag --renew-deadline): must be more than 0, got '-1s'"
     )
-    assert config_error(["--kube-api-qps", "-1"]) == (
-        "kubeAPIQPS (from flag --kube-api-qps): must be more than 0, got '-1'"
-    )
+    assert load(["--kube-api-qps", "-1"]).config.kube_api_qps == -1.0  # no client-side limit
     assert config_error(["--kube-api-qps", "-inf"]) == (
         "kubeAPIQPS (from flag --kube-api-qps): expected a finite number, got '-inf'"
     )
@@ -820,3 +820,11 @@ def test_every_setting_is_in_a_group_and_the_builder_group_fills_the_reconcilers
     ).builder_settings()
     assert (built.container_repository_prefix, built.disk_mb) == ("r.example/cf/", 7)
     assert config.Config().builder_settings().container_repository_prefix == ""  # unset: not None
+
+
+def test_no_client_side_throttling_by_default() -> None:
+    """As controller-runtime's GetConfig (QPS -1): the API server's Priority and Fairness paces the
+    service; a token bucket of client-go's old 20 qps made 1,000 workloads take minutes (issue 10)."""
+    qps = load([]).config.kube_api_qps
+    assert qps <= 0
+    assert not TokenBucket(qps, load([]).config.kube_api_burst).enabled

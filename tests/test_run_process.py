@@ -402,8 +402,8 @@ SECTION_ERROR = "cfStagingResources (from config {file}): expected a mapping wit
             "renewDeadline (from flag --renew-deadline): must be more than 0, got '-1s'", id="renew-deadline--1s",
         ),
         pytest.param(
-            ["--kube-api-qps", "-1"], {}, None,
-            "kubeAPIQPS (from flag --kube-api-qps): must be more than 0, got '-1'", id="qps--1",
+            ["--kube-api-qps", "-1x"], {}, None,
+            "kubeAPIQPS (from flag --kube-api-qps): expected a number, got '-1x'", id="qps--1x",
         ),
     ],
 )  # fmt: skip
