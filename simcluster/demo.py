@@ -3,8 +3,9 @@
 It starts the Kubernetes API emulator, an in-process OCI registry, the kpack simulator (kpack's webhooks
 and controllers, with the objects Korifi's Helm chart creates) and this service, exactly as ``run`` wires
 it; then it plays Korifi's CF API: it creates two spaces with their builder service account and registry
-credentials, and BuildWorkloads — with the default builder, with buildpacks, one whose build fails and one
-asking for a buildpack the store does not have. Their progress is shown live until Ctrl-C.
+credentials, and BuildWorkloads — with the default builder, with buildpacks, one whose build fails, one
+asking for a buildpack the store does not have, and one naming a buildpack of kpack's Buildpack resources,
+resolved by semver. Their progress is shown live until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from service.reconcilers import korifi as k
 from service.registry.auth import docker_config_secret
 from service.runtime import Manager
 from simcluster.crds import new_cluster
-from simcluster.kpack import KpackOptions, running_kpack
-from simcluster.kpack.options import ENV_FAIL
+from simcluster.kpack import CatalogBuildpack, KpackOptions, paketo_catalogue, running_kpack
+from simcluster.kpack.options import ENV_FAIL, repository_key
 from simcluster.registry import running_registry
 from simcluster.server import running_apiserver
 
@@ -59,7 +60,36 @@ SAMPLES = (
     Sample(
         "space-b", "typo-app-build-1", "typo-app", ("paketo-buildpacks/rubyy",), expected=k.INVALID_BUILDPACKS
     ),
+    # A buildpack of kpack's Buildpack resources (docs/buildpacks.md): space-a's Buildpack offers 1.10.0, a
+    # ClusterBuildpack 1.9.0; semver picks the space's (as strings, 1.9.0 would win).
+    Sample("space-a", "hello-app-build-1", "hello-app", ("demo/hello",)),
 )
+HELLO_PACKAGES = {"demo/hello-space": "1.10.0", "demo/hello-cluster": "1.9.0"}  # image -> its demo/hello
+
+
+def hello_buildpacks() -> list[tuple[r.Resource, Obj]]:
+    """The Buildpack of space-a and the ClusterBuildpack offering ``demo/hello``."""
+    kpack = "kpack.io/v1alpha2"
+    return [
+        (
+            r.BUILDPACK,
+            {
+                "apiVersion": kpack,
+                "kind": "Buildpack",
+                "metadata": {"name": "hello", "namespace": "space-a"},
+                "spec": {"image": "demo/hello-space"},
+            },
+        ),
+        (
+            r.CLUSTER_BUILDPACK,
+            {
+                "apiVersion": kpack,
+                "kind": "ClusterBuildpack",
+                "metadata": {"name": "demo-hello"},
+                "spec": {"image": "demo/hello-cluster"},
+            },
+        ),
+    ]
 
 
 def workload(sample: Sample, registry: str) -> Obj:
@@ -122,14 +152,31 @@ def _succeeded(obj: Obj | None) -> Obj:
     return {}
 
 
-def row(sample: Sample, obj: Obj | None) -> tuple[str, ...]:
+def resolved(sample: Sample, builders: dict[tuple[str, str], Obj]) -> str:
+    """The requested buildpacks, with the version and source the custom Builder names where it names one
+    (docs/buildpacks.md)."""
+    builder = (
+        builders.get((sample.space, k.builder_name(list(sample.buildpacks)))) if sample.buildpacks else None
+    )
+    order = ((builder or {}).get("spec") or {}).get("order") or []
+    shown = []
+    for requested, entry in zip(sample.buildpacks, [*order, *([{}] * len(sample.buildpacks))], strict=False):
+        ref = (entry.get("group") or [{}])[0]
+        where = f" {ref['version']} ({ref['kind']} {ref['name']})" if ref.get("kind") else ""
+        shown.append(f"{requested}{where}")
+    return ", ".join(shown) or "(default)"
+
+
+def row(
+    sample: Sample, obj: Obj | None, builders: dict[tuple[str, str], Obj] | None = None
+) -> tuple[str, ...]:
     condition = _succeeded(obj)
     droplet = ((obj or {}).get("status") or {}).get("droplet") or {}
     state = f"{condition.get('status', '-')}/{condition.get('reason', '')}" if condition else "pending"
     image = (droplet.get("registry") or {}).get("image", "")
     web = next((p["command"] for p in droplet.get("processTypes") or () if p.get("type") == "web"), "")
     detail = f"{image.rpartition('/')[2][:40]}  web: {web}" if image else condition.get("message", "")
-    return (f"{sample.space}/{sample.name}", ", ".join(sample.buildpacks) or "(default)", state, detail)
+    return (f"{sample.space}/{sample.name}", resolved(sample, builders or {}), state, detail)
 
 
 def done(sample: Sample, obj: Obj | None) -> bool:
@@ -184,10 +231,16 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
     """Run until Ctrl-C (exit 0), or with ``exit_when_done`` until every sample finished (0 if each ended
     as expected, else 1)."""
     async with running_apiserver(new_cluster()) as api, running_registry(host=api.host) as registry:
-        kpack = KpackOptions(build_seconds=options.build_seconds, registry=registry.host)
+        catalogue = {
+            **paketo_catalogue(),
+            **{repository_key(i): [CatalogBuildpack("demo/hello", v)] for i, v in HELLO_PACKAGES.items()},
+        }
+        kpack = KpackOptions(build_seconds=options.build_seconds, registry=registry.host, catalogue=catalogue)
         async with running_kpack(api, kpack, seed=True), KubeClient(explicit(api.url)) as client:
             for space in SPACES:
                 await create_space(client, space, registry.host)
+            for resource, obj in hello_buildpacks():
+                await client.create(resource, obj, obj["metadata"].get("namespace"))
             config = replace(
                 Config(),
                 container_repository_prefix=f"{registry.host}/cf/",
@@ -221,6 +274,10 @@ async def _watch(client: KubeClient, manager: Manager, view: View, options: Demo
             (o["metadata"]["namespace"], o["metadata"]["name"]): o
             for o in (await client.list(r.BUILD_WORKLOAD))["items"]
         }
+        builders = {
+            (b["metadata"]["namespace"], b["metadata"]["name"]): b
+            for b in (await client.list(r.BUILDER))["items"]
+        }
         current = [(s, objects.get((s.space, s.name))) for s in SAMPLES]
         finished = all(done(s, o) for s, o in current)
         footer = (
@@ -228,7 +285,7 @@ async def _watch(client: KubeClient, manager: Manager, view: View, options: Demo
             if finished
             else "building... (Ctrl-C stops it)"
         )
-        view.show([row(s, o) for s, o in current], footer)
+        view.show([row(s, o, builders) for s, o in current], footer)
         if options.exit_when_done and finished:
             return 0 if all(as_expected(s, o) for s, o in current) else 1
         if options.exit_when_done and anyio.current_time() > deadline:

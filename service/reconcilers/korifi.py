@@ -23,6 +23,7 @@ KPACK_BUILD_NUMBER_LABEL = "image.kpack.io/buildNumber"
 
 # --------------------------------------------------------------------------- annotations
 BUILD_NEEDED_ANNOTATION = "image.kpack.io/additionalBuildNeeded"
+KPACK_REASON_ANNOTATION = "image.kpack.io/reason"  # why kpack built: comma-joined, e.g. BUILDPACK,STACK
 DEFAULT_STORAGE_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 BUILD_METADATA_LABEL = "io.buildpacks.build.metadata"  # an OCI image config label, not a Kubernetes one
 
@@ -55,6 +56,7 @@ IMAGE_REJECTED = "ImageRejected"
 BUILDER_REJECTED = "BuilderRejected"
 # Events this service adds.
 BUILD_CACHE_REPLACED = "BuildCacheReplaced"
+STACK_UPDATED = "StackUpdated"
 
 READY_REASON = "Ready"
 READY_MESSAGE = "Ready"

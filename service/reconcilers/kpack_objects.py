@@ -82,9 +82,15 @@ def custom_builder_ref(name: str, namespace: str) -> Obj:
 
 
 def desired_builder(
-    work: Obj, name: str, repository: str, cluster_builder: Obj, settings: BuilderSettings
+    work: Obj,
+    name: str,
+    repository: str,
+    cluster_builder: Obj,
+    settings: BuilderSettings,
+    order: list[Obj] | None = None,
 ) -> Obj:
-    """The custom Builder for the workload's buildpacks, on the default ClusterBuilder's stack and store."""
+    """The custom Builder for the workload's buildpacks, on the default ClusterBuilder's stack and store;
+    ``order`` as ``service.reconcilers.buildpacks`` resolved it (else Korifi's: one ``{id}`` group each)."""
     cb_spec = cluster_builder.get("spec") or {}
     builder: Obj = {
         "apiVersion": k.KPACK_API_VERSION,
@@ -95,7 +101,9 @@ def desired_builder(
             "stack": cb_spec.get("stack"),
             "store": cb_spec.get("store"),
             "serviceAccountName": settings.builder_service_account,
-            "order": [{"group": [{"id": bp}]} for bp in work["spec"]["buildpacks"]],
+            "order": order
+            if order is not None
+            else [{"group": [{"id": bp}]} for bp in work["spec"]["buildpacks"]],
         },
     }
     add_owner(builder, work)

@@ -2,7 +2,8 @@
 
 The three controllers share one background pool for registry work (``service.runtime.offload``), one lane
 per registry host, so the droplet reads and deletions of one slow registry queue behind each other and
-not behind anything else; the pool runs while this replica leads.
+not behind anything else; the pool runs while this replica leads. A fourth, ``custom_builders``, keeps the
+custom Builders' record of their users and collects unused ones (no registry work).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from service.reconcilers import builderinfo, buildworkload, kpackbuild
+from service.reconcilers import builderinfo, buildworkload, custom_builders, kpackbuild
 from service.reconcilers.images import ImageConfigReader, ImageDeleter, RepositoryCreator
 from service.reconcilers.settings import BuilderSettings
 from service.runtime import Manager, Offload
@@ -41,6 +42,7 @@ def add_controllers(
 ) -> Controllers:
     pool = Offload("registry", per_lane=registry_concurrency, inline=INLINE_BUDGET, registry=manager.registry)
     manager.add("registry pool", pool.run, needs_leader=True)
+    custom_builders.register(manager)
     return Controllers(
         buildworkload.register(manager, settings, images, pool, repositories),
         builderinfo.register(manager, settings),

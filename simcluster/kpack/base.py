@@ -6,6 +6,7 @@ other than in condition times).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from service.kube.timestamps import rfc3339
 from service.runtime.informer import Informer
 from service.runtime.store import NAMESPACE_INDEX
 from simcluster.kpack import gotypes
-from simcluster.kpack.options import KpackOptions
+from simcluster.kpack.options import CatalogBuildpack, KpackOptions
 
 if TYPE_CHECKING:
     from simcluster.kpack.builders import BuilderImage
@@ -90,6 +91,8 @@ class Shared:
     informers: dict[str, Informer] = field(default_factory=dict)  # by plural
     # Builder images the simulator has "built": latestImage -> what a build needs to know of it.
     builder_images: dict[str, BuilderImage] = field(default_factory=dict)
+    # Buildpackages pushed while running (``KpackSimulator.publish_buildpackage``), over the catalogue.
+    published: dict[str, Sequence[CatalogBuildpack]] = field(default_factory=dict)
 
     def get(self, plural: str, namespace: str | None, name: str) -> Obj | None:
         return self.informers[plural].store.get_by(namespace, name)

@@ -6,10 +6,11 @@ CNB lifecycle would produce. A Build gets its pod (``<build>-build-pod``, in mem
 reconcile and reports it pending (every step waiting, ``Succeeded=Unknown/PodInitializing``); after the
 build's duration the pod ends. Success writes what kpack reads from the completion container: the image
 digest, the run image (the builder's run-image digest under its repository), the builder's lifecycle
-version and the detected buildpacks, and the step states kpack derives from the pod (kpack.md §3.7,
-§8.4); failure writes the failed step's exit code and kpack's message (§8.5). A successful build really
-pushes an image (a config with the ``io.buildpacks.build.metadata`` label and exposed ports, one small
-layer) to every ``spec.tags`` entry in the configured registry.
+version and the detected buildpacks (a rebase keeps those of the image it rebases, §3.4), and the step
+states kpack derives from the pod (kpack.md §3.7, §8.4); failure writes the failed step's exit code and
+kpack's message (§8.5). A successful build really pushes an image (a config with the
+``io.buildpacks.build.metadata`` label and exposed ports, one small layer) to every ``spec.tags`` entry in
+the configured registry.
 
 Credentials are read as kpack reads them: when the build pod is made (the pod mounts the service
 account's secrets), not at export. A failing read of the service account or its Secrets (a 5xx, a 429, a
@@ -39,11 +40,11 @@ from service.registry.auth import Keychain
 from service.registry.client import RegistryClient
 from service.registry.errors import KeychainError, RegistryError
 from service.registry.k8schain import service_account_secrets
-from service.runtime import Request, Result
+from service.runtime import Request, Result, index_value
 from simcluster.kpack import apis, gotypes
 from simcluster.kpack.base import Obj, Shared, condition, go_json, log
 from simcluster.kpack.builders import BuilderImage, builder_image_from_status
-from simcluster.kpack.images import REASON, is_running
+from simcluster.kpack.images import BUILDS_BY_IMAGE, IMAGE_LABEL, REASON, is_running
 from simcluster.kpack.options import (
     ANNOTATION_BUILD_SECONDS,
     ANNOTATION_DETECT,
@@ -86,6 +87,7 @@ class Pod:
     failure_log: str = ""
     ids: dict[str, str] = field(default_factory=dict)
     keychain: Keychain | None = None  # the service account's registry credentials, read at creation
+    rebased: list[Obj] | None = None  # a rebase: the buildpacks of the image it rebases, which it keeps
 
 
 def _annotations(build: Obj) -> dict[str, str]:
@@ -159,8 +161,28 @@ class BuildController:
             keychain=keychain,
         )
         pod.ids = {s: "containerd://" + fake_digest(uid, s)[len("sha256:") :] for s in (*steps, COMPLETION)}
+        if rebase:
+            pod.rebased = self._rebased_buildpacks(build)
         self.pods[(meta["namespace"], meta["name"])] = pod
         return pod
+
+    def _rebased_buildpacks(self, build: Obj) -> list[Obj] | None:
+        """The ``buildMetadata`` of the Build that made the image a rebase starts from (kpack reads them
+        from that image's label: a rebase swaps the run image under the app's layers, nothing else)."""
+        last = ((build.get("spec") or {}).get("lastBuild") or {}).get("image")
+        meta = build["metadata"]
+        image = (meta.get("labels") or {}).get(IMAGE_LABEL, "")
+        for other in self.shared.by_index("builds", BUILDS_BY_IMAGE, index_value(meta["namespace"], image)):
+            status = other.get("status") or {}
+            if last and status.get("latestImage") == last:
+                return list(status.get("buildMetadata") or [])
+        return None
+
+    def _buildpacks(self, build: Obj, builder: BuilderImage, pod: Pod | None) -> list[Obj]:
+        """The buildpacks the build ran: those it rebases, else those it detects."""
+        if pod is not None and pod.rebased is not None:
+            return pod.rebased
+        return builder.detected(_annotations(build).get(ANNOTATION_DETECT))
 
     def _builder_image(self, build: Obj) -> BuilderImage | None:
         """What the simulator knows of the build's builder image (from the builders it reconciled, else
@@ -213,7 +235,7 @@ class BuildController:
             return Result(requeue_after=remaining)
         if pod.fail_step is None:
             try:
-                self._succeeded(status, pod, build, builder, await self._push(build, builder, pod.keychain))
+                self._succeeded(status, pod, build, builder, await self._push(build, builder, pod))
             except BuildFailure as exc:
                 pod.fail_step = exc.step if exc.step in pod.steps else pod.steps[-1]
                 pod.failure_log = exc.log_line
@@ -315,7 +337,7 @@ class BuildController:
         tags = spec.get("tags") or []
         run_image = (spec.get("runImage") or {}).get("image", "")
         cache_tag = ((spec.get("cache") or {}).get("registry") or {}).get("tag", "")
-        metadata = builder.detected(_annotations(build).get(ANNOTATION_DETECT))
+        metadata = self._buildpacks(build, builder, pod)
         latest_image = f"{repository_of(tags[0])}@{digest}"
         stack_run_image = f"{repository_of(run_image)}@{digest_of(run_image)}" if run_image else ""
         cache_image = f"{repository_of(cache_tag)}@{fake_digest('cache', latest_image)}" if cache_tag else ""
@@ -364,12 +386,12 @@ class BuildController:
                 "build", f"ERROR: failed to build: {ANNOTATION_PROCESSES} is not a JSON list of processes"
             ) from None
 
-    def image_config(self, build: Obj, builder: BuilderImage) -> Obj:
+    def image_config(self, build: Obj, builder: BuilderImage, pod: Pod | None = None) -> Obj:
         """The config of the image a build pushes: labels as the CNB lifecycle writes them."""
         opts = self.shared.options
         meta = build["metadata"]
         spec = build.get("spec") or {}
-        metadata = builder.detected(_annotations(build).get(ANNOTATION_DETECT))
+        metadata = self._buildpacks(build, builder, pod)
         last_id = metadata[-1]["id"] if metadata else ""
         processes = self._processes(build)
         ports_value = _annotations(build).get(ANNOTATION_PORTS)
@@ -454,12 +476,13 @@ class BuildController:
             return None
         return keychain if len(keychain) else None
 
-    async def _push(self, build: Obj, builder: BuilderImage, keychain: Keychain | None) -> str:
+    async def _push(self, build: Obj, builder: BuilderImage, pod: Pod) -> str:
         """Push the image to every tag in the configured registry; returns the digest of ``tags[0]`` (made
         up when that tag is in another registry)."""
         tags = (build.get("spec") or {}).get("tags") or []
         ours = self._our_tags(build)
-        config = self.image_config(build, builder)
+        config = self.image_config(build, builder, pod)
+        keychain = pod.keychain
         if not ours or self.registry is None:
             return fake_digest("image", build["metadata"]["uid"], tags[0] if tags else "")
         layer = self.layer(build)

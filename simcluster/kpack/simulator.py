@@ -44,7 +44,7 @@ from simcluster.kpack.base import Obj, Shared, log
 from simcluster.kpack.builders import BuilderControllers
 from simcluster.kpack.builds import BuildController
 from simcluster.kpack.images import BUILDS_BY_IMAGE, ImageController, builds_by_image
-from simcluster.kpack.options import KpackOptions
+from simcluster.kpack.options import CatalogBuildpack, KpackOptions, repository_key
 from simcluster.kpack.stores import StoreControllers
 from simcluster.kpack.validation import KPACK_CONTROLLER
 from simcluster.kpack.webhook_server import WebhookServer, registered
@@ -122,13 +122,16 @@ class KpackSimulator:
         self.images = ImageController(self.shared)
         self.builds = BuildController(self.shared, registry)
         self.controllers: list[Controller] = []
+        self._store_controllers: dict[str, Controller] = {}  # by plural
         self._wire()
 
     def _controller(self, name: str, resource: Resource, predicates: Sequence[Predicate] = ()) -> Builder:
         return self.manager.controller(f"kpack-sim-{name}").for_(resource, predicates=predicates)
 
-    def _complete(self, builder: Builder, reconcile: Reconcile) -> None:
-        self.controllers.append(builder.complete(_skip_undecodable(reconcile)))
+    def _complete(self, builder: Builder, reconcile: Reconcile) -> Controller:
+        controller = builder.complete(_skip_undecodable(reconcile))
+        self.controllers.append(controller)
+        return controller
 
     def _wire(self) -> None:
         st = self.stores
@@ -141,7 +144,7 @@ class KpackSimulator:
             ("sourceresolvers", apis.SOURCE_RESOLVER_RESOURCE, st.source_resolver),
         )
         for name, resource, reconcile in stores:
-            self._complete(self._controller(name, resource), reconcile)
+            self._store_controllers[name] = self._complete(self._controller(name, resource), reconcile)
 
         b = self.builders
         builders: tuple[tuple[str, Resource, Reconcile], ...] = (
@@ -189,6 +192,20 @@ class KpackSimulator:
         if build_image is not None:
             spec["buildImage"] = {"image": build_image}
         return await self.client.merge_patch(r.CLUSTER_STACK, name, {"spec": spec})
+
+    def publish_buildpackage(self, image: str, buildpacks: Sequence[CatalogBuildpack]) -> None:
+        """Push a buildpackage: the simulated registry now holds ``buildpacks`` (root first) at ``image``'s
+        repository, over the catalogue. The ClusterStores, ClusterBuildpacks and Buildpacks that name that
+        repository read it again, as kpack's would on their next reconcile."""
+        key = repository_key(image)
+        self.shared.published[key] = tuple(buildpacks)
+        for plural in ("clusterstores", "clusterbuildpacks", "buildpacks"):
+            for obj in self.shared.list(plural):
+                spec = obj.get("spec") or {}
+                images = [spec.get("image")] + [s.get("image") for s in spec.get("sources") or ()]
+                if any(isinstance(i, str) and repository_key(i) == key for i in images):
+                    meta = obj["metadata"]
+                    self._store_controllers[plural].enqueue(Request(meta.get("namespace", ""), meta["name"]))
 
     async def wait_synced(self) -> None:
         for informer in self.shared.informers.values():

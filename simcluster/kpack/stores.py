@@ -45,7 +45,10 @@ def manifest_unknown(image: str) -> StoreError:
 
 def buildpackage(shared: Shared, image: str) -> list[Obj]:
     """The BuildpackStatus entries of one buildpackage image, as kpack's store reader lists them."""
-    package: Sequence[CatalogBuildpack] | None = shared.options.catalogue.get(repository_key(image))
+    key = repository_key(image)
+    package: Sequence[CatalogBuildpack] | None = shared.published.get(key) or shared.options.catalogue.get(
+        key
+    )
     if not package:
         raise manifest_unknown(image)
     root = package[0]

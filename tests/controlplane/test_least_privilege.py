@@ -73,12 +73,17 @@ BEHAVIOURS: dict[Permission, str] = {
     ("ClusterRole", KPACK, "clusterbuilders", "list"): "the ClusterBuilders' cache fills",
     ("ClusterRole", KPACK, "clusterbuilders", "watch"): "the ClusterBuilders' cache follows changes",
     ("ClusterRole", KPACK, "clusterbuilders", "get"): "a ClusterBuilder the cache lacks is confirmed",
+    ("ClusterRole", KPACK, "buildpacks", "list"): "a workload names a namespace Buildpack's buildpack",
+    ("ClusterRole", KPACK, "buildpacks", "watch"): "the Buildpacks' cache follows changes",
+    ("ClusterRole", KPACK, "clusterbuildpacks", "list"): "a workload names a ClusterBuildpack's buildpack",
+    ("ClusterRole", KPACK, "clusterbuildpacks", "watch"): "the ClusterBuildpacks' cache follows changes",
     ("ClusterRole", KPACK, "builders", "list"): "the Builders' cache fills",
     ("ClusterRole", KPACK, "builders", "watch"): "the Builders' cache follows changes",
     ("ClusterRole", KPACK, "builders", "get"): "a Builder the cache lacks is confirmed",
     ("ClusterRole", KPACK, "builders", "create"): "a custom Builder is made for a buildpack list",
     ("ClusterRole", KPACK, "builders", "patch"): "a custom Builder records another workload using it",
-    # (delete: OwnerReferencesPermissionEnforcement wants it of whoever sets an owner reference)
+    # (delete: an unused custom Builder is collected, docs/builders.md; and OwnerReferencesPermissionEnforcement
+    # wants it of whoever sets an owner reference, which is what a missing grant shows first)
     ("ClusterRole", KPACK, "builders", "delete"): "a custom Builder is made owned by its workloads",
     ("ClusterRole", KPACK, "images", "list"): "the Images' cache fills",
     ("ClusterRole", KPACK, "images", "watch"): "the Images' cache follows changes",
@@ -105,6 +110,7 @@ BEHAVIOURS: dict[Permission, str] = {
 SERVICE_ACCOUNT = "builder-service-account"
 PREFIX = "registry.example/cf/"
 ORDER = ["repo/my-buildpack", "repo/another-buildpack"]
+RESOLVED = ["lp/space-buildpack@1.0.0", "lp/cluster-buildpack"]  # from a Buildpack, a ClusterBuildpack
 
 
 # OwnerReferencesPermissionEnforcement's refusal (the admission plugin, not the authorizer, says it).
@@ -123,18 +129,26 @@ class Refusal:
 
     @property
     def first(self) -> str:
-        """The text the test waits for: the authorizer's, but for Builders and Images, which the service
-        never deletes (only the plugin asks)."""
-        _, group, resource, verb = self.permission
+        """The text the test waits for: the authorizer's, but for Builders and Images, which the plugin
+        asks first (the service never deletes an Image; it deletes a custom Builder only after its users,
+        which it cannot make without the right, are gone)."""
+        _, _, resource, verb = self.permission
         if verb == "delete" and resource in ("builders", "images"):
             return OWNER_REFERENCE_REFUSAL
-        return f'User "{self.user}" cannot {verb} resource "{resource}" in API group "{group}"'
+        return self.authorizer
 
     def explains(self, line: str) -> bool:
         _, group, resource, verb = self.permission
         if self.first in line:
             return True
+        if verb == "delete" and resource == "builders" and self.authorizer in line:
+            return True  # the collection of an unused custom Builder (docs/builders.md)
         return verb == "delete" and OWNER_REFERENCE_REFUSAL in line and f'{resource}.{group} "' in line
+
+    @property
+    def authorizer(self) -> str:
+        _, group, resource, verb = self.permission
+        return f'User "{self.user}" cannot {verb} resource "{resource}" in API group "{group}"'
 
 
 class Captured(logging.Handler):
@@ -184,6 +198,7 @@ class Scenario:
     space: str = field(default_factory=lambda: f"lp-{uuid.uuid4().hex[:8]}")
     root: str = field(default_factory=lambda: f"lp-cf-{uuid.uuid4().hex[:6]}")
     cluster_builder: str = field(default_factory=lambda: f"lp-cb-{uuid.uuid4().hex[:6]}")
+    cluster_buildpack: str = field(default_factory=lambda: f"lp-cbp-{uuid.uuid4().hex[:6]}")
 
     # ------------------------------------------------------------------ helpers
     async def create(self, resource: r.Resource, obj: Obj) -> Obj:
@@ -293,6 +308,32 @@ class Scenario:
                 "spec": {},
             },
         )
+        # What a workload may name besides the ClusterBuilder's order, as kpack has read it.
+        for resource, name, namespace, bp_id in (
+            (r.BUILDPACK, "space-buildpack", self.space, "lp/space-buildpack"),
+            (r.CLUSTER_BUILDPACK, self.cluster_buildpack, None, "lp/cluster-buildpack"),
+        ):
+            created = await self.create(
+                resource,
+                {
+                    "apiVersion": k.KPACK_API_VERSION,
+                    "kind": resource.kind,
+                    "metadata": {"name": name, **({"namespace": namespace} if namespace else {})},
+                    "spec": {"image": f"{PREFIX}{name}"},
+                },
+            )
+            await self.admin.patch_status(
+                resource,
+                name,
+                {
+                    "status": {
+                        "observedGeneration": created["metadata"]["generation"],
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                        "buildpacks": [{"id": bp_id, "version": "1.0.0"}],
+                    }
+                },
+                namespace,
+            )
         default = {"kind": "ClusterBuilder", "name": self.cluster_builder}
         ready_at_1 = {"conditions": [{"type": "Ready", "status": "True"}], "observedGeneration": 1}
         # Started workloads whose objects the caches lack, so the service confirms with a read:
@@ -317,6 +358,7 @@ class Scenario:
                 self.succeed_and_delete,
                 self.patch_image,
                 self.custom_builders,
+                self.resolved_buildpacks,
                 self.repeat_event,
             ):
                 tg.start_soon(strand)
@@ -400,6 +442,10 @@ class Scenario:
         )
         await self.workload("custom-b", "custom-b", buildpacks=["repo/my-buildpack"])
 
+    async def resolved_buildpacks(self) -> None:
+        """A workload names buildpacks of a namespace Buildpack and of a ClusterBuildpack."""
+        await self.workload("resolved", "resolved", buildpacks=RESOLVED)
+
     async def repeat_event(self) -> None:
         """The same outcome twice on one workload (its conditions cleared by hand in between)."""
         await self.workload("again", "again")
@@ -436,6 +482,9 @@ class Scenario:
             return owners == {"custom-a", "custom-b"}
 
         await self.wait(owned_twice, "the custom Builder owned by both workloads")
+        await self.wait(
+            lambda: self.get(r.BUILDER, k.builder_name(RESOLVED)), "the Builder of resolved buildpacks"
+        )
 
         async def resized() -> bool:
             image = await self.get(r.IMAGE, "resize")
@@ -481,6 +530,7 @@ class Scenario:
                 (r.NAMESPACE, self.space),
                 (r.NAMESPACE, self.root),
                 (r.CLUSTER_BUILDER, self.cluster_builder),
+                (r.CLUSTER_BUILDPACK, self.cluster_buildpack),
             ):
                 with contextlib.suppress(errors.NotFound):
                     await self.admin.delete(resource, name)

@@ -80,8 +80,11 @@ async def test_the_demo_reaches_every_expected_outcome() -> None:
         ("space-b/node-app-build-1", "True/BuildSucceeded"),
         ("space-b/broken-app-build-1", "False/BuildFailed"),
         ("space-b/typo-app-build-1", "False/InvalidBuildpacks"),
+        ("space-a/hello-app-build-1", "True/BuildSucceeded"),
     ):
         assert any(line.startswith(name) and outcome in line for line in output.splitlines()), (name, output)
+    # Resolved by semver to the space's Buildpack (1.10.0), not the ClusterBuildpack (1.9.0).
+    assert "demo/hello 1.10.0 (Buildpack hello)" in output, output
 
 
 async def test_the_demo_stops_cleanly_on_ctrl_c() -> None:

@@ -245,13 +245,15 @@ class Env:
 async def env(request: pytest.FixtureRequest, target: Target) -> AsyncIterator[Env]:
     """The controllers on the target cluster (the emulator, or ``TEST_KUBECONFIG``'s), an in-process
     registry, and Korifi's standard setup in a namespace of the test's own (deleted afterwards on another
-    cluster). ``@pytest.mark.reconcile_timeout(s)`` gives the manager a reconcile timeout."""
+    cluster). ``@pytest.mark.reconcile_timeout(s)`` gives the manager a reconcile timeout,
+    ``@pytest.mark.readiness_timeout(s)`` another ``builderReadinessTimeout``."""
     marker = request.node.get_closest_marker("reconcile_timeout")
     timeout = float(marker.args[0]) if marker else None
+    readiness = request.node.get_closest_marker("readiness_timeout")
     config = service_config(
         cluster_builder_name=f"cluster-builder-{uuid.uuid4().hex[:6]}",
         builder_service_account=SERVICE_ACCOUNT,
-        builder_readiness_timeout=READINESS_TIMEOUT,
+        builder_readiness_timeout=float(readiness.args[0]) if readiness else READINESS_TIMEOUT,
         container_repository_prefix=PREFIX,
         build_cache_mb=1024,
         disk_mb=2048,

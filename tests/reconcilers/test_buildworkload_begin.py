@@ -190,9 +190,13 @@ async def test_buildpacks_make_a_custom_builder(env: Env) -> None:
 
     created = await eventually(builder, what="the custom Builder")
     assert env.repositories.created[0] == f"{PREFIX}builders-{builder_name}"
-    assert [(o["name"], o.get("controller")) for o in created["metadata"]["ownerReferences"]] == [
-        (workload["metadata"]["name"], None)
-    ]
+    # The workload, and (added by custom_builders once it exists) its Image: none a controller.
+    assert [
+        (o["name"], o.get("controller"))
+        for o in created["metadata"]["ownerReferences"]
+        if o["kind"] == "BuildWorkload"
+    ] == [(workload["metadata"]["name"], None)]
+    assert all(not o.get("controller") for o in created["metadata"]["ownerReferences"])
     cluster_builder = await env.get(r.CLUSTER_BUILDER, env.settings.cluster_builder_name)
     assert cluster_builder is not None
     spec = created["spec"]
@@ -217,7 +221,8 @@ async def test_workloads_with_the_same_buildpacks_share_one_builder(env: Env) ->
 
     async def owners() -> list[str]:
         builder = await env.get(r.BUILDER, builder_name)
-        return sorted(o["name"] for o in ((builder or {}).get("metadata") or {}).get("ownerReferences") or ())
+        refs = ((builder or {}).get("metadata") or {}).get("ownerReferences") or ()
+        return sorted(o["name"] for o in refs if o["kind"] == "BuildWorkload")  # Images record it too
 
     await eventually(owners, what="the first workload's Builder")
     second = await env.create_workload(env.workload_body(buildpacks=["repo/my-buildpack"]))

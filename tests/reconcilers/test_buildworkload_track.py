@@ -278,13 +278,34 @@ async def test_a_deleted_cluster_builder_fails_the_workload(env: Env) -> None:
     assert await env.get(r.IMAGE, APP_GUID) is not None
 
 
-async def test_a_deleted_custom_builder_fails_the_workload(env: Env) -> None:
-    """U2."""
+async def test_a_deleted_custom_builder_is_made_again(env: Env) -> None:
+    """U2 differs (docs/builders.md): the workload's own Builder, deleted (e.g. by the garbage collector's
+    race with a new user), is made again and waited for anew; nobody builds it here, so the timeout ends it."""
     workload = await env.create_workload(env.workload_body(buildpacks=["repo/my-buildpack"]))
     name = workload["metadata"]["name"]
     await env.wait_succeeded(name, "Unknown")
     builder = k.builder_name(["repo/my-buildpack"])
+    old = await env.get(r.BUILDER, builder)
+    assert old is not None
     await env.client.delete(r.BUILDER, builder, env.namespace)
+
+    async def remade() -> Obj | None:
+        new = await env.get(r.BUILDER, builder)
+        return new if new and new["metadata"]["uid"] != old["metadata"]["uid"] else None
+
+    await eventually(remade, what="the Builder made again")
+    failed = await env.wait_succeeded(name, "False", within=READINESS_TIMEOUT + 5)
+    assert (failed["reason"], failed["message"]) == (k.BUILDER_NOT_READY, f'Check Builder "{builder}"')
+
+
+async def test_an_image_naming_a_missing_builder_fails_the_workload(env: Env) -> None:
+    """U2, for a Builder the workload did not ask for."""
+    workload = await env.create_workload(env.workload_body(buildpacks=["repo/my-buildpack"]))
+    name = workload["metadata"]["name"]
+    await env.wait_succeeded(name, "Unknown")
+    await env.client.merge_patch(
+        r.IMAGE, APP_GUID, {"spec": {"builder": {"name": "no-such-builder"}}}, env.namespace
+    )
     failed = await env.wait_succeeded(name, "False")
     assert (failed["reason"], failed["message"]) == (k.BUILDER_NOT_READY, k.CUSTOM_BUILDER_NOT_FOUND)
 

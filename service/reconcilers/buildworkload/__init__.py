@@ -9,6 +9,7 @@ Where things are:
 - ``begin`` — a new workload: input checks, custom Builder, pull secrets, the builder account, the Image;
 - ``track`` — a running workload: skipped builds, builder readiness, its Build, the droplet;
 - ``siblings`` — older workloads kpack skipped (``KpackMissedBuild``);
+- ``stack_updates`` — a finished workload's droplet following kpack's stack rebuilds (not buildpack ones);
 - ``finalize`` — a workload being deleted;
 - ``caches`` — the informer caches it reads, their indexes, and the event mappers.
 

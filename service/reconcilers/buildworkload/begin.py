@@ -27,9 +27,10 @@ from service.reconcilers.build_cache import (
     storage_class_of,
     volume_change,
 )
-from service.reconcilers.buildpacks import first_unknown
+from service.reconcilers.buildpacks import Unresolved, resolve_confirmed
 from service.reconcilers.buildworkload.attempt import Failure, Pass, Waiting
 from service.reconcilers.buildworkload.caches import Caches
+from service.reconcilers.custom_builders import stamp
 from service.reconcilers.images import RepositoryCreator
 from service.reconcilers.kpack_objects import (
     add_owner,
@@ -112,9 +113,20 @@ class Begin:
         if cluster_builder is None:
             attempt.fail(k.BUILDER_NOT_READY, k.DEFAULT_CLUSTER_BUILDER_NOT_FOUND)
             return None
-        unknown = first_unknown(buildpacks, cluster_builder)
-        if unknown is not None:
-            attempt.fail(k.INVALID_BUILDPACKS, k.invalid_buildpack_message(unknown))
+        try:
+            resolution = await resolve_confirmed(
+                buildpacks,
+                cluster_builder,
+                work,
+                self.caches.buildpacks,
+                self.caches.cluster_buildpacks,
+                self.client,
+                self.settings.builder_readiness_timeout,
+            )
+        except Unresolved as exc:
+            raise Waiting(str(exc)) from None
+        if resolution.problems:
+            attempt.fail(k.INVALID_BUILDPACKS, resolution.message)
             return None
         name = k.builder_name(buildpacks)
         repository = k.builder_repository(self.settings.container_repository_prefix, name)
@@ -122,8 +134,9 @@ class Begin:
             await self.repositories.create_repository(repository)
         except Exception as exc:
             raise Failure(f"failed ensuring custom builder: failed to create builder repo: {exc}") from exc
-        desired = desired_builder(work, name, repository, cluster_builder, self.settings)
+        desired = desired_builder(work, name, repository, cluster_builder, self.settings, resolution.order)
         existing = self.caches.builders.get(attempt.namespace, name)
+        stamp(desired, None)
         try:
             if existing is None:
                 try:
@@ -134,6 +147,7 @@ class Begin:
                 updated = copy.deepcopy(existing)
                 updated["spec"] = {**(existing.get("spec") or {}), **desired["spec"]}
                 add_owner(updated, work)
+                stamp(updated, existing)
                 patch = merge_diff(existing, updated)
                 if patch:
                     patch.setdefault("metadata", {})["resourceVersion"] = existing["metadata"][
@@ -147,6 +161,9 @@ class Begin:
                 return None
             if isinstance(exc, errors.Conflict):
                 raise
+            if isinstance(exc, errors.NotFound) and existing is not None:
+                # Collected since the cache saw it (custom_builders): made again from fresh state.
+                raise errors.Conflict(f'Builder "{name}" was deleted meanwhile; retrying') from None
             raise errors.ApiError(
                 f"failed ensuring custom builder: failed creating or updating kpack Builder: {exc.message}"
             ) from exc

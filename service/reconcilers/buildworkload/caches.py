@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from service.kube.conditions import status_of
-from service.kube.resources import BUILD, BUILD_WORKLOAD, BUILDER, CLUSTER_BUILDER, IMAGE
+from service.kube.resources import (
+    BUILD,
+    BUILD_WORKLOAD,
+    BUILDER,
+    BUILDPACK,
+    CLUSTER_BUILDER,
+    CLUSTER_BUILDPACK,
+    IMAGE,
+)
 from service.reconcilers import korifi as k
 from service.runtime import InformerFactory, Lister, Obj, Request, by_labels, index_value
 
@@ -46,6 +54,9 @@ class Caches:
         self.builds: Lister = informers.lister(BUILD)
         self.builders: Lister = informers.lister(BUILDER)
         self.cluster_builders: Lister = informers.lister(CLUSTER_BUILDER)
+        # What workloads may name besides the ClusterBuilder's order (service.reconcilers.buildpacks).
+        self.buildpacks: Lister = informers.lister(BUILDPACK)
+        self.cluster_buildpacks: Lister = informers.lister(CLUSTER_BUILDPACK)
         self.workloads.add_indexer(BY_APP, app_index)
         self.workloads.add_indexer(BY_APP_GENERATION, app_generation_index)
         self.builds.add_indexer(BY_IMAGE_GENERATION, image_generation_index)

@@ -1,7 +1,7 @@
 """The reconcile skeleton: fetch the workload from the cache → run its phase on a copy → store what
 changed → record the pass's Events. The phase is decided from the ``Succeeded`` condition: none yet →
-``begin``; ``Unknown`` → ``track``; ``True``/``False`` → done (the droplet is frozen); being deleted →
-``finalize``.
+``begin``; ``Unknown`` → ``track``; ``True``/``False`` → done, but for the droplet following kpack's stack
+updates (``stack_updates``); being deleted → ``finalize``.
 
 How a pass ends: ``Ready=True`` when it went through; ``Ready=False`` with the reason when it failed (an
 API or registry error, retried with backoff) or waits for another actor (``Waiting``: polled, not an
@@ -30,6 +30,7 @@ from service.reconcilers.buildworkload.begin import Begin
 from service.reconcilers.buildworkload.caches import Caches
 from service.reconcilers.buildworkload.finalize import Finalize
 from service.reconcilers.buildworkload.siblings import Siblings
+from service.reconcilers.buildworkload.stack_updates import StackUpdates
 from service.reconcilers.buildworkload.track import Track
 from service.reconcilers.droplet import DropletError
 from service.reconcilers.images import ImageConfigReader, NoRepositoryCreator, RepositoryCreator
@@ -57,7 +58,17 @@ class BuildWorkloadReconciler:
             self.client, settings, self.caches, repositories or NoRepositoryCreator(), self.events
         )
         siblings = Siblings(self.client, self.caches, self.events)
-        self.track = Track(self.client, settings, self.caches, siblings, images, offload, self._wake)
+        self.track = Track(
+            self.client,
+            settings,
+            self.caches,
+            siblings,
+            images,
+            offload,
+            self._wake,
+            remake_builder=self.begin._ensure_custom_builder,
+        )
+        self.stack_updates = StackUpdates(self.caches, self.track.droplet)
         self.finalize = Finalize(self.client, self.caches)
 
     def _wake(self, request: Request) -> None:
@@ -112,7 +123,7 @@ class BuildWorkloadReconciler:
             return await self.finalize(attempt)
         add_finalizer(work, k.BUILD_WORKLOAD_FINALIZER)
         if completed(work):
-            return None
+            return await self.stack_updates(attempt)
         if find(conditions(work), k.SUCCEEDED) is None:
             await self.begin(attempt)
             return None

@@ -10,7 +10,7 @@ registry beside the workers (``service.runtime.offload``): a registry that hangs
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from service.kube import errors
@@ -23,6 +23,7 @@ from service.reconcilers import korifi as k
 from service.reconcilers.buildworkload.attempt import Failure, Pass, Waiting
 from service.reconcilers.buildworkload.caches import Caches
 from service.reconcilers.buildworkload.siblings import Siblings, builds_exist
+from service.reconcilers.custom_builders import readiness_since, wanted_builder
 from service.reconcilers.droplet import droplet
 from service.reconcilers.images import ImageConfig, ImageConfigReader, builder_credentials, registry_lane
 from service.reconcilers.settings import BuilderSettings
@@ -41,6 +42,7 @@ class Track:
         image_configs: ImageConfigReader,
         offload: Offload,
         wake: Callable[[Request], None],
+        remake_builder: Callable[[Pass], Awaitable[str | None]] | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -49,6 +51,7 @@ class Track:
         self.image_configs = image_configs
         self.offload = offload
         self.wake = wake
+        self.remake_builder = remake_builder  # begin's: a workload's own custom Builder made again
 
     async def __call__(self, attempt: Pass) -> Result | None:
         work, namespace = attempt.work, attempt.namespace
@@ -84,7 +87,7 @@ class Track:
                 f"kpack Build {latest['metadata']['name']} failed: {why or 'no reason given'}",
             )
         elif outcome == "True":
-            result = await self._droplet(attempt, latest)
+            result = await self.droplet(attempt, latest)
             if result is None:
                 return Result(requeue_after=REGISTRY_SAFETY_REQUEUE)  # the registry read wakes it sooner
             work["status"]["droplet"] = result
@@ -142,11 +145,19 @@ class Track:
         else:
             raise Failure(f"failed getting builder readiness condition: unknown kind {kind!r}")
         if builder is None:
+            if kind == k.BUILDER_KIND and wanted_builder(attempt.work) == name and self.remake_builder:
+                # Collected under it (custom_builders: the garbage collector's race) or deleted by hand.
+                if await self.remake_builder(attempt) is not None:
+                    return Result(requeue_after=self.settings.builder_readiness_timeout)
+                return Result()
             attempt.fail(k.BUILDER_NOT_READY, missing)
             return Result()
         if is_true(builder, k.READY):
             return None
-        created = parse_rfc3339(attempt.work["metadata"].get("creationTimestamp"))
+        if kind == k.BUILDER_KIND:
+            created = readiness_since(attempt.work, builder)  # a new builder image takes time to build
+        else:
+            created = parse_rfc3339(attempt.work["metadata"].get("creationTimestamp"))
         # The timestamp has whole seconds: count from the end of that second, so that a builder always
         # gets at least the whole timeout (Korifi's count can fall up to a second short).
         waited = (datetime.now(UTC) - created).total_seconds() - 1.0 if created else float("inf")
@@ -156,7 +167,7 @@ class Track:
         attempt.fail(k.BUILDER_NOT_READY, f'Check {kind} "{name}"')
         return Result()
 
-    async def _droplet(self, attempt: Pass, build: Obj) -> Obj | None:
+    async def droplet(self, attempt: Pass, build: Obj) -> Obj | None:
         """The droplet of a successful Build; None while its image config is read in the background."""
         try:
             refs, secrets = await builder_credentials(
