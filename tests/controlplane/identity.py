@@ -56,7 +56,13 @@ def render_chart(release: str, namespace: str, values: Obj | None = None) -> lis
     """Every object the chart renders for this release (``helm template``, with Helm's own library)."""
     chart = helm_python.Chart.load(CHART)
     rendered = chart.render(values or VALUES, name=release, namespace=namespace)
-    return [doc for text in rendered.values() for doc in yaml.safe_load_all(text) if doc]
+    return [
+        doc
+        for path, text in rendered.items()
+        if path.endswith(".yaml")  # not NOTES.txt
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
 
 
 def identity_objects(documents: list[Obj]) -> list[Obj]:

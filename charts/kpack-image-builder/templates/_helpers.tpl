@@ -21,12 +21,15 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Labels every object carries. */}}
+{{/* Labels every object carries (commonLabels too). */}}
 {{- define "kpack-image-builder.labels" -}}
 helm.sh/chart: {{ include "kpack-image-builder.chart" . }}
 {{ include "kpack-image-builder.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Labels that select the pods. */}}
@@ -35,6 +38,21 @@ app.kubernetes.io/name: {{ include "kpack-image-builder.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The pods' ServiceAccount: the chart's (serviceAccount.create), or one that exists, by name. */}}
 {{- define "kpack-image-builder.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
 {{- default (include "kpack-image-builder.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The image: by digest when image.digest is set (the tag is then only informative), else by tag. */}}
+{{- define "kpack-image-builder.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
 {{- end }}
