@@ -105,6 +105,7 @@ class Builder:
         if self._primary is None:
             raise ValueError(f"controller {self._name}: for_() must name the primary resource")
         controller = self._manager.new_controller(self._name, reconcile, workers=self._workers)
+        controller.primary = self._primary
         factory = self._manager.informers
         for source in self._sources:
             informers = factory.informers_for(source.resource, source.label_selector)

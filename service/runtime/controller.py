@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 import anyio
 
+from service.kube.errors import NotFound
+from service.kube.resources import Resource
 from service.runtime.clock import REAL_CLOCK, Clock
 from service.runtime.informer import FuncHandler, Informer
 from service.runtime.metrics import RESULTS, RuntimeMetrics
@@ -159,6 +161,9 @@ class Controller:
             raise ValueError(f"controller {name}: max_concurrent must be at least 1, not {max_concurrent}")
         self.name = name
         self.reconcile = reconcile
+        # The resource this controller reconciles (set by the builder's ``for_``): a 404 about the object
+        # itself means it went meanwhile, which is not a failure.
+        self.primary: Resource | None = None
         self.max_concurrent = max_concurrent
         self.reconcile_timeout = reconcile_timeout
         self.cache_sync_timeout = cache_sync_timeout
@@ -318,6 +323,11 @@ class Controller:
 
     def _failed(self, request: Request, error: Exception, timed_out: bool, fields: Mapping[str, Any]) -> str:
         """Log, count and requeue a failed reconcile as ``judge`` says; the ``result`` label to count."""
+        if self._vanished(request, error):
+            log.info("object is gone: nothing to reconcile (%s)", error, extra=fields)
+            self._traced.pop(request, None)
+            self.queue.forget(request)
+            return "success"
         verdict = judge(error, timed_out=timed_out)
         series = self._series
         if verdict.kind == "requeue":
@@ -352,6 +362,19 @@ class Controller:
         if series:
             series.errors.inc()
         return "error"
+
+
+    def _vanished(self, request: Request, error: Exception) -> bool:
+        """Whether ``error`` is the API server's 404 for the reconciled object itself (its details name
+        the primary resource and the request's name): a reconcile that raced the object's deletion."""
+        details = error.details if isinstance(error, NotFound) else None
+        if self.primary is None or not details:
+            return False
+        return (
+            details.get("name") == request.name
+            and details.get("kind") == self.primary.plural
+            and (details.get("group") or "") == self.primary.group
+        )
 
 
 def _grace(timeout: float) -> float:

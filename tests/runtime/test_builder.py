@@ -4,6 +4,8 @@ informer, and wiring mistakes are refused when the controller is declared."""
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 import pytest
 
@@ -145,3 +147,36 @@ async def test_wiring_mistakes_are_refused_when_declared(client: KubeClient) -> 
     manager.controller("e").for_(r.CONFIG_MAP).complete(noop)
     with pytest.raises(ValueError, match="already exists"):
         manager.controller("e").for_(r.SECRET).complete(noop)
+
+
+async def test_a_reconcile_that_raced_its_objects_deletion_is_not_an_error(
+    client: KubeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API server's 404 for the reconciled object itself means it went meanwhile: logged at info and
+    counted as a success. A 404 for another object stays an error."""
+    manager = Manager(client, options())
+    attempts: dict[str, int] = {}
+
+    async def reconcile(request: Request) -> None:
+        attempts[request.name] = attempts.get(request.name, 0) + 1
+        if request.name == "gone":
+            if attempts["gone"] == 1:  # deleted while its reconcile runs
+                await client.delete(r.CONFIG_MAP, "gone", "default")
+            await client.merge_patch(r.CONFIG_MAP, "gone", {"data": {"x": "1"}}, "default")
+        else:
+            await client.merge_patch(r.CONFIG_MAP, "some-other-object", {"data": {"x": "1"}}, "default")
+
+    manager.controller("toy").for_(r.CONFIG_MAP).complete(reconcile)
+    caplog.set_level(logging.INFO, logger="service.runtime.controller")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(manager.run)
+        await client.create(r.CONFIG_MAP, cm("gone"), "default")
+        await client.create(r.CONFIG_MAP, cm("other"), "default")
+        await eventually(lambda: attempts.get("other", 0) >= 2, what="the other object retried")
+        manager.shutdown()
+        tg.cancel_scope.cancel()
+    errors = manager.metrics.reconcile_errors.labels(controller="toy")._value.get()
+    assert errors == attempts["other"]  # every attempt at "other", none at "gone"
+    messages = [(rec.levelname, rec.getMessage()) for rec in caplog.records if "toy" in str(rec.__dict__)]
+    assert any(level == "INFO" and "object is gone" in text for level, text in messages), messages
+    assert not any(level == "ERROR" and '"gone"' in text for level, text in messages), messages
