@@ -6,6 +6,20 @@ it; then it plays Korifi's CF API: it creates two spaces with their builder serv
 credentials, and BuildWorkloads — with the default builder, with buildpacks, one whose build fails, one
 asking for a buildpack the store does not have, and one naming a buildpack of kpack's Buildpack resources,
 resolved by semver. Their progress is shown live until Ctrl-C.
+
+It also shows issue 8's seeds (docs/build-cache.md, docs/builders.md, docs/stack-updates.md):
+
+* the service runs with ``buildCache: registry`` (a service-wide setting; ``run`` defaults to ``volume``), so
+  each succeeded row shows the cache image its build wrote (``status.droplet.cacheImage``, by digest);
+* two apps of space-b ask for the same buildpack list and share one custom Builder (the BUILDER column, the
+  first 8 characters of its name, and a footer line with the apps the Builder records); go-app is the only
+  user of its Builder, and once its build has succeeded the demo deletes that workload, after which its
+  Builder is collected (footer: ``collected``);
+* once the first builds have finished the demo gives the ClusterStack a new run image; kpack rebases every
+  app whose last build succeeded and the service writes each rebase into the workload's droplet, which
+  the row shows as ``old→new (stack update)``.
+
+With ``--exit-when-done`` it ends once all of that has been seen.
 """
 
 from __future__ import annotations
@@ -13,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 import anyio
@@ -25,11 +39,13 @@ from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import explicit
 from service.reconcilers import korifi as k
+from service.reconcilers.custom_builders import APPS_ANNOTATION
 from service.registry.auth import docker_config_secret
 from service.runtime import Manager
 from simcluster.crds import new_cluster
 from simcluster.kpack import CatalogBuildpack, KpackOptions, paketo_catalogue, running_kpack
 from simcluster.kpack.options import ENV_FAIL, repository_key
+from simcluster.kpack.simulator import CLUSTER_STACK, KpackSimulator
 from simcluster.registry import running_registry
 from simcluster.server import running_apiserver
 
@@ -48,14 +64,17 @@ class Sample:
     buildpacks: tuple[str, ...] = ()
     fail: bool = False
     expected: str = k.BUILD_SUCCEEDED  # the Succeeded reason it should end with
+    delete_when_done: bool = False  # deleted once every sample has finished, so that its Builder goes
 
 
+NODE = ("paketo-buildpacks/nodejs", "paketo-buildpacks/procfile")
 SAMPLES = (
     Sample("space-a", "java-app-build-1", "java-app"),
-    Sample("space-a", "go-app-build-1", "go-app", ("paketo-buildpacks/go",)),
-    Sample(
-        "space-b", "node-app-build-1", "node-app", ("paketo-buildpacks/nodejs", "paketo-buildpacks/procfile")
-    ),
+    # The only user of its Builder: deleted once built, its Builder is collected (docs/builders.md).
+    Sample("space-a", "go-app-build-1", "go-app", ("paketo-buildpacks/go",), delete_when_done=True),
+    # Two apps, one buildpack list: one Builder, recording both.
+    Sample("space-b", "node-app-build-1", "node-app", NODE),
+    Sample("space-b", "node-api-build-1", "node-api", NODE),
     Sample("space-b", "broken-app-build-1", "broken-app", fail=True, expected=k.BUILD_FAILED),
     Sample(
         "space-b", "typo-app-build-1", "typo-app", ("paketo-buildpacks/rubyy",), expected=k.INVALID_BUILDPACKS
@@ -64,6 +83,7 @@ SAMPLES = (
     # ClusterBuildpack 1.9.0; semver picks the space's (as strings, 1.9.0 would win).
     Sample("space-a", "hello-app-build-1", "hello-app", ("demo/hello",)),
 )
+STACK_UPDATE_RUN_IMAGE = "paketobuildpacks/run-jammy-full:demo-update"
 HELLO_PACKAGES = {"demo/hello-space": "1.10.0", "demo/hello-cluster": "1.9.0"}  # image -> its demo/hello
 
 
@@ -145,6 +165,10 @@ async def create_space(
 
 
 # ------------------------------------------------------------------------------ the live view
+Key = tuple[str, str]  # (namespace, name)
+COLUMNS = ("WORKLOAD", "BUILDER", "BUILDPACKS", "SUCCEEDED", "DROPLET / MESSAGE")
+
+
 def _succeeded(obj: Obj | None) -> Obj:
     for condition in ((obj or {}).get("status") or {}).get("conditions") or ():
         if condition.get("type") == k.SUCCEEDED:
@@ -152,12 +176,16 @@ def _succeeded(obj: Obj | None) -> Obj:
     return {}
 
 
-def resolved(sample: Sample, builders: dict[tuple[str, str], Obj]) -> str:
+def custom_builder(sample: Sample) -> str | None:
+    """The name of the Builder the service makes for the sample's buildpacks (docs/builders.md)."""
+    return k.builder_name(list(sample.buildpacks)) if sample.buildpacks else None
+
+
+def resolved(sample: Sample, builders: dict[Key, Obj]) -> str:
     """The requested buildpacks, with the version and source the custom Builder names where it names one
     (docs/buildpacks.md)."""
-    builder = (
-        builders.get((sample.space, k.builder_name(list(sample.buildpacks)))) if sample.buildpacks else None
-    )
+    name = custom_builder(sample)
+    builder = builders.get((sample.space, name)) if name else None
     order = ((builder or {}).get("spec") or {}).get("order") or []
     shown = []
     for requested, entry in zip(sample.buildpacks, [*order, *([{}] * len(sample.buildpacks))], strict=False):
@@ -167,16 +195,86 @@ def resolved(sample: Sample, builders: dict[tuple[str, str], Obj]) -> str:
     return ", ".join(shown) or "(default)"
 
 
-def row(
-    sample: Sample, obj: Obj | None, builders: dict[tuple[str, str], Obj] | None = None
-) -> tuple[str, ...]:
+def short_digest(image: str) -> str:
+    """``<repository>@sha256:<64 hex>`` as ``sha256:<8 hex>``: enough to tell droplets apart on screen."""
+    algorithm, _, hex_digest = image.rpartition("@")[2].partition(":")
+    return f"{algorithm}:{hex_digest[:8]}" if hex_digest else image
+
+
+@dataclass
+class Progress:
+    """What the demo did and saw besides each workload's status: the droplet each workload had before the
+    stack update, the custom Builders and the apps each recorded, which of them have gone since."""
+
+    first_droplets: dict[Key, str] = field(default_factory=dict)
+    builder_apps: dict[Key, str] = field(default_factory=dict)  # every custom Builder seen: its app-guids
+    present: set[Key] = field(default_factory=set)
+    acted: bool = False  # the delete_when_done workloads deleted and the stack updated
+
+    def observe(self, objects: dict[Key, Obj], builders: dict[Key, Obj]) -> None:
+        for key, obj in objects.items():
+            image = (((obj.get("status") or {}).get("droplet") or {}).get("registry") or {}).get("image")
+            if image:
+                self.first_droplets.setdefault(key, image)
+        for key, builder in builders.items():
+            self.builder_apps[key] = (builder["metadata"].get("annotations") or {}).get(APPS_ANNOTATION, "")
+        self.present = set(builders)
+
+    def collected(self, key: Key) -> bool:
+        return key in self.builder_apps and key not in self.present
+
+    def refreshed(self, key: Key, obj: Obj | None) -> bool:
+        droplet = ((obj or {}).get("status") or {}).get("droplet") or {}
+        image = (droplet.get("registry") or {}).get("image")
+        return bool(image and self.first_droplets.get(key, image) != image)
+
+
+def row(sample: Sample, obj: Obj | None, progress: Progress, builders: dict[Key, Obj]) -> tuple[str, ...]:
+    key = (sample.space, sample.name)
     condition = _succeeded(obj)
     droplet = ((obj or {}).get("status") or {}).get("droplet") or {}
-    state = f"{condition.get('status', '-')}/{condition.get('reason', '')}" if condition else "pending"
+    if obj is None:
+        state = "deleted" if sample.delete_when_done and progress.acted else "pending"
+    elif (obj.get("metadata") or {}).get("deletionTimestamp"):
+        state = "deleting"
+    else:
+        state = f"{condition.get('status', '-')}/{condition.get('reason', '')}" if condition else "pending"
+    name = custom_builder(sample)
+    if name is None:
+        builder = "ClusterBuilder"
+    elif (sample.space, name) in progress.builder_apps:
+        builder = name[:8] + (" (collected)" if progress.collected((sample.space, name)) else "")
+    else:
+        builder = "-"
     image = (droplet.get("registry") or {}).get("image", "")
-    web = next((p["command"] for p in droplet.get("processTypes") or () if p.get("type") == "web"), "")
-    detail = f"{image.rpartition('/')[2][:40]}  web: {web}" if image else condition.get("message", "")
-    return (f"{sample.space}/{sample.name}", resolved(sample, builders or {}), state, detail)
+    if image:
+        first = progress.first_droplets.get(key, image)
+        shown = f"{first.rpartition('/')[2].partition('@')[0]}@{short_digest(first)}"
+        if first != image:
+            shown += f"→{short_digest(image)} (stack update)"
+        if droplet.get("cacheImage"):
+            shown += f"  cache: {short_digest(droplet['cacheImage'])}"
+        detail = shown
+    elif state == "deleted":
+        detail = "deleted by the demo once it had succeeded"
+    else:
+        detail = condition.get("message", "")
+    return (f"{sample.space}/{sample.name}", builder, resolved(sample, builders), state, detail)
+
+
+def footer(progress: Progress) -> list[str]:
+    """A line per custom Builder (its apps, or that it was collected) and, once done, the stack update."""
+    lines = []
+    for (space, name), apps in sorted(progress.builder_apps.items()):
+        users = apps.replace(",", ", ") or "-"
+        if progress.collected((space, name)):
+            lines.append(f"Builder {space}/{name[:8]}: collected (it was used by {users})")
+        else:
+            shared = " (shared)" if "," in apps else ""
+            lines.append(f"Builder {space}/{name[:8]}: used by {users}{shared}")
+    if progress.acted:
+        lines.append(f"ClusterStack {CLUSTER_STACK}: run image updated to {STACK_UPDATE_RUN_IMAGE}")
+    return lines
 
 
 def done(sample: Sample, obj: Obj | None) -> bool:
@@ -188,33 +286,53 @@ def as_expected(sample: Sample, obj: Obj | None) -> bool:
     return _succeeded(obj).get("reason") == sample.expected
 
 
+def seeds_shown(progress: Progress, current: list[tuple[Sample, Obj | None]]) -> bool:
+    """After the demo acted: every succeeded workload it kept has a refreshed droplet with a cache image,
+    a Builder recorded two apps, and the Builders of the deleted workloads are gone."""
+    kept = [(s, o) for s, o in current if s.expected == k.BUILD_SUCCEEDED and not s.delete_when_done]
+    return (
+        progress.acted
+        and all(
+            progress.refreshed((s.space, s.name), o)
+            and (((o or {}).get("status") or {}).get("droplet") or {}).get("cacheImage")
+            for s, o in kept
+        )
+        and any("," in apps for apps in progress.builder_apps.values())
+        and all(
+            progress.collected((s.space, name))
+            for s in SAMPLES
+            if s.delete_when_done and (name := custom_builder(s)) is not None
+        )
+    )
+
+
 class View:
-    """Redraws the table on a terminal; elsewhere prints each row when it changes."""
+    """Redraws the table on a terminal; elsewhere prints each row, and each footer line, when it changes."""
 
     def __init__(self, out: TextIO, header: list[str]) -> None:
         self.out = out
         self.header = header
         self.tty = out.isatty()
         self.last: dict[str, tuple[str, ...]] = {}
+        self.printed: set[str] = set()
 
-    def show(self, rows: list[tuple[str, ...]], footer: str) -> None:
+    def show(self, rows: list[tuple[str, ...]], footer: list[str]) -> None:
         if self.tty:
-            widths = [
-                max(len(c) for c in col)
-                for col in zip(
-                    ("WORKLOAD", "BUILDPACKS", "SUCCEEDED", "DROPLET / MESSAGE"), *rows, strict=False
-                )
-            ]
+            widths = [max(len(c) for c in col) for col in zip(COLUMNS, *rows, strict=False)]
             lines = [*self.header, ""]
-            for cells in [("WORKLOAD", "BUILDPACKS", "SUCCEEDED", "DROPLET / MESSAGE"), *rows]:
+            for cells in [COLUMNS, *rows]:
                 lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
-            lines += ["", footer]
+            lines += ["", *footer]
             self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
         else:
             for cells in rows:
                 if self.last.get(cells[0]) != cells:
                     self.last[cells[0]] = cells
                     self.out.write("  ".join(cells) + "\n")
+            for line in footer:
+                if line not in self.printed:
+                    self.printed.add(line)
+                    self.out.write(line + "\n")
         self.out.flush()
 
 
@@ -228,15 +346,20 @@ class DemoOptions:
 
 
 async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
-    """Run until Ctrl-C (exit 0), or with ``exit_when_done`` until every sample finished (0 if each ended
-    as expected, else 1)."""
+    """Run until Ctrl-C (exit 0), or with ``exit_when_done`` until every sample finished and the demo's
+    later steps showed (0 if each ended as expected, else 1)."""
     async with running_apiserver(new_cluster()) as api, running_registry(host=api.host) as registry:
         catalogue = {
             **paketo_catalogue(),
             **{repository_key(i): [CatalogBuildpack("demo/hello", v)] for i, v in HELLO_PACKAGES.items()},
         }
-        kpack = KpackOptions(build_seconds=options.build_seconds, registry=registry.host, catalogue=catalogue)
-        async with running_kpack(api, kpack, seed=True), KubeClient(explicit(api.url)) as client:
+        kpack_options = KpackOptions(
+            build_seconds=options.build_seconds, registry=registry.host, catalogue=catalogue
+        )
+        async with (
+            running_kpack(api, kpack_options, seed=True) as kpack,
+            KubeClient(explicit(api.url)) as client,
+        ):
             for space in SPACES:
                 await create_space(client, space, registry.host)
             for resource, obj in hello_buildpacks():
@@ -244,6 +367,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
             config = replace(
                 Config(),
                 container_repository_prefix=f"{registry.host}/cf/",
+                build_cache="registry",  # docs/build-cache.md; the service's default is a volume
                 metrics_bind_address=options.metrics_bind_address,
                 health_probe_bind_address=options.health_probe_bind_address,
                 workers=2,
@@ -255,18 +379,30 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
                     await client.create(r.BUILD_WORKLOAD, workload(sample, registry.host), sample.space)
                 header = [
                     "kpack-image-builder demo: the API emulator, an OCI registry, the kpack simulator and the service",
-                    f"  kubernetes API  {api.url}    registry  {registry.url}",
+                    f"  kubernetes API  {api.url}    registry  {registry.url}    build cache  registry",
                     f"  /metrics        http://{options.metrics_bind_address}/metrics"
                     f"    probes  http://{options.health_probe_bind_address}/readyz?verbose",
                 ]
-                code = await _watch(client, manager, View(out, header), options)
+                code = await _watch(client, kpack, manager, View(out, header), options)
                 manager.shutdown()
             return code
 
 
-async def _watch(client: KubeClient, manager: Manager, view: View, options: DemoOptions) -> int:
+async def _act(client: KubeClient, kpack: KpackSimulator) -> None:
+    """Once every sample has finished: delete the workloads whose Builders should go, update the stack."""
+    for sample in SAMPLES:
+        if sample.delete_when_done:
+            with contextlib.suppress(errors.NotFound):
+                await client.delete(r.BUILD_WORKLOAD, sample.name, sample.space)
+    await kpack.update_stack(CLUSTER_STACK, STACK_UPDATE_RUN_IMAGE)
+
+
+async def _watch(
+    client: KubeClient, kpack: KpackSimulator, manager: Manager, view: View, options: DemoOptions
+) -> int:
     """Poll and show the workloads twice a second (a display, so polling is what it is for)."""
     deadline = anyio.current_time() + options.timeout
+    progress = Progress()
     while True:
         if manager.shutdown_requested:
             return 0
@@ -278,19 +414,31 @@ async def _watch(client: KubeClient, manager: Manager, view: View, options: Demo
             (b["metadata"]["namespace"], b["metadata"]["name"]): b
             for b in (await client.list(r.BUILDER))["items"]
         }
+        progress.observe(objects, builders)
         current = [(s, objects.get((s.space, s.name))) for s in SAMPLES]
-        finished = all(done(s, o) for s, o in current)
-        footer = (
-            "every workload has finished; the service keeps running (Ctrl-C stops it)"
-            if finished
-            else "building... (Ctrl-C stops it)"
-        )
-        view.show([row(s, o, builders) for s, o in current], footer)
-        if options.exit_when_done and finished:
-            return 0 if all(as_expected(s, o) for s, o in current) else 1
-        if options.exit_when_done and anyio.current_time() > deadline:
-            view.out.write(f"demo: not every workload finished within {options.timeout:g} s\n")
+        finished = progress.acted or all(done(s, o) for s, o in current)
+        complete = seeds_shown(progress, current)
+        if complete:
+            status = "all done" + (
+                "" if options.exit_when_done else "; the service keeps running (Ctrl-C stops it)"
+            )
+        elif finished:
+            status = "every workload has finished; the stack update and the Builder collection follow..."
+        else:
+            status = "building... (Ctrl-C stops it)"
+        view.show([row(s, o, progress, builders) for s, o in current], [*footer(progress), status])
+        unexpected = not all(as_expected(s, o) for s, o in current)
+        if options.exit_when_done and finished and not progress.acted and unexpected:
             return 1
+        if options.exit_when_done and complete:
+            return 0
+        if options.exit_when_done and anyio.current_time() > deadline:
+            view.out.write(f"demo: not everything was shown within {options.timeout:g} s\n")
+            return 1
+        if finished and not progress.acted:
+            await _act(client, kpack)
+            progress.acted = True
+            continue
         await anyio.sleep(0.5)
 
 

@@ -3,6 +3,7 @@ an OCI registry (the scenario: ``tests/e2e/scenario.py``); and the one-command d
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -74,17 +75,52 @@ async def test_the_demo_reaches_every_expected_outcome() -> None:
         )
     output = result.stdout.decode()
     assert result.returncode == 0, output + result.stderr.decode()
+    lines = output.splitlines()
+
+    def rows(name: str) -> list[str]:
+        return [line for line in lines if line.startswith(f"{name} ")]
+
     for name, outcome in (
         ("space-a/java-app-build-1", "True/BuildSucceeded"),
         ("space-a/go-app-build-1", "True/BuildSucceeded"),
         ("space-b/node-app-build-1", "True/BuildSucceeded"),
+        ("space-b/node-api-build-1", "True/BuildSucceeded"),
         ("space-b/broken-app-build-1", "False/BuildFailed"),
         ("space-b/typo-app-build-1", "False/InvalidBuildpacks"),
         ("space-a/hello-app-build-1", "True/BuildSucceeded"),
     ):
-        assert any(line.startswith(name) and outcome in line for line in output.splitlines()), (name, output)
+        assert any(outcome in line for line in rows(name)), (name, output)
     # Resolved by semver to the space's Buildpack (1.10.0), not the ClusterBuildpack (1.9.0).
     assert "demo/hello 1.10.0 (Buildpack hello)" in output, output
+
+    # The registry cache: every droplet names the cache image its build wrote, by digest. A stack update
+    # then refreshes each kept droplet: old→new.
+    refreshed = re.compile(
+        r"-droplets@sha256:([0-9a-f]{8})→sha256:([0-9a-f]{8}) \(stack update\)  cache: sha256:"
+    )
+    for name in (
+        "space-a/java-app-build-1",
+        "space-b/node-app-build-1",
+        "space-b/node-api-build-1",
+        "space-a/hello-app-build-1",
+    ):
+        [last] = rows(name)[-1:]
+        match = refreshed.search(last)
+        assert match and match[1] != match[2], (name, output)
+    assert "ClusterStack cf-default-stack: run image updated to " in output, output
+
+    # node-app and node-api share one Builder that records both; go-app's, used by it alone, is collected
+    # once the demo deleted its workload.
+    [node_builder] = {
+        rows(n)[-1].split()[1] for n in ("space-b/node-app-build-1", "space-b/node-api-build-1")
+    }
+    assert node_builder != "-", output
+    assert f"Builder space-b/{node_builder}: used by node-api, node-app (shared)" in lines, output
+    go_rows = rows("space-a/go-app-build-1")
+    go_builder = next(cells[1] for cells in (row.split() for row in go_rows) if cells[1] != "-")
+    assert go_rows[-1].split()[1:5] == [go_builder, "(collected)", "paketo-buildpacks/go", "deleted"], output
+    assert f"Builder space-a/{go_builder}: collected (it was used by go-app)" in lines, output
+    assert lines[-1].startswith("all done"), output
 
 
 async def test_the_demo_stops_cleanly_on_ctrl_c() -> None:
