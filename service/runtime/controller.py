@@ -363,7 +363,6 @@ class Controller:
             series.errors.inc()
         return "error"
 
-
     def _vanished(self, request: Request, error: Exception) -> bool:
         """Whether ``error`` is the API server's 404 for the reconciled object itself (its details name
         the primary resource and the request's name): a reconcile that raced the object's deletion."""
