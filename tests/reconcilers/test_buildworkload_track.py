@@ -298,6 +298,7 @@ async def test_a_deleted_custom_builder_is_made_again(env: Env) -> None:
     assert (failed["reason"], failed["message"]) == (k.BUILDER_NOT_READY, f'Check Builder "{builder}"')
 
 
+@pytest.mark.readiness_timeout(60)  # its own custom Builder never gets ready here: no timeout first
 async def test_an_image_naming_a_missing_builder_fails_the_workload(env: Env) -> None:
     """U2, for a Builder the workload did not ask for."""
     workload = await env.create_workload(env.workload_body(buildpacks=["repo/my-buildpack"]))
