@@ -409,6 +409,18 @@ class Config:
         non_negative_duration,
         "how long after a workload's creation a builder that is not ready fails it",
     )
+    build_timeout: float = builder(
+        "buildTimeout",
+        0.0,
+        non_negative_duration,
+        "how long a kpack Build may run before it is stopped and its workload fails BuildTimeout (0: no limit)",
+    )
+    build_pod_pending_timeout: float = builder(
+        "buildPodPendingTimeout",
+        600.0,
+        non_negative_duration,
+        "how long a build pod that cannot start is waited for before the build is stopped (0: no limit)",
+    )
     container_repository_prefix: str | None = builder(
         "containerRepositoryPrefix",
         None,

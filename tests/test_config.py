@@ -385,6 +385,8 @@ def test_every_setting_from_every_source(tmp_path: Path) -> None:
         "clusterBuilderName": ("my-builder", "my-builder"),
         "builderServiceAccount": ("my-account", "my-account"),
         "builderReadinessTimeout": ("1m", 60.0),
+        "buildTimeout": ("30m", 1800.0),
+        "buildPodPendingTimeout": ("5m", 300.0),
         "containerRepositoryPrefix": ("registry.example.com:5000/cf/", "registry.example.com:5000/cf/"),
         "containerRegistryType": ("ECR", "ECR"),
         "cfRootNamespace": ("root", "root"),

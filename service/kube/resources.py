@@ -93,6 +93,7 @@ SERVICE_ACCOUNT = Resource(
 SECRET = Resource("", "v1", "secrets", "Secret", True, False, "secret")
 CONFIG_MAP = Resource("", "v1", "configmaps", "ConfigMap", True, False, "configmap", ("cm",))
 EVENT = Resource("", "v1", "events", "Event", True, False, "event", ("ev",))
+POD = Resource("", "v1", "pods", "Pod", True, True, "pod", ("po",))
 STORAGE_CLASS = Resource(
     "storage.k8s.io", "v1", "storageclasses", "StorageClass", False, False, "storageclass", ("sc",)
 )

@@ -29,6 +29,7 @@ log = logging.getLogger("service.reconcilers.images")
 class ImageConfig:
     labels: dict[str, str]
     ports: list[int]  # of ExposedPorts, protocol suffixes removed
+    size: int = 0  # bytes: the config and every layer (0: unknown)
 
 
 class ImageConfigReader(Protocol):
@@ -106,7 +107,7 @@ class RegistryImages:
 
     async def image_config(self, image: str, secrets: Sequence[Obj]) -> ImageConfig:
         config = await self.registry.image_config(image, keychain=Keychain.from_secrets(secrets))
-        return ImageConfig(labels=dict(config.labels), ports=list(config.exposed_ports))
+        return ImageConfig(labels=dict(config.labels), ports=list(config.exposed_ports), size=config.size)
 
     async def delete_image(self, image: str, tags: Sequence[str], secrets: Sequence[Obj]) -> None:
         result = await self.registry.delete_image(image, tags, keychain=Keychain.from_secrets(secrets))

@@ -27,6 +27,13 @@ KPACK_REASON_ANNOTATION = "image.kpack.io/reason"  # why kpack built: comma-join
 DEFAULT_STORAGE_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 BUILD_METADATA_LABEL = "io.buildpacks.build.metadata"  # an OCI image config label, not a Kubernetes one
 
+# This service's own annotations (docs/builds.md).
+CANCEL_ANNOTATION = "kpack-image-builder.korifi.cloudfoundry.org/cancel"  # on a workload: "true" cancels
+STOPPED_FOR_ANNOTATION = "kpack-image-builder.korifi.cloudfoundry.org/stopped-for"  # on a Build we stopped
+IMAGE_UID_ANNOTATION = (
+    "kpack-image-builder.korifi.cloudfoundry.org/image-uid"  # the Image a workload began on
+)
+
 # --------------------------------------------------------------------------- finalizers
 BUILD_WORKLOAD_FINALIZER = "kpack-image-builder.korifi.cloudfoundry.org/buildworkload"
 KPACK_BUILD_FINALIZER = "korifi.cloudfoundry.org/kpackBuild"
@@ -54,9 +61,16 @@ KPACK_MISSED_BUILD_MESSAGE = "More recent build workload has been scheduled"
 INVALID_WORKLOAD = "InvalidWorkload"
 IMAGE_REJECTED = "ImageRejected"
 BUILDER_REJECTED = "BuilderRejected"
+# Stopping a build (service.reconcilers.buildworkload.stopping): the workload's Succeeded reasons, also
+# written to the kpack Build the service stops.
+BUILD_CANCELED = "BuildCanceled"
+BUILD_TIMEOUT = "BuildTimeout"
+BUILD_POD_PENDING = "BuildPodPending"  # Unknown: the build pod cannot start (yet)
+BUILD_POD_PENDING_TIMEOUT = "BuildPodPendingTimeout"
 # Events this service adds.
 BUILD_CACHE_REPLACED = "BuildCacheReplaced"
 STACK_UPDATED = "StackUpdated"
+IMAGE_RECREATED = "ImageRecreated"
 
 READY_REASON = "Ready"
 READY_MESSAGE = "Ready"

@@ -15,6 +15,8 @@ class BuilderSettings:
     cluster_builder_name: str = "cf-kpack-cluster-builder"
     builder_service_account: str = "kpack-service-account"
     builder_readiness_timeout: float = 30.0
+    build_timeout: float = 0.0  # 0: builds may run for ever
+    build_pod_pending_timeout: float = 600.0  # 0: a pod that cannot start is waited for for ever
     container_repository_prefix: str = ""
     build_cache: str = "volume"
     build_cache_mb: int = 2048

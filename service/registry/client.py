@@ -92,6 +92,12 @@ class ImageConfig:
     exposed_ports: list[int]
     user: str
     config: dict[str, Any] = field(repr=False)
+    size: int = 0  # bytes of the config and every layer, as the manifest gives them
+
+
+def _image_size(manifest: dict[str, Any]) -> int:
+    parts = [manifest.get("config"), *(manifest.get("layers") or ())]
+    return sum(p["size"] for p in parts if isinstance(p, dict) and isinstance(p.get("size"), int))
 
 
 def _image_name(repo: Repository, identifier: str) -> str:
@@ -266,7 +272,14 @@ class RegistryClient:
                 raise InvalidImage(
                     f"error getting exposed ports of image {ref}: {exc}", registry=ref.registry.name
                 ) from None
-        return ImageConfig(manifest.digest, labels, ports, user if isinstance(user, str) else "", config)
+        return ImageConfig(
+            manifest.digest,
+            labels,
+            ports,
+            user if isinstance(user, str) else "",
+            config,
+            _image_size(manifest.manifest),
+        )
 
     async def list_tags(
         self,

@@ -97,6 +97,9 @@ BEHAVIOURS: dict[Permission, str] = {
     ("ClusterRole", KPACK, "builds", "get"): "a Build the cache lacks is confirmed",
     ("ClusterRole", KPACK, "builds", "patch"): "a Build gets the droplet-deletion finalizer",
     ("ClusterRole", KPACK, "builds", "delete"): "a deleted workload's Builds are deleted",
+    ("ClusterRole", KPACK, "builds/status", "patch"): "a canceled build's kpack Build is marked finished",
+    ("ClusterRole", "", "pods", "get"): "a canceled build's pod is confirmed gone",
+    ("ClusterRole", "", "pods", "delete"): "a canceled build's pod is deleted",
     ("ClusterRole", "", "secrets", "get"): "a space's pull secret is found, and droplets are read with it",
     ("ClusterRole", "", "serviceaccounts", "get"): "a space's builder ServiceAccount is found",
     ("ClusterRole", "storage.k8s.io", "storageclasses", "list"): "the cache volume's StorageClass is read",
@@ -337,7 +340,7 @@ class Scenario:
         default = {"kind": "ClusterBuilder", "name": self.cluster_builder}
         ready_at_1 = {"conditions": [{"type": "Ready", "status": "True"}], "observedGeneration": 1}
         # Started workloads whose objects the caches lack, so the service confirms with a read:
-        await self.in_flight("ghost", "ghost")  # its Image is gone (images get)
+        await self.in_flight("ghost", "ghost")  # its Image is gone (images get): it begins again
         await self.image("lost", builder=default, status={**ready_at_1, "latestBuildRef": "no-such-build"})
         await self.in_flight("lost", "lost")  # kpack's latest Build is unknown (builds get)
         await self.image(
@@ -346,9 +349,57 @@ class Scenario:
         await self.in_flight("nocb", "nocb")  # its ClusterBuilder is unknown (clusterbuilders get)
         await self.image("nob", builder={"kind": "Builder", "name": "no-such-builder"}, status=ready_at_1)
         await self.in_flight("nob", "nob")  # its Builder is unknown (builders get)
+        await self.running_build("cancel")  # a cancel is asked for while it runs
         # An Image whose volume cache is smaller than the service's setting, and no StorageClass that can
         # grow it: its volume is replaced (storageclasses list).
         await self.image("resize", builder=default, size="512Mi")
+
+    async def running_build(self, app: str) -> None:
+        """A workload whose kpack Build runs in a pod, and a cancel asked for (docs/builds.md): the service
+        marks the Build finished (builds/status), deletes its pod and confirms it gone (pods)."""
+        await self.image(app, builder={"kind": "ClusterBuilder", "name": self.cluster_builder})
+        await self.in_flight(app, app)
+        await self.admin.merge_patch(
+            r.BUILD_WORKLOAD, app, {"metadata": {"annotations": {k.CANCEL_ANNOTATION: "true"}}}, self.space
+        )
+        build, pod = f"{app}-build-1", f"{app}-build-1-build-pod"
+        await self.create(
+            r.BUILD,
+            {
+                "apiVersion": k.KPACK_API_VERSION,
+                "kind": "Build",
+                "metadata": {
+                    "name": build,
+                    "namespace": self.space,
+                    "labels": {
+                        k.KPACK_IMAGE_LABEL: app,
+                        k.KPACK_IMAGE_GENERATION_LABEL: "1",
+                        k.KPACK_BUILD_NUMBER_LABEL: "1",
+                    },
+                },
+                "spec": {"tags": [f"{PREFIX}{app}-droplets"]},
+            },
+        )
+        await self.admin.patch_status(
+            r.BUILD,
+            build,
+            {"status": {"conditions": [{"type": "Succeeded", "status": "Unknown"}], "podName": pod}},
+            self.space,
+        )
+        await self.create(
+            r.POD,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": pod, "namespace": self.space},
+                "spec": {
+                    "serviceAccountName": SERVICE_ACCOUNT,
+                    "automountServiceAccountToken": False,
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "completion", "image": "registry.example/lifecycle"}],
+                },
+            },
+        )
 
     # ------------------------------------------------------------------ with the service running
     async def drive(self) -> None:
@@ -494,7 +545,8 @@ class Scenario:
 
         await self.wait(resized, "app resize's Image with the service's cache size")
         await self.wait(lambda: self.counted("again"), "the repeated BuildRunning event counted twice")
-        for name in ("ghost", "lost", "nocb", "nob"):
+        await self.wait(lambda: self.get(r.IMAGE, "ghost"), "ghost's Image made again")
+        for name in ("lost", "nocb", "nob"):
             await self.wait(
                 lambda name=name: self.ready_says(name, "not found"), f"{name}: its object confirmed missing"
             )
@@ -507,6 +559,14 @@ class Scenario:
             )
 
         await self.wait(mirrored, "the BuilderInfo Ready")
+        await self.wait(
+            lambda: self.reason_is("cancel", "False", k.BUILD_CANCELED), "cancel Succeeded=False/BuildCanceled"
+        )
+        await self.wait(lambda: self.get_deleted(r.POD, "cancel-build-1-build-pod"), "the canceled pod gone")
+
+    async def reason_is(self, name: str, status: str, reason: str) -> bool:
+        condition = await self.succeeded(name, status)
+        return condition is not None and condition.get("reason") == reason
 
     async def get_deleted(self, resource: r.Resource, name: str) -> bool:
         return await self.get(resource, name) is None

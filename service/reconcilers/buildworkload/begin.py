@@ -82,6 +82,7 @@ class Begin:
             return
         attempt.succeeded("Unknown", k.BUILD_RUNNING, k.BUILD_RUNNING_MESSAGE)
         meta(work).setdefault("labels", {})[k.IMAGE_GENERATION_LABEL] = str(generation(image))
+        meta(work).setdefault("annotations", {})[k.IMAGE_UID_ANNOTATION] = image["metadata"]["uid"]
         attempt.event("Normal", k.BUILD_RUNNING, f"kpack Image {image['metadata']['name']} ready to build")
 
     async def _require(self, resource: Any, kind: str, namespace: str, name: str) -> Obj:

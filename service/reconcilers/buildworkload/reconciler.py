@@ -67,6 +67,7 @@ class BuildWorkloadReconciler:
             offload,
             self._wake,
             remake_builder=self.begin._ensure_custom_builder,
+            begin_again=self.begin,
         )
         self.stack_updates = StackUpdates(self.caches, self.track.droplet)
         self.finalize = Finalize(self.client, self.caches)
@@ -134,9 +135,10 @@ class BuildWorkloadReconciler:
         old, ns, name = cached["metadata"], cached["metadata"].get("namespace"), cached["metadata"]["name"]
         rv = old.get("resourceVersion")
         meta_patch: Obj = {}
-        labels = merge_diff(old.get("labels") or {}, meta(work).get("labels") or {})
-        if labels:
-            meta_patch["labels"] = labels
+        for field in ("labels", "annotations"):
+            changed = merge_diff(old.get(field) or {}, meta(work).get(field) or {})
+            if changed:
+                meta_patch[field] = changed
         finalizers = meta(work).get("finalizers") or None
         if (old.get("finalizers") or None) != finalizers:
             meta_patch["finalizers"] = finalizers

@@ -20,12 +20,26 @@ from service.kube.objects import generation, labels
 from service.kube.resources import BUILD
 from service.kube.timestamps import parse_rfc3339
 from service.reconcilers import korifi as k
+from service.reconcilers.build_steps import failed_step
+from service.reconcilers.buildworkload import pending
 from service.reconcilers.buildworkload.attempt import Failure, Pass, Waiting
 from service.reconcilers.buildworkload.caches import Caches
+from service.reconcilers.buildworkload.pending import next_check
 from service.reconcilers.buildworkload.siblings import Siblings, builds_exist
+from service.reconcilers.buildworkload.stopping import (
+    STOP_REASONS,
+    Stop,
+    Stopper,
+    age,
+    cancel_requested,
+    is_running,
+    stopped_for,
+    stopping,
+)
 from service.reconcilers.custom_builders import readiness_since, wanted_builder
 from service.reconcilers.droplet import droplet
 from service.reconcilers.images import ImageConfig, ImageConfigReader, builder_credentials, registry_lane
+from service.reconcilers.provenance import provenance
 from service.reconcilers.settings import BuilderSettings
 from service.runtime import Obj, Offload, Request, Result, get_confirmed
 
@@ -43,6 +57,7 @@ class Track:
         offload: Offload,
         wake: Callable[[Request], None],
         remake_builder: Callable[[Pass], Awaitable[str | None]] | None = None,
+        begin_again: Callable[[Pass], Awaitable[None]] | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -52,48 +67,146 @@ class Track:
         self.offload = offload
         self.wake = wake
         self.remake_builder = remake_builder  # begin's: a workload's own custom Builder made again
+        self.begin_again = begin_again  # begin itself: for a workload whose Image was deleted under it
+        self.stopper = Stopper(client)
 
     async def __call__(self, attempt: Pass) -> Result | None:
         work, namespace = attempt.work, attempt.namespace
         app_guid = labels(work).get(k.APP_GUID_LABEL, "")
         image = await get_confirmed(self.caches.images, self.client, namespace, app_guid)
-        if image is None:
-            raise errors.NotFound(f'failed getting kpack Image: Image.kpack.io "{app_guid}" not found')
+        if image is None or _recreated(work, image):
+            return await self._begin_again(attempt, image)
         try:
             image_generation = int(labels(work).get(k.IMAGE_GENERATION_LABEL, ""))
         except ValueError as exc:
             raise Failure(f"couldn't parse image generation on buildworkload label: {exc}") from None
-        await self._recover_skipped_build(image, image_generation)
-        waiting = await self._wait_for_builder(attempt, image)
-        if waiting is not None:
-            return waiting
-        builds = self.caches.builds_of(namespace, app_guid, image_generation)
-        if not builds:
+        stop = self._stop_asked(attempt)
+        if stop is None:
+            await self._recover_skipped_build(image, image_generation)
+            waiting = await self._wait_for_builder(attempt, image)
+            if waiting is not None:
+                return waiting
+        builds = [b for b in self.caches.builds_of(namespace, app_guid, image_generation) if _of(b, image)]
+        latest = max(builds, key=_build_number) if builds else None
+        if stop is None and latest is not None and stopped_for(latest) == attempt.name:
+            # Stopped for this workload by a pass whose own write was lost: the stop goes on.
+            reason = _reason(latest)
+            reason = reason if reason in STOP_REASONS else k.BUILD_CANCELED
+            stop = Stop(reason, self._why(reason))
+        if stop is not None:
+            result = await self.stopper(attempt, stop, latest)
+            if latest is None or is_running(latest) or stopped_for(latest) == attempt.name:
+                return result
+        if latest is None:
             if _skipped(image, image_generation) and not await builds_exist(
                 self.client, self.caches, namespace, app_guid, image_generation
             ):
                 attempt.fail(k.KPACK_MISSED_BUILD, k.KPACK_MISSED_BUILD_MESSAGE)
             return None  # the Build's creation (or the Image moving on) will wake this workload
-        latest = max(builds, key=_build_number)
         await self.siblings.fail_skipped(attempt, app_guid, image_generation)
-        outcome = status_of(latest, k.SUCCEEDED)
-        if outcome == "False":
-            attempt.succeeded("False", k.BUILD_FAILED, k.BUILD_FAILED_MESSAGE)
-            # Korifi's message is fixed ("Check build log output"); the Event says what kpack said.
-            why = (find((latest.get("status") or {}).get("conditions"), k.SUCCEEDED) or {}).get("message")
-            attempt.event(
-                "Warning",
-                k.BUILD_FAILED,
-                f"kpack Build {latest['metadata']['name']} failed: {why or 'no reason given'}",
-            )
-        elif outcome == "True":
-            result = await self.droplet(attempt, latest)
-            if result is None:
-                return Result(requeue_after=REGISTRY_SAFETY_REQUEUE)  # the registry read wakes it sooner
-            work["status"]["droplet"] = result
-            attempt.succeeded("True", k.BUILD_SUCCEEDED, k.BUILD_SUCCEEDED_MESSAGE)
-            attempt.event("Normal", k.BUILD_SUCCEEDED, f"droplet {result['registry']['image']}")
+        if is_running(latest):
+            return await self._running(attempt, latest)
+        if stopped_for(latest) not in (None, attempt.name):
+            # Stopped for another workload of the same generation (a cancel, a timeout): this one asks
+            # for its own build rather than inherit the stop.
+            await self._request_build(latest)
+            return None
+        if status_of(latest, k.SUCCEEDED) == "False":
+            self._failed(attempt, latest)
+            return None
+        made = await self.droplet(attempt, latest)
+        if made is None:
+            return Result(requeue_after=REGISTRY_SAFETY_REQUEUE)  # the registry read wakes it sooner
+        work["status"]["droplet"] = made
+        work["status"].pop("failedAt", None)
+        attempt.succeeded("True", k.BUILD_SUCCEEDED, k.BUILD_SUCCEEDED_MESSAGE)
+        attempt.event("Normal", k.BUILD_SUCCEEDED, f"droplet {made['registry']['image']}")
         return None
+
+    def _stop_asked(self, attempt: Pass) -> Stop | None:
+        """The stop under way, or a cancel just asked for."""
+        reason = stopping(attempt.work)
+        if reason is None and cancel_requested(attempt.work):
+            reason = k.BUILD_CANCELED
+        return None if reason is None else Stop(reason, self._why(reason))
+
+    def _why(self, reason: str) -> str:
+        if reason == k.BUILD_TIMEOUT:
+            return f"the build ran longer than buildTimeout ({self.settings.build_timeout:g}s)"
+        if reason == k.BUILD_POD_PENDING_TIMEOUT:
+            return (
+                "the build pod did not start within buildPodPendingTimeout "
+                f"({self.settings.build_pod_pending_timeout:g}s)"
+            )
+        return f"canceled by annotation {k.CANCEL_ANNOTATION}"
+
+    async def _running(self, attempt: Pass, build: Obj) -> Result | None:
+        """A running Build: stopped past the build timeout; a pod that cannot start said, and stopped past
+        its own limit; else looked at again when a limit or the next pod check falls due."""
+        elapsed = age(build)
+        timeout = self.settings.build_timeout
+        if timeout and elapsed >= timeout:
+            return await self.stopper(attempt, Stop(k.BUILD_TIMEOUT, self._why(k.BUILD_TIMEOUT)), build)
+        waits = [next_check(build)]
+        if timeout:
+            waits.append(timeout - elapsed)
+        trouble = await pending.problem(self.client, build)
+        if trouble is None:
+            attempt.succeeded("Unknown", k.BUILD_RUNNING, k.BUILD_RUNNING_MESSAGE)
+        else:
+            limit = self.settings.build_pod_pending_timeout
+            if limit and elapsed >= limit:
+                attempt.event("Warning", k.BUILD_POD_PENDING_TIMEOUT, trouble)
+                stop = Stop(k.BUILD_POD_PENDING_TIMEOUT, self._why(k.BUILD_POD_PENDING_TIMEOUT))
+                return await self.stopper(attempt, stop, build)
+            if (
+                status_of(attempt.work, k.SUCCEEDED) != "Unknown"
+                or _reason(attempt.work) != k.BUILD_POD_PENDING
+            ):
+                attempt.event("Warning", k.BUILD_POD_PENDING, trouble)
+            attempt.succeeded("Unknown", k.BUILD_POD_PENDING, trouble)
+            if limit:
+                waits.append(limit - elapsed)
+        return Result(requeue_after=max(0.5, min(waits)))
+
+    def _failed(self, attempt: Pass, build: Obj) -> None:
+        """``BuildFailed``: Korifi's words, then the step that failed and the command that shows its log."""
+        step = failed_step(build)
+        message = k.BUILD_FAILED_MESSAGE
+        if step is not None:
+            message = f"{message}: {step.describe()}"
+            attempt.work["status"]["failedAt"] = step.as_status()
+        attempt.succeeded("False", k.BUILD_FAILED, message)
+        why = (find((build.get("status") or {}).get("conditions"), k.SUCCEEDED) or {}).get("message")
+        attempt.event(
+            "Warning",
+            k.BUILD_FAILED,
+            f"kpack Build {build['metadata']['name']} failed: {why or 'no reason given'}",
+        )
+
+    async def _begin_again(self, attempt: Pass, image: Obj | None) -> Result | None:
+        """The Image this workload began on was deleted (and maybe made again) under it: its Builds go
+        with it, so the workload begins again on the Image as it is now — never left waiting for ever."""
+        if self.begin_again is None:
+            raise errors.NotFound(f'failed getting kpack Image: Image.kpack.io "{attempt.name}" not found')
+        what = "deleted" if image is None else "made again"
+        attempt.event(
+            "Normal", k.IMAGE_RECREATED, f"kpack Image of this workload was {what} under it: building again"
+        )
+        await self.begin_again(attempt)
+        return None
+
+    async def _request_build(self, build: Obj) -> None:
+        """Ask kpack for one more build on top of its latest (the trigger annotation, kpack.md §3.6)."""
+        if (build["metadata"].get("annotations") or {}).get(k.BUILD_NEEDED_ANNOTATION) == "true":
+            return
+        meta = build["metadata"]
+        await self.client.merge_patch(
+            BUILD,
+            meta["name"],
+            {"metadata": {"annotations": {k.BUILD_NEEDED_ANNOTATION: "true"}}},
+            meta["namespace"],
+        )
 
     async def _recover_skipped_build(self, image: Obj, image_generation: int) -> None:
         """kpack builds nothing when only a non-build field of the Image changed (kpack issue #1198): ask it
@@ -168,7 +281,8 @@ class Track:
         return Result()
 
     async def droplet(self, attempt: Pass, build: Obj) -> Obj | None:
-        """The droplet of a successful Build; None while its image config is read in the background."""
+        """The droplet of a successful Build; None while its image config is read in the background. What
+        the build made (``provenance``) goes on the workload beside it."""
         try:
             refs, secrets = await builder_credentials(
                 self.client, attempt.namespace, self.settings.builder_service_account
@@ -192,6 +306,7 @@ class Track:
         if outcome.error is not None:
             raise Failure(f"failed getting image config: {outcome.error}") from outcome.error
         config = outcome.get()
+        attempt.work.setdefault("status", {})["provenance"] = provenance(build, image, config)
         return droplet(
             image,
             (status.get("stack") or {}).get("id", ""),
@@ -200,6 +315,24 @@ class Track:
             refs,
             status.get("latestCacheImage") or "",
         )
+
+
+def _recreated(work: Obj, image: Obj) -> bool:
+    """The workload began on another Image of the same name (workloads that began before this service
+    recorded it are taken to have begun on this one)."""
+    began_on = (work["metadata"].get("annotations") or {}).get(k.IMAGE_UID_ANNOTATION)
+    return began_on is not None and began_on != image["metadata"].get("uid")
+
+
+def _of(build: Obj, image: Obj) -> bool:
+    """A Build of this Image, not of a deleted one of the same name whose Builds wait for the garbage
+    collector (a Build with no owner at all is taken as this Image's)."""
+    owners = build["metadata"].get("ownerReferences") or ()
+    return not owners or any(o.get("uid") == image["metadata"].get("uid") for o in owners)
+
+
+def _reason(work: Obj) -> str:
+    return str((find((work.get("status") or {}).get("conditions"), k.SUCCEEDED) or {}).get("reason") or "")
 
 
 def _skipped(image: Obj, image_generation: int) -> bool:

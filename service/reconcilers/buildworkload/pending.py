@@ -1,0 +1,59 @@
+"""A build pod that cannot start, in words a person can act on (issue: builds that wait for ever).
+
+kpack copies into its Build's ``Succeeded=Unknown`` the reason and message of the pod's first *waiting*
+init container (``ImagePullBackOff``, ``CreateContainerConfigError``…; kpack.md §3.7), but says nothing
+of a pod the scheduler cannot place (``PodScheduled=False``: "0/3 nodes are available…") and nothing of a
+pod the API refused to create (a ResourceQuota: kpack logs it and retries). For those the pod itself is
+read — only for a Build that has run a while without a word (``POD_CHECK_AFTER``), then ever less often,
+so that a build that simply runs costs few reads.
+"""
+
+from __future__ import annotations
+
+from service.kube import errors
+from service.kube.client import KubeClient
+from service.kube.conditions import find
+from service.kube.resources import POD
+from service.reconcilers import korifi as k
+from service.reconcilers.buildworkload.stopping import age, pod_name
+from service.runtime import Obj
+
+NORMAL_WAITING = frozenset({"PodInitializing", "ContainerCreating"})  # a pod on its way
+POD_CHECK_AFTER = 10.0  # seconds a Build runs without a word before its pod is read
+POD_CHECK_MAX = 60.0
+
+
+def next_check(build: Obj) -> float:
+    """Seconds until the pod of this running Build is looked at (again)."""
+    elapsed = age(build)
+    if elapsed < POD_CHECK_AFTER:
+        return POD_CHECK_AFTER - elapsed
+    return min(POD_CHECK_MAX, max(POD_CHECK_AFTER, elapsed / 2))
+
+
+async def problem(client: KubeClient, build: Obj) -> str | None:
+    """Why the running Build's pod has not started, or None if nothing says it cannot."""
+    condition = find((build.get("status") or {}).get("conditions"), k.SUCCEEDED) or {}
+    reason, message = condition.get("reason") or "", condition.get("message") or ""
+    pod = pod_name(build)
+    if reason and reason not in NORMAL_WAITING:
+        return f"{reason}: {message} (pod {pod})" if message else f"{reason} (pod {pod})"
+    if reason or age(build) < POD_CHECK_AFTER:
+        return None  # initializing, or too young to tell
+    try:
+        found = await client.get(POD, pod, build["metadata"]["namespace"])
+    except errors.NotFound:
+        return (
+            f"kpack has not created the build pod {pod}: a ResourceQuota or LimitRange may refuse it "
+            "(kpack's controller log says why)"
+        )
+    status = found.get("status") or {}
+    scheduled = find(status.get("conditions"), "PodScheduled") or {}
+    if scheduled.get("status") == "False":
+        why = scheduled.get("message") or scheduled.get("reason") or "not scheduled"
+        return f"{why} (pod {pod})"
+    for container in status.get("initContainerStatuses") or ():
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] not in NORMAL_WAITING:
+            return f"{waiting['reason']}: {waiting.get('message', '')} (pod {pod}, container {container.get('name')})"
+    return None
