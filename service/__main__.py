@@ -52,6 +52,14 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from service.diagnosis import run_explain
+
+    # The command's stderr is its one error line: the client's retry warnings would only blur it.
+    logging.getLogger().setLevel(logging.CRITICAL)
+    return run_explain(args.workload, kubeconfig=args.kubeconfig, context=args.context, output=args.output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kpack-image-builder", description="Korifi's kpack image builder.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_flags(run)
     run.set_defaults(func=_run)
+
+    explain = sub.add_parser(
+        "explain",
+        help="say why a BuildWorkload is where it is (read-only)",
+        description="Follow a BuildWorkload's build through its kpack Image, builder, Build and pod, and say "
+        "what is wrong and what to do next. Exit status 0 when healthy, 1 when not, 2 when it cannot tell "
+        "(bad argument, no such workload, unreachable cluster). See docs/explain.md.",
+    )
+    explain.add_argument("workload", metavar="NAMESPACE/WORKLOAD", help="the BuildWorkload")
+    explain.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster)"
+    )
+    explain.add_argument("--context", help="the kubeconfig context (default: its current-context)")
+    explain.add_argument(
+        "--output", "-o", choices=("text", "json"), default="text", help="text (default) or json"
+    )
+    explain.set_defaults(func=_explain)
     return parser
 
 

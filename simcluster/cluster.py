@@ -458,6 +458,19 @@ class Cluster(Reads):
         if not pending:
             if options.dry_run:
                 return True, self.view(kind, version, old)
+            if kind.graceful_delete:
+                # A graceful deletion with no grace left (an unscheduled pod): the object is first marked
+                # (one MODIFIED event, the generation bumped), then removed, in the same request.
+                marked = store.fresh(old)
+                marked["metadata"]["deletionTimestamp"] = rfc3339()
+                marked["metadata"]["deletionGracePeriodSeconds"] = 0
+                if kind.uses_generation:
+                    marked["metadata"]["generation"] = meta.get("generation", 1) + 1
+                rv = self._next_rv()
+                marked["metadata"]["resourceVersion"] = str(rv)
+                self._store(kind, marked)
+                self._emit(kind, "MODIFIED", marked, old, rv)
+                old, meta = marked, marked["metadata"]
             rv = self._next_rv()
             gone = {**old, "metadata": {**meta, "resourceVersion": str(rv)}}
             self._unstore(kind, gone)

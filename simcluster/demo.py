@@ -19,6 +19,12 @@ It also shows issue 8's seeds (docs/build-cache.md, docs/builders.md, docs/stack
   app whose last build succeeded and the service writes each rebase into the workload's droplet, which
   the row shows as ``old→new (stack update)``.
 
+And issue 9's (docs/builds.md, docs/explain.md): slow-app's build is canceled while it runs
+(``BuildCanceled``), endless-app's is stopped by the build timeout (``BuildTimeout``; the demo sets
+``buildTimeout`` just above its ordinary builds), huge-app's pod can never be scheduled (said as
+``BuildPodPending`` while it waits, then ``BuildPodPendingTimeout``), and once broken-app has failed the
+demo prints ``kpack-image-builder explain`` of it.
+
 With ``--exit-when-done`` it ends once all of that has been seen.
 """
 
@@ -34,6 +40,8 @@ import anyio
 
 from service.app import serve_cluster
 from service.config import Config
+from service.diagnosis.explain import explain
+from service.diagnosis.render import render
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
@@ -44,7 +52,7 @@ from service.registry.auth import docker_config_secret
 from service.runtime import Manager
 from simcluster.crds import new_cluster
 from simcluster.kpack import CatalogBuildpack, KpackOptions, paketo_catalogue, running_kpack
-from simcluster.kpack.options import ENV_FAIL, repository_key
+from simcluster.kpack.options import ENV_BUILD_SECONDS, ENV_FAIL, ENV_POD_PENDING, repository_key
 from simcluster.kpack.simulator import CLUSTER_STACK, KpackSimulator
 from simcluster.registry import running_registry
 from simcluster.server import running_apiserver
@@ -65,6 +73,8 @@ class Sample:
     fail: bool = False
     expected: str = k.BUILD_SUCCEEDED  # the Succeeded reason it should end with
     delete_when_done: bool = False  # deleted once every sample has finished, so that its Builder goes
+    env: tuple[tuple[str, str], ...] = ()  # the simulator's knobs, through the build's env
+    cancel: bool = False  # canceled by the demo once its build pod runs
 
 
 NODE = ("paketo-buildpacks/nodejs", "paketo-buildpacks/procfile")
@@ -82,7 +92,32 @@ SAMPLES = (
     # A buildpack of kpack's Buildpack resources (docs/buildpacks.md): space-a's Buildpack offers 1.10.0, a
     # ClusterBuildpack 1.9.0; semver picks the space's (as strings, 1.9.0 would win).
     Sample("space-a", "hello-app-build-1", "hello-app", ("demo/hello",)),
+    # Issue 9's seeds (docs/builds.md): a build canceled while it runs, one stopped by the build timeout,
+    # one whose pod can never be scheduled (said while it waits, stopped at buildPodPendingTimeout).
+    Sample(
+        "space-a",
+        "slow-app-build-1",
+        "slow-app",
+        env=((ENV_BUILD_SECONDS, "600"),),
+        cancel=True,
+        expected=k.BUILD_CANCELED,
+    ),
+    Sample(
+        "space-a",
+        "endless-app-build-1",
+        "endless-app",
+        env=((ENV_BUILD_SECONDS, "600"),),
+        expected=k.BUILD_TIMEOUT,
+    ),
+    Sample(
+        "space-b",
+        "huge-app-build-1",
+        "huge-app",
+        env=((ENV_POD_PENDING, "unschedulable"),),
+        expected=k.BUILD_POD_PENDING_TIMEOUT,
+    ),
 )
+EXPLAINED = ("space-b", "broken-app-build-1")  # the demo ends with `explain` of this failed workload
 STACK_UPDATE_RUN_IMAGE = "paketobuildpacks/run-jammy-full:demo-update"
 HELLO_PACKAGES = {"demo/hello-space": "1.10.0", "demo/hello-cluster": "1.9.0"}  # image -> its demo/hello
 
@@ -116,6 +151,7 @@ def workload(sample: Sample, registry: str) -> Obj:
     env = [{"name": "BP_DEMO", "value": "true"}]
     if sample.fail:
         env.append({"name": ENV_FAIL, "value": "build"})
+    env += [{"name": name, "value": value} for name, value in sample.env]
     spec: Obj = {
         "buildRef": {"name": sample.name},
         "builderName": k.BUILDER_NAME,
@@ -210,6 +246,8 @@ class Progress:
     builder_apps: dict[Key, str] = field(default_factory=dict)  # every custom Builder seen: its app-guids
     present: set[Key] = field(default_factory=set)
     acted: bool = False  # the delete_when_done workloads deleted and the stack updated
+    canceled: set[Key] = field(default_factory=set)
+    explained: list[str] = field(default_factory=list)  # `explain` of the failed workload, once it failed
 
     def observe(self, objects: dict[Key, Obj], builders: dict[Key, Obj]) -> None:
         for key, obj in objects.items():
@@ -274,7 +312,7 @@ def footer(progress: Progress) -> list[str]:
             lines.append(f"Builder {space}/{name[:8]}: used by {users}{shared}")
     if progress.acted:
         lines.append(f"ClusterStack {CLUSTER_STACK}: run image updated to {STACK_UPDATE_RUN_IMAGE}")
-    return lines
+    return lines + progress.explained
 
 
 def done(sample: Sample, obj: Obj | None) -> bool:
@@ -292,6 +330,7 @@ def seeds_shown(progress: Progress, current: list[tuple[Sample, Obj | None]]) ->
     kept = [(s, o) for s, o in current if s.expected == k.BUILD_SUCCEEDED and not s.delete_when_done]
     return (
         progress.acted
+        and bool(progress.explained)
         and all(
             progress.refreshed((s.space, s.name), o)
             and (((o or {}).get("status") or {}).get("droplet") or {}).get("cacheImage")
@@ -368,6 +407,9 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
                 Config(),
                 container_repository_prefix=f"{registry.host}/cf/",
                 build_cache="registry",  # docs/build-cache.md; the service's default is a volume
+                # docs/builds.md: long enough for every ordinary build (and rebase) of the demo
+                build_timeout=5.0 + 3 * options.build_seconds,
+                build_pod_pending_timeout=2.0 + options.build_seconds,
                 metrics_bind_address=options.metrics_bind_address,
                 health_probe_bind_address=options.health_probe_bind_address,
                 workers=2,
@@ -386,6 +428,39 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
                 code = await _watch(client, kpack, manager, View(out, header), options)
                 manager.shutdown()
             return code
+
+
+async def _cancel_running(
+    client: KubeClient, progress: Progress, current: list[tuple[Sample, Obj | None]]
+) -> None:
+    """Cancel the samples that ask for it once their build pod exists (docs/builds.md#cancel)."""
+    for sample, obj in current:
+        key = (sample.space, sample.name)
+        if not sample.cancel or key in progress.canceled or _succeeded(obj).get("reason") != k.BUILD_RUNNING:
+            continue
+        try:
+            await client.get(r.POD, f"{sample.app}-build-1-build-pod", sample.space)
+        except errors.NotFound:
+            continue
+        await client.merge_patch(
+            r.BUILD_WORKLOAD,
+            sample.name,
+            {"metadata": {"annotations": {k.CANCEL_ANNOTATION: "true"}}},
+            sample.space,
+        )
+        progress.canceled.add(key)
+
+
+async def _explain(client: KubeClient, progress: Progress, objects: dict[Key, Obj]) -> None:
+    """``kpack-image-builder explain`` of the failed sample, once it has failed (docs/explain.md)."""
+    if progress.explained or not done(SAMPLES[0], objects.get(EXPLAINED)):
+        return
+    text = render(await explain(client, *EXPLAINED))
+    progress.explained = [
+        "",
+        f"$ kpack-image-builder explain {EXPLAINED[0]}/{EXPLAINED[1]}",
+        *text.splitlines(),
+    ]
 
 
 async def _act(client: KubeClient, kpack: KpackSimulator) -> None:
@@ -416,6 +491,8 @@ async def _watch(
         }
         progress.observe(objects, builders)
         current = [(s, objects.get((s.space, s.name))) for s in SAMPLES]
+        await _cancel_running(client, progress, current)
+        await _explain(client, progress, objects)
         finished = progress.acted or all(done(s, o) for s, o in current)
         complete = seeds_shown(progress, current)
         if complete:

@@ -37,13 +37,30 @@ _EVENT_FIELDS: FieldPaths = {
     "source": (("source", "component"), ("reportingComponent",)),
     "type": (("type",),),
 }
+# A path of one element starting with "=" is a literal: the value when no path before it finds one (Go
+# formats a bool field that JSON omits when false as "false").
+_POD_FIELDS: FieldPaths = {
+    **OBJECT_META_FIELDS,
+    "spec.nodeName": (("spec", "nodeName"),),
+    "spec.restartPolicy": (("spec", "restartPolicy"),),
+    "spec.schedulerName": (("spec", "schedulerName"),),
+    "spec.serviceAccountName": (("spec", "serviceAccountName"),),
+    "spec.hostNetwork": (("spec", "hostNetwork"), ("=false",)),
+    "status.phase": (("status", "phase"),),
+    "status.podIP": (("status", "podIP"),),
+    "status.nominatedNodeName": (("status", "nominatedNodeName"),),
+}
 
 
 def _field_value(obj: Obj, paths: tuple[tuple[str, ...], ...]) -> str:
     for path in paths:
+        if len(path) == 1 and path[0].startswith("="):
+            return path[0][1:]
         value: Any = obj
         for part in path:
             value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, bool):
+            return "true" if value else "false"
         if value not in (None, ""):
             return value if isinstance(value, str) else str(value)
     return ""
@@ -90,6 +107,7 @@ class Kind:
     categories: tuple[str, ...] = ()
     custom: bool = False  # defined by a CustomResourceDefinition
     returns_deleted_object: bool = False  # DELETE answers with the object rather than a Status
+    graceful_delete: bool = False  # DELETE marks the object (deletionTimestamp) before removing it
     unconditional_update: bool = False  # PUT without metadata.resourceVersion is allowed
     defaults: Callable[[Obj], None] | None = None  # built-in defaulting on create
     field_paths: FieldPaths = field(default_factory=lambda: OBJECT_META_FIELDS)
@@ -105,8 +123,12 @@ class Kind:
     @property
     def uses_generation(self) -> bool:
         # Every custom resource carries metadata.generation; of the built-in kinds served here only
-        # CustomResourceDefinition does (1 on create, +1 on every spec change).
-        return self.custom or self.key == ("apiextensions.k8s.io", "customresourcedefinitions")
+        # CustomResourceDefinition and Pod (since pod generation tracking, v1.33) do (1 on create, +1 on
+        # every spec change).
+        return self.custom or self.key in (
+            ("apiextensions.k8s.io", "customresourcedefinitions"),
+            ("", "pods"),
+        )
 
     def field_selector(self, text: str | None) -> FieldSelector:
         """Parse a ``fieldSelector`` for this kind (SelectorError on a label it does not support)."""
@@ -158,6 +180,43 @@ def _storage_class_defaults(obj: Obj) -> None:
     obj.setdefault("volumeBindingMode", "Immediate")
 
 
+def _image_pull_policy(image: str) -> str:
+    """core/v1's default: ``Always`` for ``:latest`` or no tag (a digest counts as a tag), else
+    ``IfNotPresent``."""
+    name = image.rpartition("@")[0] if "@" in image else image
+    tag = name.rpartition(":")[2] if ":" in name.rpartition("/")[2] else ""
+    return "IfNotPresent" if "@" in image or (tag and tag != "latest") else "Always"
+
+
+def _pod_defaults(obj: Obj) -> None:
+    """What kube-apiserver's defaulting and pod strategy add on create that a reader may rely on: the
+    spec's scheduling and restart defaults, the containers' termination message and pull policy, and a
+    fresh status (``Pending``, the QoS class) whatever the client sent. (Admission plugins kube-apiserver
+    also runs, such as ServiceAccount's token volume and DefaultTolerationSeconds, are not emulated.)"""
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("securityContext", {})
+    spec.setdefault("schedulerName", "default-scheduler")
+    spec.setdefault("enableServiceLinks", True)
+    # The ServiceAccount admission plugin's default (it also refuses a pod whose service account does not
+    # exist, and mounts its token: not emulated).
+    spec["serviceAccountName"] = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+    spec["serviceAccount"] = spec["serviceAccountName"]  # the deprecated alias, kept in step
+    resources = False
+    for key in ("initContainers", "containers"):
+        for c in spec.get(key) or ():
+            if not isinstance(c, dict):
+                continue
+            c.setdefault("terminationMessagePath", "/dev/termination-log")
+            c.setdefault("terminationMessagePolicy", "File")
+            c.setdefault("imagePullPolicy", _image_pull_policy(str(c.get("image", ""))))
+            c.setdefault("resources", {})
+            resources = resources or bool(c["resources"])
+    obj["status"] = {"phase": "Pending", "qosClass": "Burstable" if resources else "BestEffort"}
+
+
 def _crd_defaults(obj: Obj) -> None:
     spec = obj.setdefault("spec", {})
     spec.setdefault("conversion", {"strategy": "None"})
@@ -198,6 +257,16 @@ def built_in_kinds() -> list[Kind]:
         _built_in(r.EVENT, field_paths=_EVENT_FIELDS),
         _built_in(r.STORAGE_CLASS, returns_deleted_object=True, defaults=_storage_class_defaults),
         _built_in(r.LEASE),
+        # An unscheduled pod is deleted at once (its grace period is 0 without a node), and the emulator
+        # has no nodes: every pod delete is immediate, answered with the object, as kube-apiserver does.
+        _built_in(
+            r.POD,
+            status=True,
+            returns_deleted_object=True,
+            graceful_delete=True,
+            defaults=_pod_defaults,
+            field_paths=_POD_FIELDS,
+        ),
         # CRDs, like custom resources, need metadata.resourceVersion on update.
         _built_in(
             r.CUSTOM_RESOURCE_DEFINITION,

@@ -3,8 +3,8 @@ the simulated cluster (which the wheel and the image leave out, so such an impor
 
 Layers, each importing only those before it: ``service.kube`` and ``service.http`` → ``service.registry``
 (may read Kubernetes Secrets) and ``service.runtime`` (generic: no kpack or Korifi in it) →
-``service.reconcilers`` (the domain: no HTTP in it) → ``service.app`` / ``service.config`` /
-``service.__main__`` (the composition).
+``service.reconcilers`` (the domain: no HTTP in it) → ``service.diagnosis`` (``explain``) →
+``service.app`` / ``service.config`` / ``service.__main__`` (the composition).
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ ALLOWED = {
     "service.registry": ("service.registry", "service.kube", "service.http"),
     "service.runtime": ("service.runtime", "service.kube", "service.http"),
     "service.reconcilers": ("service.reconcilers", "service.runtime", "service.registry", "service.kube"),
+    # ``explain``: reads through the client and judges with the domain's words; nothing imports it but the
+    # command line.
+    "service.diagnosis": ("service.diagnosis", "service.reconcilers", "service.kube"),
 }
 
 

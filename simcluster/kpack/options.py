@@ -26,6 +26,13 @@ ANNOTATION_PORTS = "sim.kpack.io/ports"  # comma-separated ExposedPorts keys, e.
 ANNOTATION_DETECT = "sim.kpack.io/detect"  # a buildpack id: detection picks the first order group with it
 ANNOTATION_SKIP_BUILD = "sim.kpack.io/skip-build-generation"  # on an Image: build nothing for this generation
 ANNOTATION_NEVER_READY = "sim.kpack.io/never-ready"  # on a Builder or ClusterBuilder: "true"
+# Why the build pod cannot start: "unschedulable", "image-pull" or "quota", optionally ":<message>". While
+# the Build has it, its run does not progress; removing it lets the run start.
+ANNOTATION_POD_PENDING = "sim.kpack.io/pod-pending"
+# The same knobs as build environment variables (an app asks through its env, as with SIM_KPACK_FAIL):
+# the annotation wins where both are set.
+ENV_BUILD_SECONDS = "SIM_KPACK_BUILD_SECONDS"
+ENV_POD_PENDING = "SIM_KPACK_POD_PENDING"
 
 
 @dataclass(frozen=True, slots=True)

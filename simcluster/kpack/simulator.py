@@ -39,7 +39,8 @@ from service.runtime import (
     Request,
     Result,
 )
-from simcluster.kpack import apis, gotypes
+from service.runtime.informer import FuncHandler
+from simcluster.kpack import apis, gotypes, pods
 from simcluster.kpack.base import Obj, Shared, log
 from simcluster.kpack.builders import BuilderControllers
 from simcluster.kpack.builds import BuildController
@@ -70,6 +71,16 @@ def _not_deleting(obj: Obj) -> bool:
 
 
 SKIP_DELETING = Funcs(create=_not_deleting, update=lambda old, new: _not_deleting(new), delete=_not_deleting)
+
+
+def _build_of_pod(pod: Obj) -> list[Request]:
+    meta = pod["metadata"]
+    build = (meta.get("labels") or {}).get(pods.BUILD_LABEL)
+    return [Request(meta.get("namespace", ""), build)] if build else []
+
+
+# Only a pod's deletion matters to its Build's run (the simulator writes the pod's status itself).
+POD_DELETES = Funcs(create=lambda obj: False, update=lambda old, new: False)
 
 
 def _skip_undecodable(reconcile: Reconcile) -> Reconcile:
@@ -117,10 +128,14 @@ class KpackSimulator:
         for res in RESOURCES:
             self.shared.informers[res.plural] = self.manager.informers.get(res)
         self.shared.informers["builds"].add_indexer(BUILDS_BY_IMAGE, builds_by_image)
+        # kpack's informer on build pods: only those it labels, as its own is (and the controller's watch
+        # below shares it).
+        self.shared.informers["pods"] = self.manager.informers.get(r.POD, label_selector=pods.BUILD_LABEL)
         self.stores = StoreControllers(self.shared)
         self.builders = BuilderControllers(self.shared)
         self.images = ImageController(self.shared)
         self.builds = BuildController(self.shared, registry)
+        self.shared.informers["pods"].add_handler(FuncHandler(delete=self.builds.pod_deleted))
         self.controllers: list[Controller] = []
         self._store_controllers: dict[str, Controller] = {}  # by plural
         self._wire()
@@ -175,7 +190,12 @@ class KpackSimulator:
             .watches(r.CLUSTER_BUILDER, self.images.images_using),
             self.images.reconcile,
         )
-        self._complete(self._controller("builds", r.BUILD), self.builds.reconcile)
+        self._complete(
+            self._controller("builds", r.BUILD).watches(
+                r.POD, _build_of_pod, predicates=[POD_DELETES], label_selector=pods.BUILD_LABEL
+            ),
+            self.builds.reconcile,
+        )
 
     def _all(self, plural: str) -> Callable[[Obj], list[Request]]:
         return lambda obj: self.builders.all_builders(plural)

@@ -560,7 +560,8 @@ class Scenario:
 
         await self.wait(mirrored, "the BuilderInfo Ready")
         await self.wait(
-            lambda: self.reason_is("cancel", "False", k.BUILD_CANCELED), "cancel Succeeded=False/BuildCanceled"
+            lambda: self.reason_is("cancel", "False", k.BUILD_CANCELED),
+            "cancel Succeeded=False/BuildCanceled",
         )
         await self.wait(lambda: self.get_deleted(r.POD, "cancel-build-1-build-pod"), "the canceled pod gone")
 

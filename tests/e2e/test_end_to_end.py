@@ -88,6 +88,9 @@ async def test_the_demo_reaches_every_expected_outcome() -> None:
         ("space-b/broken-app-build-1", "False/BuildFailed"),
         ("space-b/typo-app-build-1", "False/InvalidBuildpacks"),
         ("space-a/hello-app-build-1", "True/BuildSucceeded"),
+        ("space-a/slow-app-build-1", "False/BuildCanceled"),
+        ("space-a/endless-app-build-1", "False/BuildTimeout"),
+        ("space-b/huge-app-build-1", "False/BuildPodPendingTimeout"),
     ):
         assert any(outcome in line for line in rows(name)), (name, output)
     # Resolved by semver to the space's Buildpack (1.10.0), not the ClusterBuildpack (1.9.0).
@@ -120,6 +123,14 @@ async def test_the_demo_reaches_every_expected_outcome() -> None:
     go_builder = next(cells[1] for cells in (row.split() for row in go_rows) if cells[1] != "-")
     assert go_rows[-1].split()[1:5] == [go_builder, "(collected)", "paketo-buildpacks/go", "deleted"], output
     assert f"Builder space-a/{go_builder}: collected (it was used by go-app)" in lines, output
+    # Issue 9: the pod that cannot start is said while it waits; the failed workload is explained.
+    assert any(
+        "Unknown/BuildPodPending  0/3 nodes are available" in line
+        for line in rows("space-b/huge-app-build-1")
+    ), output
+    assert "$ kpack-image-builder explain space-b/broken-app-build-1" in lines, output
+    logs = "kubectl logs -n space-b broken-app-build-1-build-pod -c build"
+    assert f'  - read the log of the failed step "build", exit code 51: {logs}' in lines, output
     assert lines[-1].startswith("all done"), output
 
 

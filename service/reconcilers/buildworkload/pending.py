@@ -23,22 +23,28 @@ POD_CHECK_AFTER = 10.0  # seconds a Build runs without a word before its pod is 
 POD_CHECK_MAX = 60.0
 
 
-def next_check(build: Obj) -> float:
+def check_after(limit: float) -> float:
+    """How long a Build runs without a word before its pod is read: soon enough to say why well before
+    ``buildPodPendingTimeout`` (``limit``; 0 means none) ends it."""
+    return min(POD_CHECK_AFTER, limit / 2) if limit else POD_CHECK_AFTER
+
+
+def next_check(build: Obj, limit: float) -> float:
     """Seconds until the pod of this running Build is looked at (again)."""
-    elapsed = age(build)
-    if elapsed < POD_CHECK_AFTER:
-        return POD_CHECK_AFTER - elapsed
-    return min(POD_CHECK_MAX, max(POD_CHECK_AFTER, elapsed / 2))
+    elapsed, first = age(build), check_after(limit)
+    if elapsed < first:
+        return first - elapsed
+    return min(POD_CHECK_MAX, max(first, elapsed / 2))
 
 
-async def problem(client: KubeClient, build: Obj) -> str | None:
+async def problem(client: KubeClient, build: Obj, limit: float) -> str | None:
     """Why the running Build's pod has not started, or None if nothing says it cannot."""
     condition = find((build.get("status") or {}).get("conditions"), k.SUCCEEDED) or {}
     reason, message = condition.get("reason") or "", condition.get("message") or ""
     pod = pod_name(build)
     if reason and reason not in NORMAL_WAITING:
         return f"{reason}: {message} (pod {pod})" if message else f"{reason} (pod {pod})"
-    if reason or age(build) < POD_CHECK_AFTER:
+    if reason or age(build) < check_after(limit):
         return None  # initializing, or too young to tell
     try:
         found = await client.get(POD, pod, build["metadata"]["namespace"])

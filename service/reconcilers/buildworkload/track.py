@@ -147,14 +147,14 @@ class Track:
         timeout = self.settings.build_timeout
         if timeout and elapsed >= timeout:
             return await self.stopper(attempt, Stop(k.BUILD_TIMEOUT, self._why(k.BUILD_TIMEOUT)), build)
-        waits = [next_check(build)]
+        limit = self.settings.build_pod_pending_timeout
+        waits = [next_check(build, limit)]
         if timeout:
             waits.append(timeout - elapsed)
-        trouble = await pending.problem(self.client, build)
+        trouble = await pending.problem(self.client, build, limit)
         if trouble is None:
             attempt.succeeded("Unknown", k.BUILD_RUNNING, k.BUILD_RUNNING_MESSAGE)
         else:
-            limit = self.settings.build_pod_pending_timeout
             if limit and elapsed >= limit:
                 attempt.event("Warning", k.BUILD_POD_PENDING_TIMEOUT, trouble)
                 stop = Stop(k.BUILD_POD_PENDING_TIMEOUT, self._why(k.BUILD_POD_PENDING_TIMEOUT))

@@ -20,7 +20,7 @@ def test_every_option_is_documented() -> None:
 
 def test_every_annotation_is_documented() -> None:
     annotations = [getattr(kpack, name) for name in kpack.__all__ if name.startswith("ANNOTATION_")]
-    assert len(annotations) == 7
+    assert len(annotations) == 8
     for annotation in annotations:
         assert f"`{annotation}`" in DOC, f"docs/kpack-simulator.md does not mention {annotation}"
 
