@@ -14,7 +14,6 @@ is deleted, its Secrets go before its Builds let go.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -104,10 +103,25 @@ class KpackBuildReconciler:
             self.controller.enqueue(request)
 
     async def _set_finalizers(self, build: Obj, finalizers: list[str]) -> None:
+        """Replace the Build's finalizers with ``finalizers``, guarded by a JSON patch ``test`` of the list
+        as the cache saw it rather than by resourceVersion: kpack writes a Build's status often while it
+        runs, and a resourceVersion guard turned about one finalizer write per Build into a conflict
+        (issue 10). The test still refuses the write if anybody changed the finalizers meanwhile (a
+        ``test`` of null passes for "none yet", as kube-apiserver's patch library does it)."""
         meta = build["metadata"]
-        patch = {"metadata": {"finalizers": finalizers or None, "resourceVersion": meta["resourceVersion"]}}
-        with contextlib.suppress(errors.NotFound):  # gone already: nothing to hold or release
-            await self.client.merge_patch(BUILD, meta["name"], patch, meta["namespace"])
+        current = list(meta.get("finalizers") or []) or None
+        ops: list[Obj] = [{"op": "test", "path": "/metadata/finalizers", "value": current}]
+        if finalizers:
+            ops.append({"op": "add", "path": "/metadata/finalizers", "value": finalizers})
+        elif current is not None:
+            ops.append({"op": "remove", "path": "/metadata/finalizers"})
+        try:
+            await self.client.json_patch(BUILD, meta["name"], ops, meta["namespace"])
+        except errors.NotFound:
+            return  # gone already: nothing to hold or release
+        except errors.Invalid:
+            # The test failed: the finalizers moved since the cache saw them. Retried from fresh state.
+            raise errors.Conflict(f'the finalizers of Build "{meta["name"]}" changed; retrying') from None
 
 
 def register(

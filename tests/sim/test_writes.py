@@ -174,6 +174,28 @@ async def test_json_patch_failing_test_op_is_invalid(kube: Kube, widgets: Obj) -
     assert_status(await kube.patch(kube.path(WIDGETS, name="w1"), missing, JSON_PATCH), 422, "Invalid")
 
 
+async def test_json_patch_test_of_null_passes_for_a_missing_path(kube: Kube, widgets: Obj) -> None:
+    """kube-apiserver's patch library (not RFC 6902): how a finalizer is added with no resourceVersion."""
+    await kube.create(WIDGETS, widget("w1"))
+    add = [
+        {"op": "test", "path": "/metadata/finalizers", "value": None},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["example.com/a"]},
+    ]
+    reply = await kube.patch(kube.path(WIDGETS, name="w1"), add, JSON_PATCH)
+    assert reply.status == 200, reply.body
+    assert reply.body["metadata"]["finalizers"] == ["example.com/a"]
+    # Now the path exists: the same test fails, and nothing is replaced.
+    again = [{**add[0]}, {"op": "add", "path": "/metadata/finalizers", "value": ["example.com/b"]}]
+    assert_status(await kube.patch(kube.path(WIDGETS, name="w1"), again, JSON_PATCH), 422, "Invalid")
+    remove = [
+        {"op": "test", "path": "/metadata/finalizers", "value": ["example.com/a"]},
+        {"op": "remove", "path": "/metadata/finalizers"},
+    ]
+    reply = await kube.patch(kube.path(WIDGETS, name="w1"), remove, JSON_PATCH)
+    assert reply.status == 200, reply.body
+    assert "finalizers" not in reply.body["metadata"]
+
+
 async def test_malformed_patches_are_bad_requests(kube: Kube, widgets: Obj) -> None:
     await kube.create(WIDGETS, widget("w1"))
     url = kube.path(WIDGETS, name="w1")
