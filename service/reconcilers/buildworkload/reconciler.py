@@ -29,6 +29,7 @@ from service.reconcilers.buildworkload.attempt import Failure, Pass, Waiting, co
 from service.reconcilers.buildworkload.begin import Begin
 from service.reconcilers.buildworkload.caches import Caches
 from service.reconcilers.buildworkload.finalize import Finalize
+from service.reconcilers.buildworkload.observed import BuildMetrics, NoMetrics, observe
 from service.reconcilers.buildworkload.siblings import Siblings
 from service.reconcilers.buildworkload.stack_updates import StackUpdates
 from service.reconcilers.buildworkload.track import Track
@@ -38,6 +39,8 @@ from service.reconcilers.settings import BuilderSettings
 from service.runtime import Controller, Manager, Obj, Offload, Request, Result, current
 
 log = logging.getLogger("service.reconcilers.buildworkload")
+
+CACHE_CATCH_UP = 1.0  # seconds: a pass the cache is not ready for is looked at again at the latest then
 
 
 class BuildWorkloadReconciler:
@@ -52,7 +55,11 @@ class BuildWorkloadReconciler:
         self.client: KubeClient = manager.client
         self.settings = settings
         self.events = manager.events
+        self.metrics: BuildMetrics = NoMetrics()  # the composition hands in the real one (service.app)
         self.controller: Controller | None = None  # set by ``register``: registry reads wake through it
+        # Per workload, the resourceVersions its last writes replaced (metadata, then status: two), while
+        # the cache may still show one of them.
+        self._replaced: dict[tuple[str, str], tuple[str | None, ...]] = {}
         self.caches = Caches(manager.informers)
         self.begin = Begin(
             self.client, settings, self.caches, repositories or NoRepositoryCreator(), self.events
@@ -79,7 +86,15 @@ class BuildWorkloadReconciler:
     async def reconcile(self, request: Request) -> Result | None:
         cached = self.caches.workloads.get(request.namespace, request.name)
         if cached is None or not is_ours(cached):
+            self._replaced.pop((request.namespace, request.name), None)
             return None
+        key = (request.namespace, request.name)
+        if cached["metadata"].get("resourceVersion") in self._replaced.get(key, ()):
+            # The cache has not seen this service's own last write yet: a pass now would work from the
+            # state before it and its write would conflict. The write's watch event brings the key back;
+            # the requeue is only a safety net should that event be late.
+            return Result(requeue_after=CACHE_CATCH_UP)
+        self._replaced.pop(key, None)
         attempt = Pass(request, copy.deepcopy(cached))
         result: Result | None = None
         failure: Exception | None = None
@@ -113,6 +128,7 @@ class BuildWorkloadReconciler:
             return None  # deleted meanwhile: nothing is left to report on, and nothing to retry
         for type_, reason, message in attempt.events:
             self.events.record(attempt.work, type_, reason, message)
+        observe(self.metrics, cached, attempt.work, attempt.events)
         if failure is not None:
             raise failure
         return result
@@ -132,8 +148,16 @@ class BuildWorkloadReconciler:
 
     async def _store(self, cached: Obj, work: Obj) -> None:
         """Persist metadata, then status, each only if it changed, each guarded by resourceVersion."""
+        replaced = await self._write(cached, work)
+        if replaced:
+            key = (cached["metadata"].get("namespace", ""), cached["metadata"]["name"])
+            self._replaced[key] = replaced  # see ``reconcile``
+
+    async def _write(self, cached: Obj, work: Obj) -> tuple[str | None, ...]:
+        """The resourceVersions the writes replaced (none: nothing was written)."""
         old, ns, name = cached["metadata"], cached["metadata"].get("namespace"), cached["metadata"]["name"]
         rv = old.get("resourceVersion")
+        replaced: tuple[str | None, ...] = ()
         meta_patch: Obj = {}
         for field in ("labels", "annotations"):
             changed = merge_diff(old.get(field) or {}, meta(work).get(field) or {})
@@ -146,11 +170,13 @@ class BuildWorkloadReconciler:
             written = await self.client.merge_patch(
                 BUILD_WORKLOAD, name, {"metadata": {**meta_patch, "resourceVersion": rv}}, ns
             )
-            rv = written["metadata"].get("resourceVersion")
+            replaced, rv = (rv,), written["metadata"].get("resourceVersion")
             if old.get("deletionTimestamp") and not written["metadata"].get("finalizers"):
-                return  # the last finalizer is gone, and with it the object: nothing left to write status to
+                return replaced  # the last finalizer is gone, and with it the object: no status to write
         status_patch = merge_diff(cached.get("status") or {}, work.get("status") or {})
         if status_patch:
             await self.client.patch_status(
                 BUILD_WORKLOAD, name, {"metadata": {"resourceVersion": rv}, "status": status_patch}, ns
             )
+            replaced = (*replaced, rv)
+        return replaced
