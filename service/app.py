@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskStatus
@@ -20,9 +21,12 @@ from service.kube import config as kube_config
 from service.kube.client import KubeClient
 from service.kube.config import ClusterConfig
 from service.kube.metrics import RestClientMetrics
+from service.observability import BuildMetrics
+from service.reconcilers.buildworkload.observed import waiting_workloads
 from service.reconcilers.images import RegistryImages, RepositoryCreator
 from service.reconcilers.wiring import add_controllers
 from service.registry.client import RegistryClient
+from service.registry.metrics import RegistryMetrics
 from service.runtime.leader import LeaderElectionConfig, default_identity
 from service.runtime.manager import Manager, ManagerOptions
 from service.runtime.metrics import new_registry
@@ -31,6 +35,21 @@ from service.runtime.sidecar import BindAddress
 log = logging.getLogger("service.app")
 
 COMPONENT = "kpack-image-builder"
+
+
+@dataclass(frozen=True)
+class ServiceMetrics:
+    """The service's one ``CollectorRegistry`` with its clients' metrics on it; the manager adds the
+    runtime's, ``assemble`` the domain's."""
+
+    registry: CollectorRegistry
+    rest: RestClientMetrics
+    images: RegistryMetrics
+
+
+def service_metrics() -> ServiceMetrics:
+    registry = new_registry()
+    return ServiceMetrics(registry, RestClientMetrics(registry), RegistryMetrics(registry))
 
 
 def manager_options(config: Config, identity: str, pod_namespace: str | None) -> ManagerOptions:
@@ -77,16 +96,19 @@ def assemble(
 ) -> Manager:
     """The service on a manager, from its configuration: the one composition root, which ``run``, the
     demo and the tests all use. Nothing runs until ``Manager.run``. ``options`` default to the
-    configuration's, for a new identity outside a pod."""
+    configuration's, for a new identity outside a pod. The domain metrics (``service.observability``) go
+    on the manager's registry; the registry client's are the caller's (``serve_cluster``)."""
     options = options or manager_options(config, default_identity(), None)
     manager = Manager(client, options, registry=metrics, leader_client=leader_client)
-    add_controllers(
+    controllers = add_controllers(
         manager,
         config.builder_settings(),
         RegistryImages(registry),
         repositories,
         registry_concurrency=config.registry_concurrency,
     )
+    caches = controllers.buildworkload.caches
+    controllers.buildworkload.metrics = BuildMetrics(manager.registry, lambda: waiting_workloads(caches))
     return manager
 
 
@@ -115,8 +137,7 @@ async def serve_cluster(
     identity = default_identity()
     # Before any connection: a configuration error stops us here.
     options = manager_options(config, identity, kube_config.incluster_namespace())
-    registry = new_registry()
-    rest_metrics = RestClientMetrics(registry)
+    metrics = service_metrics()
     agent = f"{COMPONENT}/{__version__}"
     # Leader election has its own client, as controller-runtime's: short timeouts (half the renew
     # deadline) and no throttling behind a burst of controller requests.
@@ -126,12 +147,15 @@ async def serve_cluster(
             cluster,
             qps=config.kube_api_qps,
             burst=config.kube_api_burst,
-            metrics=rest_metrics,
+            metrics=metrics.rest,
             user_agent=agent,
         ) as client,
-        KubeClient(cluster, qps=0, metrics=rest_metrics, timeout=le_timeout, user_agent=agent) as le_client,
+        KubeClient(cluster, qps=0, metrics=metrics.rest, timeout=le_timeout, user_agent=agent) as le_client,
         RegistryClient(
-            insecure_registries=config.insecure_registries, timeout=config.registry_timeout, user_agent=agent
+            insecure_registries=config.insecure_registries,
+            timeout=config.registry_timeout,
+            user_agent=agent,
+            metrics=metrics.images,
         ) as images,
     ):
         manager = assemble(
@@ -140,7 +164,7 @@ async def serve_cluster(
             images,
             options=options,
             leader_client=le_client,
-            metrics=registry,
+            metrics=metrics.registry,
         )
         log.info(
             "starting",

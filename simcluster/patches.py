@@ -91,4 +91,3 @@ def _json_patch(ops: list[Any], doc: Any) -> Any:
                 continue
         doc = jsonpatch.JsonPatch([op]).apply(doc)
     return doc
-

@@ -141,6 +141,10 @@ VALUE_SETS: dict[str, Obj] = {
         "rbac": {"create": False},
         "podDisruptionBudget": {"enabled": False},
     },
+    "alert rules": {
+        "prometheusRule": {"enabled": True, "namespace": "monitoring", "labels": {"release": "prometheus"}},
+        "leaderElection": {"id": "kib-lease"},
+    },
 }
 
 
@@ -180,12 +184,16 @@ def test_the_chart_lints_clean(name: str) -> None:
 @pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_every_object_is_valid_kubernetes(name: str, version: str) -> None:
     """Against Kubernetes' own OpenAPI schemas (kubernetes-validate, strict: unknown fields are errors);
-    the ServiceMonitor's kind is the Prometheus Operator's, which those schemas do not know."""
+    the ServiceMonitor's and PrometheusRule's kinds are the Prometheus Operator's, which those schemas do
+    not know."""
     documents = render(VALUE_SETS[name])
     assert documents
     for doc in documents:
-        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+        if doc["kind"] == "ServiceMonitor":
             assert doc["spec"]["endpoints"][0]["port"] == "metrics"
+            continue
+        if doc["kind"] == "PrometheusRule":
+            assert [g["name"] for g in doc["spec"]["groups"]] == ["kpack-image-builder"]
             continue
         kubernetes_validate.validate(doc, version, strict=True)
 
@@ -198,6 +206,7 @@ def test_every_object_is_valid_kubernetes(name: str, version: str) -> None:
         ({"config": {"cfStagingResources": {"buildCacheMb": 1}}}, "'buildCacheMb' not allowed"),
         ({"image": {"digest": "latest"}}, "digest"),
         ({"serviceMonitor": {"enable": True}}, "'enable' not allowed"),
+        ({"prometheusRule": {"enabled": "yes"}}, "prometheusRule"),
     ],
 )
 def test_a_typo_or_a_wrong_type_fails_the_install(wrong: Obj, said: str) -> None:
@@ -241,7 +250,7 @@ def test_defaults_run_the_service_as_documented() -> None:
     anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
     assert anti["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
     assert docs["PodDisruptionBudget"][0]["spec"]["maxUnavailable"] == 1
-    assert "ServiceMonitor" not in docs
+    assert "ServiceMonitor" not in docs and "PrometheusRule" not in docs
     (service,) = docs["Service"]
     assert service["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     (configmap,) = docs["ConfigMap"]
@@ -315,3 +324,23 @@ def test_notes_say_how_to_check_the_installation() -> None:
     notes = next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
     assert "kubectl -n ns rollout status deployment/kib-kpack-image-builder" in notes
     assert "get lease kpack-image-builder" in notes
+
+
+def test_the_alert_rules_are_monitoring_alerts_yaml() -> None:
+    """The PrometheusRule carries monitoring/alerts.yaml's groups (files/alerts.yaml, its copy), but for the
+    Lease name, which follows leaderElection.id."""
+    (rule,) = by_kind(render(VALUE_SETS["alert rules"]))["PrometheusRule"]
+    assert rule["metadata"]["namespace"] == "monitoring"
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    source = (ROOT / "monitoring" / "alerts.yaml").read_text()
+    assert (CHART / "files" / "alerts.yaml").read_text() == source, (
+        "cp monitoring/alerts.yaml charts/kpack-image-builder/files/alerts.yaml"
+    )
+    expected = yaml.safe_load(source.replace('name="kpack-image-builder"', 'name="kib-lease"'))["groups"]
+    assert rule["spec"]["groups"] == expected
+    rules = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    assert rules["KpackImageBuilderNoLeader"]["expr"] == (
+        'absent(leader_election_master_status{name="kib-lease"} == 1)'
+    )
+    # Prometheus's own templates in annotations reach it untouched, not rendered by Helm.
+    assert "{{ $labels.phase }}" in rules["KpackImageBuilderBuildsWaitingTooLong"]["annotations"]["summary"]

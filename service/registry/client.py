@@ -32,6 +32,7 @@ from service.registry.auth import ANONYMOUS, Keychain
 from service.registry.cache import RegistryCache
 from service.registry.deletion import DeleteResult, delete_image
 from service.registry.errors import InvalidImage, UnexpectedResponse, one_line
+from service.registry.metrics import RegistryMetrics
 from service.registry.reference import Reference, Repository, as_reference, as_repository
 from service.registry.transport import (
     USER_AGENT,
@@ -131,7 +132,7 @@ class RegistryClient:
     and ``transfer_timeout`` each push; ``connect_timeout`` bounds each TCP+TLS connect (and the HTTPS
     probe of a registry that may be plain HTTP). ``cache`` is what the client remembers between
     operations; by default a ``RegistryCache`` of ``config_cache_size`` configs and ``token_cache_size``
-    tokens."""
+    tokens. ``metrics``, when given, counts every HTTP exchange (``service.registry.metrics``)."""
 
     def __init__(
         self,
@@ -151,6 +152,7 @@ class RegistryClient:
         user_agent: str = USER_AGENT,
         trace_configs: Sequence[aiohttp.TraceConfig] = (),
         cache: RegistryCache | None = None,
+        metrics: RegistryMetrics | None = None,
     ) -> None:
         self.keychain = keychain if keychain is not None else Keychain()
         self.timeout = timeout
@@ -168,6 +170,7 @@ class RegistryClient:
             ssl_context=ssl_context,
             user_agent=user_agent,
             trace_configs=trace_configs,
+            metrics=metrics,
         )
         self._tag_lookup_concurrency = max(1, tag_lookup_concurrency)
 

@@ -47,6 +47,7 @@ from service.registry.errors import (
     Unreachable,
     one_line,
 )
+from service.registry.metrics import RegistryMetrics, operation_of, outcome_of_status
 from service.registry.reference import Registry
 
 USER_AGENT = "kpack-image-builder (python aiohttp)"
@@ -205,8 +206,10 @@ class Transport(LazySession):
         ssl_context: Any = None,
         user_agent: str = USER_AGENT,
         trace_configs: Sequence[aiohttp.TraceConfig] = (),
+        metrics: RegistryMetrics | None = None,
     ) -> None:
         self.cache = cache if cache is not None else RegistryCache()
+        self.metrics = metrics
         self.insecure_registries = frozenset(insecure_registries)
         self.connect_timeout = connect_timeout
         self._max_connections = max_connections
@@ -311,6 +314,40 @@ class Transport(LazySession):
         limit: int = MAX_SMALL,
         params: Mapping[str, str] | None = None,
         token_server: str = "",
+    ) -> Reply:
+        """One HTTP exchange, counted in ``metrics`` (when given) by operation and outcome."""
+        if self.metrics is None:
+            return await self._exchange(op, method, url, headers, data, limit, params, token_server)
+        started = time.monotonic()
+        # Cancelled from outside: the operation's deadline (``operation``) is what cancels in practice.
+        outcome = "timeout"
+        try:
+            reply = await self._exchange(op, method, url, headers, data, limit, params, token_server)
+            outcome = outcome_of_status(reply.status)
+            return reply
+        except TimeoutError:
+            raise
+        except Unreachable:
+            outcome = "unreachable"
+            raise
+        except Exception:
+            outcome = "invalid_response"
+            raise
+        finally:
+            self.metrics.observe(
+                operation_of(method, url, token=bool(token_server)), outcome, time.monotonic() - started
+            )
+
+    async def _exchange(
+        self,
+        op: Operation,
+        method: str,
+        url: URL,
+        headers: Mapping[str, str],
+        data: bytes | None,
+        limit: int,
+        params: Mapping[str, str] | None,
+        token_server: str,
     ) -> Reply:
         """One HTTP exchange, body read (up to ``limit``; error bodies are truncated, not refused)."""
         op.current = f"{method} {url.path}"
