@@ -900,3 +900,36 @@ async def test_lifecycle(api: RunningApiServer) -> None:
     await client.close()
     with pytest.raises(RuntimeError, match="closed"):
         await client.list(r.NAMESPACE)
+
+
+async def test_a_write_guard_refuses_writes_but_not_reads_inside_it(client: KubeClient) -> None:
+    from service.kube.fence import guarded_writes
+
+    class Closed(Exception):
+        pass
+
+    await client.create(r.CONFIG_MAP, cm("kept"), "default")
+    open_ = True
+
+    def check() -> None:
+        if not open_:
+            raise Closed("closed")
+
+    with guarded_writes(check):
+        await client.create(r.CONFIG_MAP, cm("while-open"), "default")
+        open_ = False
+        assert (await client.get(r.CONFIG_MAP, "kept", "default"))["metadata"]["name"] == "kept"
+        for write in (
+            client.create(r.CONFIG_MAP, cm("while-closed"), "default"),
+            client.merge_patch(r.CONFIG_MAP, "kept", {"data": {"a": "b"}}, "default"),
+            client.delete(r.CONFIG_MAP, "kept", "default"),
+        ):
+            with pytest.raises(Closed):
+                await write
+    await client.create(r.CONFIG_MAP, cm("outside"), "default")  # the guard ended with its block
+    assert sorted(names((await client.list(r.CONFIG_MAP, "default"))["items"])) == [
+        "kept",
+        "outside",
+        "while-open",
+    ]
+    assert "data" not in await client.get(r.CONFIG_MAP, "kept", "default")

@@ -25,6 +25,7 @@ from yarl import URL
 from service.http import LazySession, request_body
 from service.kube import errors
 from service.kube.config import ClusterConfig
+from service.kube.fence import before_sending
 from service.kube.metrics import RestClientMetrics
 from service.kube.ratelimit import TokenBucket
 from service.kube.resources import Resource
@@ -239,6 +240,7 @@ class KubeClient(LazySession):
         throttled = failures = 0
         while True:
             await self.limiter.acquire()
+            before_sending(method)  # after any wait: a guard closed meanwhile refuses the attempt
             headers: dict[str, str] = {}
             authorization = await self.config.authorization()
             if authorization:

@@ -12,11 +12,19 @@ key. The outcome decides what happens next (``service.runtime.reconcile.judge`` 
 | 409 Conflict / AlreadyExists      | rate-limited requeue          | requeue (logged at info)    |
 | ``Requeue(after=s)`` raised       | as ``Result``, logged at info | requeue / requeue_after     |
 | ``None`` / ``Result()``           | forget                        | success                     |
+| the gate closed (see below)       | rate-limited requeue          | not counted                 |
 
 An unexpected error (a bug) logs its traceback once per object and error, not on every retry. A
 reconcile runs in a ``ReconcileContext`` with the deadline of the reconcile timeout; it is cancelled only
 a grace period after that deadline, so that a reconciler watching ``remaining()`` can still record why it
 stopped, and is then retried like an error. No exception ever kills a worker.
+
+The gate says whether this replica may reconcile at all (the manager's: it holds the leader lease and
+has renewed it within the renew deadline). A worker checks it before it starts a reconcile; inside one,
+every write checks it too (``service.kube.fence``), so a process frozen mid-reconcile that resumes after
+its lease has gone sends nothing more; and a reconcile that ends with the gate closed was not this
+replica's to finish: its outcome is neither counted nor acted on, the key goes back to the queue (for the
+next leader's list, or for this replica should the renewal still succeed).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from typing import Any, Protocol
 import anyio
 
 from service.kube.errors import NotFound
+from service.kube.fence import guarded_writes
 from service.kube.resources import Resource
 from service.runtime.clock import REAL_CLOCK, Clock
 from service.runtime.informer import FuncHandler, Informer
@@ -144,6 +153,10 @@ class AnyOf:
 
 
 # ------------------------------------------------------------------------ the controller
+class GateClosed(Exception):
+    """A write refused because this replica may not reconcile any more (see the module docstring)."""
+
+
 class Controller:
     def __init__(
         self,
@@ -176,6 +189,7 @@ class Controller:
         self._stopping = False
         self._traced: dict[Request, str] = {}  # the last error whose traceback was logged, per object
         self.started = anyio.Event()
+        self.gate: Callable[[], bool] = lambda: True  # may this replica reconcile now? (set by the manager)
         self._series = _Series.of(metrics, name) if metrics else None
         if metrics:
             metrics.init_controller(name, max_concurrent)
@@ -257,14 +271,25 @@ class Controller:
                 # the next leader reconciles them anyway from its initial list.
                 self.queue.done(request)
                 continue
+            if not self.gate():
+                self.queue.add_rate_limited(request)
+                self.queue.done(request)
+                continue
             try:
                 await self.process(request)
             except Exception:  # a bug in the outcome handling (a rate limiter, a metric) must not kill us
                 log.exception("worker: handling %s failed", request, extra={"controller": self.name})
 
+    def _check_gate(self) -> None:
+        if not self.gate():
+            raise GateClosed(
+                f"controller {self.name}: this replica may not write any more (it no longer leads)"
+            )
+
     async def _call(self, request: Request) -> tuple[Result | None, Exception | None]:
         try:
-            return await self.reconcile(request), None
+            with guarded_writes(self._check_gate):
+                return await self.reconcile(request), None
         except Exception as exc:  # TerminalError included: the caller sorts them out
             return None, exc
 
@@ -284,7 +309,7 @@ class Controller:
         deadline = time.monotonic() + self.reconcile_timeout if self.reconcile_timeout else None
         context = ReconcileContext(self.name, request, reconcile_id, deadline, fields)
         started = time.perf_counter()
-        outcome = "error"
+        outcome: str | None = "error"
         try:
             timed_out = False
             result: Result | None = None
@@ -300,7 +325,11 @@ class Controller:
                         error = TimeoutError(f"reconcile exceeded its {self.reconcile_timeout} s timeout")
                 else:
                     result, error = await self._call(request)
-            if error is not None:
+            if not self.gate():
+                outcome = None
+                log.info("reconcile abandoned: this replica may not reconcile any more", extra=fields)
+                self.queue.add_rate_limited(request)
+            elif error is not None:
                 outcome = self._failed(request, error, timed_out, fields)
             else:
                 self._traced.pop(request, None)
@@ -316,8 +345,9 @@ class Controller:
                     self.queue.forget(request)
         finally:
             if series:
-                series.total[outcome].inc()
-                series.time.observe(time.perf_counter() - started)
+                if outcome is not None:
+                    series.total[outcome].inc()
+                    series.time.observe(time.perf_counter() - started)
                 series.active.dec()
             self.queue.done(request)
 

@@ -158,6 +158,11 @@ class LeaderElector:
                     log.warning("could not release lease: %s", exc, extra={"lease": self.config.name})
                     await anyio.sleep(self.config.retry_period)
 
+    def valid(self) -> bool:
+        """Whether this replica leads on a lease renewed within the renew deadline, by the clock now: what
+        the renewal loop would conclude, known before that loop gets to run after a freeze."""
+        return self.leading and self.clock.now() - self.last_renewal < self.config.renew_deadline
+
     def healthy(self, tolerance: float = 0.0) -> bool:
         """False when this replica thinks it leads but has not renewed for a whole lease duration."""
         if not self.leading:

@@ -147,6 +147,8 @@ class Manager:
             metrics=self.metrics,
             clock=self.clock,
         )
+        if self.elector is not None:
+            controller.gate = self.elector.valid
         self.controllers.append(controller)
         return controller
 

@@ -3,6 +3,7 @@ component failure, and leader election between two managers."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -10,11 +11,13 @@ from dataclasses import dataclass, field
 import aiohttp
 import anyio
 import pytest
+from prometheus_client import CollectorRegistry
 
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.kube.config import explicit
 from service.runtime import Request, Result
+from service.runtime.controller import GateClosed
 from service.runtime.leader import LeaderElectionConfig
 from service.runtime.manager import Manager, ManagerOptions
 from service.runtime.sidecar import BindAddress
@@ -273,3 +276,51 @@ async def test_losing_the_lease_stops_work_at_once_and_exits_1(api: RunningApiSe
         assert codes.codes == [1]
         assert manager.lost_lease
         assert toy.finished == []
+
+
+async def test_a_leader_frozen_mid_reconcile_writes_nothing_once_resumed(api: RunningApiServer) -> None:
+    """A process frozen past its renew deadline in the middle of a reconcile resumes with its workers
+    ready to run before the lease renewal loop notices: the rest of that reconcile's writes are refused
+    before they are sent, its outcome is not counted as a reconcile, and no other reconcile starts."""
+    refused: list[BaseException] = []
+    entered = anyio.Event()
+
+    async with KubeClient(explicit(api.url), timeout=2.0) as c:
+        registry = CollectorRegistry()
+        manager = Manager(
+            c,
+            ManagerOptions(name="test", metrics_address=None, probe_address=LOCAL, **leader_options("one")),  # type: ignore[arg-type]
+            registry=registry,
+        )
+
+        async def reconcile(request: Request) -> Result | None:
+            if request.name != "freeze":
+                return None
+            entered.set()
+            time.sleep(1.2)  # noqa: ASYNC251 - the fault itself: the loop frozen past the 1 s renew deadline
+            try:
+                await c.create(r.CONFIG_MAP, configmap("after-freeze"))
+            except GateClosed as exc:
+                refused.append(exc)
+                raise
+            return None
+
+        controller = manager.new_controller("toy", reconcile)
+        controller.watch(manager.informers.informers_for(r.CONFIG_MAP))
+        await c.create(r.CONFIG_MAP, configmap("freeze"))
+        async with running(manager) as (_, codes):
+            with anyio.fail_after(5):
+                await entered.wait()
+            await codes.wait(within=3.0)
+        assert codes.codes == [1] and manager.lost_lease
+        assert len(refused) == 1, refused
+        names = [o["metadata"]["name"] for o in (await c.list(r.CONFIG_MAP, "default"))["items"]]
+        assert "after-freeze" not in names
+        total = sum(
+            registry.get_sample_value(
+                "controller_runtime_reconcile_total", {"controller": "toy", "result": x}
+            )
+            or 0.0
+            for x in ("success", "error", "requeue", "requeue_after")
+        )
+        assert total == 0, total
