@@ -69,7 +69,13 @@ async def test_prometheus_sees_the_controller_runtime_and_build_metrics(
     tool("prometheus")
     kc = kpack_cluster
     metrics = service_metrics()
-    config = replace(kc.config(), metrics_bind_address="127.0.0.1:0")  # a port of its own choosing
+    # Its metrics count every namespace it watches: on a shared cluster (``TEST_KUBECONFIG``) the
+    # workloads other tests left behind would count too, so it watches this test's namespaces alone.
+    config = replace(
+        kc.config(),
+        metrics_bind_address="127.0.0.1:0",  # a port of its own choosing
+        namespaces=(kc.space, kc.root),
+    )
     async with (
         KubeClient(kc.identity, timeout=5.0, metrics=metrics.rest) as client,
         RegistryClient(timeout=5.0, metrics=metrics.images) as images,
