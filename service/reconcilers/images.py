@@ -55,17 +55,6 @@ class NoRepositoryCreator:
         return None
 
 
-async def builder_credentials(
-    client: KubeClient, namespace: str, service_account: str
-) -> tuple[list[Obj], list[Obj]]:
-    """The builder service account's ``imagePullSecrets`` references, and those Secrets that exist (a
-    missing one is skipped, as k8schain does). A missing service account is an error, worded as Korifi's."""
-    try:
-        return await service_account_secrets(client, namespace, service_account)
-    except errors.NotFound:
-        raise errors.NotFound(f'ServiceAccount "{service_account}" not found') from None
-
-
 async def deletion_secrets(
     client: KubeClient, namespace: str, service_account: str, root_namespace: str, image: str
 ) -> list[Obj]:

@@ -22,6 +22,14 @@ async def service_account_secrets(
     """The ``{name}`` references in these fields of the service account (in order, once each), and the
     Secrets among them that exist. Raises ``errors.NotFound`` when the service account is missing."""
     sa = await client.get(SERVICE_ACCOUNT, account, namespace)
+    return await account_secrets(client, sa, fields=fields)
+
+
+async def account_secrets(
+    client: KubeClient, sa: Obj, *, fields: Sequence[str] = ("imagePullSecrets",)
+) -> tuple[list[Obj], list[Obj]]:
+    """As ``service_account_secrets``, for a service account already read (from a cache)."""
+    namespace, account = sa["metadata"].get("namespace", ""), sa["metadata"]["name"]
     names = [ref.get("name") for field in fields for ref in sa.get(field) or () if isinstance(ref, dict)]
     refs = [{"name": name} for name in dict.fromkeys(n for n in names if n)]
     secrets = []

@@ -40,6 +40,7 @@ class _Source:
     predicates: tuple[Predicate, ...]
     label_selector: str | None
     what: str  # for messages: "for", "owns" or "watches"
+    field_selector: str | None = None
 
 
 class Builder:
@@ -88,9 +89,10 @@ class Builder:
         *,
         predicates: Sequence[Predicate] = (),
         label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> Builder:
         """Any other resource: ``mapper`` turns each event's object into the requests to reconcile."""
-        return self._add(resource, mapper, predicates, label_selector, "watches")
+        return self._add(resource, mapper, predicates, label_selector, "watches", field_selector)
 
     def with_event_filter(self, *predicates: Predicate) -> Builder:
         """Predicates every source's events must pass."""
@@ -108,7 +110,7 @@ class Builder:
         controller.primary = self._primary
         factory = self._manager.informers
         for source in self._sources:
-            informers = factory.informers_for(source.resource, source.label_selector)
+            informers = factory.informers_for(source.resource, source.label_selector, source.field_selector)
             controller.watch(informers, source.mapper, [*self._filters, *source.predicates])
         return controller
 
@@ -119,6 +121,7 @@ class Builder:
         predicates: Sequence[Predicate],
         label_selector: str | None,
         what: str,
+        field_selector: str | None = None,
     ) -> Builder:
         for existing in self._sources:
             if (existing.resource, existing.mapper) == (resource, mapper):
@@ -126,5 +129,7 @@ class Builder:
                     f"controller {self._name}: {resource.qualified} is already watched ({existing.what}) "
                     "with the same mapper"
                 )
-        self._sources.append(_Source(resource, mapper, tuple(predicates), label_selector, what))
+        self._sources.append(
+            _Source(resource, mapper, tuple(predicates), label_selector, what, field_selector)
+        )
         return self

@@ -121,6 +121,7 @@ class Informer:
         namespace: str | None = None,
         *,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         transform: Callable[[Obj], Obj] | None = strip_managed_fields,
         resync_period: float = 0.0,
         indexers: Mapping[str, IndexFunc] | None = None,
@@ -131,6 +132,7 @@ class Informer:
         self.resource = resource
         self.namespace = namespace if resource.namespaced else None
         self.label_selector = label_selector
+        self.field_selector = field_selector
         self.transform = transform
         self.resync_period = resync_period
         self.store = Store(indexers)
@@ -146,7 +148,7 @@ class Informer:
     @property
     def name(self) -> str:
         scope = self.namespace or "*"
-        sel = f"[{self.label_selector}]" if self.label_selector else ""
+        sel = "".join(f"[{x}]" for x in (self.label_selector, self.field_selector) if x)
         return f"{self.resource.qualified}@{scope}{sel}"
 
     @property
@@ -250,6 +252,7 @@ class Informer:
             self.resource,
             self.namespace,
             label_selector=self.label_selector,
+            field_selector=self.field_selector,
             page_size=PAGE_SIZE if paged else 0,
             resource_version=resource_version,
         )
@@ -292,6 +295,7 @@ class Informer:
             self.namespace,
             resource_version=self.last_sync_rv,
             label_selector=self.label_selector,
+            field_selector=self.field_selector,
             allow_bookmarks=True,
             timeout_seconds=timeout,
         ) as stream:
@@ -364,25 +368,41 @@ class InformerFactory:
         self.resync_period = resync_period
         self.namespaces = namespaces  # empty: every namespace
         self.label_selectors = dict(label_selectors or {})
-        self.informers: dict[tuple[str, str, str | None, str | None], Informer] = {}
+        self.informers: dict[tuple[str, str, str | None, str | None, str | None], Informer] = {}
         self._started = False
 
-    def informers_for(self, resource: Resource, label_selector: str | None = None) -> list[Informer]:
-        """The informers covering ``resource`` in the watched namespaces (one per namespace, or one in all)."""
+    def informers_for(
+        self, resource: Resource, label_selector: str | None = None, field_selector: str | None = None
+    ) -> list[Informer]:
+        """The informers covering ``resource`` in the watched namespaces (one per namespace, or one in all).
+        A field selector narrows a cache to the few objects wanted (``metadata.name=x`` in every
+        namespace), where a whole resource would cost too much to hold or to be allowed to read."""
         scopes: tuple[str | None, ...] = (
             self.namespaces if (resource.namespaced and self.namespaces) else (None,)
         )
-        return [self.get(resource, ns, label_selector) for ns in scopes]
+        return [self.get(resource, ns, label_selector, field_selector) for ns in scopes]
 
-    def lister(self, resource: Resource, label_selector: str | None = None) -> Lister:
-        return Lister(self.informers_for(resource, label_selector))
+    def lister(
+        self, resource: Resource, label_selector: str | None = None, field_selector: str | None = None
+    ) -> Lister:
+        return Lister(self.informers_for(resource, label_selector, field_selector))
 
     def get(
-        self, resource: Resource, namespace: str | None = None, label_selector: str | None = None
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> Informer:
         if label_selector is None:
             label_selector = self.label_selectors.get(resource.qualified)
-        key = (resource.group, resource.plural, namespace if resource.namespaced else None, label_selector)
+        key = (
+            resource.group,
+            resource.plural,
+            namespace if resource.namespaced else None,
+            label_selector,
+            field_selector,
+        )
         informer = self.informers.get(key)
         if informer is None:
             if self._started:
@@ -392,6 +412,7 @@ class InformerFactory:
                 resource,
                 namespace,
                 label_selector=label_selector,
+                field_selector=field_selector,
                 clock=self.clock,
                 resync_period=self.resync_period,
             )

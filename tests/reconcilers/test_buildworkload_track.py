@@ -193,6 +193,41 @@ async def test_a_missing_builder_service_account_keeps_the_workload_running(env:
     assert ready["message"] == f'ServiceAccount "{SERVICE_ACCOUNT}" not found'
 
 
+@pytest.mark.emulator
+async def test_the_builder_service_account_comes_from_a_cache_that_wakes_the_waiting_workload(
+    env: Env,
+) -> None:
+    """The account is read from a cache of that one name, never from the API on a workload's path (it used
+    to be one GET per droplet); the account made again wakes the workload waiting for it."""
+    from simcluster.faults import FaultRule
+
+    workload = await running_workload(env)
+    name = workload["metadata"]["name"]
+    account = await env.client.get(r.SERVICE_ACCOUNT, SERVICE_ACCOUNT, env.namespace)
+    await env.client.delete(r.SERVICE_ACCOUNT, SERVICE_ACCOUNT, env.namespace)
+    reads = env.api.faults.add(FaultRule(method="GET", path="/serviceaccounts", status=0))
+    image = await env.push_droplet()
+    await env.build("build", "1", "1", status={**succeeded("True"), "latestImage": image})
+
+    async def waiting() -> bool:
+        ready = await env.condition(name, k.READY)
+        return bool(ready and ready["status"] == "False" and "not found" in ready.get("message", ""))
+
+    await eventually(waiting, what="Ready=False: the account is missing")
+    await env.client.create(
+        r.SERVICE_ACCOUNT,
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": SERVICE_ACCOUNT},
+            **{key: account[key] for key in ("imagePullSecrets", "secrets") if key in account},
+        },
+        env.namespace,
+    )
+    await env.wait_succeeded(name, "True")
+    assert reads.hits == 0
+
+
 # ------------------------------------------------------------------------------ D
 async def test_a_builder_that_stays_unready_fails_the_workload_after_the_timeout(env: Env) -> None:
     """Behaviour 29, with the better message of §6.10."""

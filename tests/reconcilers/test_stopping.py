@@ -22,7 +22,10 @@ from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.reconcilers import korifi as k
+from service.reconcilers.buildworkload import pending
+from simcluster.faults import FaultRule
 from simcluster.kpack.options import ENV_BUILD_SECONDS, ENV_FAIL, ENV_POD_PENDING
+from tests.conftest import Target
 from tests.helpers import consistently, eventually
 from tests.reconcilers.conftest import KpackCluster
 
@@ -317,3 +320,145 @@ async def test_a_completed_workload_is_not_rebuilt_when_its_image_is_deleted(wor
 
     await consistently(unchanged, QUIET, "the completed workload untouched")
     assert await world.get(r.IMAGE, "done") is None
+
+
+# ------------------------------------------------------------------------------------------ stops under way
+@contextlib.asynccontextmanager
+async def pod_held(world: World, pod: str) -> AsyncIterator[None]:
+    """A finalizer keeps the pod terminating once deleted (as a node slow to stop its containers would),
+    so that a stop stays under way; removed at the end."""
+    await world.client.merge_patch(r.POD, pod, {"metadata": {"finalizers": ["test.kpack/hold"]}}, world.space)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(errors.NotFound):
+            await world.client.merge_patch(r.POD, pod, {"metadata": {"finalizers": None}}, world.space)
+
+
+async def test_a_build_marked_for_a_stop_that_kpack_finished_keeps_kpacks_outcome(world: World) -> None:
+    """A stop whose status write lost to kpack's (the Build marked for the workload, but finished by kpack):
+    not a stop. The workload takes kpack's outcome; nothing of the build is deleted."""
+    await world.workload("wl-half", "half", **{ENV_BUILD_SECONDS: "3"})
+    await world.running_pod("half-build-1")
+    await world.client.merge_patch(
+        r.BUILD,
+        "half-build-1",
+        {"metadata": {"annotations": {k.STOPPED_FOR_ANNOTATION: "wl-half"}}},
+        world.space,
+    )
+    done = await world.condition("wl-half", "True", k.BUILD_SUCCEEDED, within=30)
+    assert done["status"]["provenance"]["kpackBuild"]["name"] == "half-build-1"
+    [build] = await world.builds("half")
+    assert succeeded(build)["status"] == "True"
+
+
+async def test_a_stop_under_way_follows_its_own_build_not_a_restages(world: World) -> None:
+    """While the canceled build's pod is still terminating, a restage of the same spec asks kpack for a new
+    Build of the same generation: that one is the restage's, and the stop leaves it alone."""
+    await world.workload("wl-first", "restaged", **{ENV_BUILD_SECONDS: "600"})
+    await world.running_pod("restaged-build-1")
+    async with pod_held(world, "restaged-build-1-build-pod"):
+        await world.cancel("wl-first")
+        await world.condition("wl-first", "Unknown", k.BUILD_CANCELED)
+        await world.workload("wl-second", "restaged", **{ENV_BUILD_SECONDS: "600"})
+        await world.running_pod("restaged-build-2")
+
+        async def second_runs() -> bool:
+            build = await world.get(r.BUILD, "restaged-build-2")
+            return (
+                build is not None
+                and succeeded(build).get("status") not in ("True", "False")
+                and k.STOPPED_FOR_ANNOTATION not in (build["metadata"].get("annotations") or {})
+            )
+
+        # Long enough for the stopping workload's next look (every CONFIRM_POLL, and on Build events).
+        await consistently(second_runs, 3.0, "the restage's Build left running")
+        still = await world.get(r.BUILD_WORKLOAD, "wl-first")
+        assert succeeded(still or {}).get("status") == "Unknown", still
+    await world.condition("wl-first", "False", k.BUILD_CANCELED)
+    await world.condition("wl-second", "Unknown", k.BUILD_RUNNING)
+    assert await second_runs()
+
+
+async def test_a_pod_made_again_by_a_lagging_kpack_is_deleted_before_the_stop_is_done(world: World) -> None:
+    """kpack whose cache has not seen the stop may make the Build's pod once more: the stop looks again a
+    moment after its write, and deletes it again."""
+    await world.workload("wl-lag", "lag", **{ENV_BUILD_SECONDS: "600"})
+    pod = await world.running_pod("lag-build-1")
+    name = pod["metadata"]["name"]
+    await world.cancel("wl-lag")
+    await eventually(lambda: _absent(world, r.POD, name), what="the pod deleted by the stop")
+    meta = pod["metadata"]
+    await world.client.create(
+        r.POD,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": world.space,
+                "labels": meta.get("labels"),
+                "ownerReferences": meta.get("ownerReferences"),
+            },
+            "spec": pod["spec"],
+        },
+        world.space,
+    )
+    await world.condition("wl-lag", "False", k.BUILD_CANCELED)
+    assert await world.get(r.POD, name) is None
+
+
+async def _absent(world: World, resource: r.Resource, name: str) -> bool:
+    return await world.get(resource, name) is None
+
+
+async def test_an_image_deleted_during_a_stop_ends_the_stop_without_building_again(world: World) -> None:
+    await world.workload("wl-cut", "cut", **{ENV_BUILD_SECONDS: "600"})
+    await world.running_pod("cut-build-1")
+    async with pod_held(world, "cut-build-1-build-pod"):
+        await world.cancel("wl-cut")
+        await world.condition("wl-cut", "Unknown", k.BUILD_CANCELED)
+        await _delete_image(world, "cut", make_again=False)
+        done = await world.condition("wl-cut", "False", k.BUILD_CANCELED)
+        assert "its kpack Image was deleted" in succeeded(done)["message"]
+        await consistently(lambda: _absent(world, r.IMAGE, "cut"), QUIET, "no Image made again")
+
+
+async def test_an_older_workload_does_not_begin_again_over_a_newer_one(world: World) -> None:
+    """Both workloads of an app in flight when its Image is deleted: only the newer begins again (the
+    Image builds its source), the older is skipped as kpack skips a superseded generation."""
+    await world.workload("wl-older", "pair", **{ENV_BUILD_SECONDS: "600"})
+    await world.running_pod("pair-build-1")
+    await world.workload("wl-newer", "pair", **{ENV_BUILD_SECONDS: "1"})
+    await world.condition("wl-newer", "Unknown", k.BUILD_RUNNING)
+    await _delete_image(world, "pair", make_again=False)
+    await world.condition("wl-older", "False", k.KPACK_MISSED_BUILD, within=30)
+    await world.condition("wl-newer", "True", k.BUILD_SUCCEEDED, within=30)
+    image = await world.get(r.IMAGE, "pair")
+    assert image is not None
+    env = {e["name"]: e.get("value") for e in image["spec"]["build"]["env"]}
+    assert env[ENV_BUILD_SECONDS] == "1"
+
+
+@pytest.mark.emulator
+async def test_a_build_whose_steps_run_costs_no_pod_reads(world: World, target: Target) -> None:
+    """A running Build without a reason (kpack's while the pod is Running) is old enough for its pod to be
+    read: only while kpack has seen none of its steps run."""
+    assert target.emulator is not None
+    reads = target.emulator.faults.add(
+        FaultRule(method="GET", path="/pods/quiet-build-1-build-pod$", status=0)
+    )
+    long_ago = "2020-01-01T00:00:00Z"
+    build: Obj = {
+        "metadata": {"name": "quiet-build-1", "namespace": world.space, "creationTimestamp": long_ago},
+        "status": {
+            "conditions": [{"type": "Succeeded", "status": "Unknown"}],
+            "stepStates": [{"terminated": {"exitCode": 0}}, {"running": {"startedAt": long_ago}}, {}],
+        },
+    }
+    assert await pending.problem(world.client, build, 600.0) is None
+    assert reads.hits == 0
+    build["status"]["stepStates"] = [{"waiting": {"reason": "PodInitializing"}}, {}]
+    said = await pending.problem(world.client, build, 600.0)
+    assert said is not None and "kpack has not created the build pod quiet-build-1-build-pod" in said
+    assert reads.hits == 1

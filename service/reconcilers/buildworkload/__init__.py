@@ -14,14 +14,15 @@ Where things are:
 - ``caches`` — the informer caches it reads, their indexes, and the event mappers.
 
 Reads come from informer caches; where a cache miss would end a workload for good, the absence is
-confirmed with the API first (``service.runtime.reads``). Secrets and ServiceAccounts are read from the
-API when needed (a cluster-wide Secret cache would cost memory for every secret in the cluster). The
+confirmed with the API first (``service.runtime.reads``). The builder ServiceAccount comes from a cache
+of that one name (a field selector); Secrets are read from the API when needed (a cluster-wide Secret
+cache would cost memory for every secret in the cluster). The
 registry is read beside the workers (``service.runtime.offload``).
 """
 
 from __future__ import annotations
 
-from service.kube.resources import BUILD, BUILD_WORKLOAD, BUILDER, CLUSTER_BUILDER, IMAGE
+from service.kube.resources import BUILD, BUILD_WORKLOAD, BUILDER, CLUSTER_BUILDER, IMAGE, SERVICE_ACCOUNT
 from service.reconcilers.buildworkload.attempt import is_ours
 from service.reconcilers.buildworkload.reconciler import BuildWorkloadReconciler
 from service.reconcilers.images import ImageConfigReader, RepositoryCreator
@@ -49,6 +50,9 @@ def register(
         .watches(BUILD, caches.workloads_for_build)
         .watches(BUILDER, caches.workloads_waiting_for_builder)
         .watches(CLUSTER_BUILDER, caches.workloads_waiting_for_builder)
+        .watches(
+            SERVICE_ACCOUNT, caches.workloads_waiting_for_account, field_selector=caches.account_selector
+        )
         .complete(reconciler.reconcile)
     )
     return reconciler

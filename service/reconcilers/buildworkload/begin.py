@@ -17,7 +17,7 @@ from service.kube import errors
 from service.kube.client import KubeClient
 from service.kube.objects import generation, meta
 from service.kube.patches import merge_diff
-from service.kube.resources import BUILDER, IMAGE, SECRET, SERVICE_ACCOUNT, STORAGE_CLASS
+from service.kube.resources import BUILDER, IMAGE, SECRET, STORAGE_CLASS
 from service.reconcilers import korifi as k
 from service.reconcilers import workload_checks
 from service.reconcilers.build_cache import (
@@ -97,12 +97,9 @@ class Begin:
 
     async def _require_service_account(self, namespace: str) -> None:
         account = self.settings.builder_service_account
-        try:
-            await self.client.get(SERVICE_ACCOUNT, account, namespace)
-        except errors.NotFound:
-            raise Waiting(
-                f'ServiceAccount "{account}" not found: kpack builds with its registry credentials'
-            ) from None
+        # The cache alone: a miss only waits, and the account's arrival wakes the workload (caches).
+        if self.caches.service_accounts.get(namespace, account) is None:
+            raise Waiting(f'ServiceAccount "{account}" not found: kpack builds with its registry credentials')
 
     async def _ensure_custom_builder(self, attempt: Pass) -> str | None:
         """The Builder for this workload's buildpacks; None after failing the workload (Succeeded=False)."""

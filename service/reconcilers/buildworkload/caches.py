@@ -3,7 +3,8 @@ events on those objects map back to workloads.
 
 Index values are namespaced, since the informers may watch every namespace. A Build concerns the
 workloads of its Image generation; a Builder or ClusterBuilder concerns the running workloads whose Image
-uses it (they wait for it to become ready); an Image concerns its owners.
+uses it (they wait for it to become ready); an Image concerns its owners; the builder ServiceAccount
+concerns the unfinished workloads of its namespace.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from service.kube.resources import (
     CLUSTER_BUILDER,
     CLUSTER_BUILDPACK,
     IMAGE,
+    SERVICE_ACCOUNT,
 )
 from service.reconcilers import korifi as k
 from service.runtime import InformerFactory, Lister, Obj, Request, by_labels, index_value
@@ -27,10 +29,15 @@ BY_APP = "app-guid"
 BY_APP_GENERATION = "app-guid/generation"
 BY_IMAGE_GENERATION = "image/generation"
 BY_BUILDER = "builder"
+BY_NAMESPACE = "namespace"
 
 app_index = by_labels(k.APP_GUID_LABEL, namespaced=True)
 app_generation_index = by_labels(k.APP_GUID_LABEL, k.IMAGE_GENERATION_LABEL, namespaced=True)
 image_generation_index = by_labels(k.KPACK_IMAGE_LABEL, k.KPACK_IMAGE_GENERATION_LABEL, namespaced=True)
+
+
+def namespace_index(obj: Obj) -> Iterable[str]:
+    return (str(obj["metadata"].get("namespace", "")),)
 
 
 def image_builder_index(obj: Obj) -> Iterable[str]:
@@ -47,8 +54,13 @@ def builds_selector(app_guid: str, generation: int | str) -> str:
     return f"{k.KPACK_IMAGE_LABEL}={app_guid},{k.KPACK_IMAGE_GENERATION_LABEL}={generation}"
 
 
+def account_selector(name: str) -> str:
+    """The builder ServiceAccount of every space, and no other account: a cache of a few small objects."""
+    return f"metadata.name={name}"
+
+
 class Caches:
-    def __init__(self, informers: InformerFactory) -> None:
+    def __init__(self, informers: InformerFactory, builder_service_account: str) -> None:
         self.workloads: Lister = informers.lister(BUILD_WORKLOAD)
         self.images: Lister = informers.lister(IMAGE)
         self.builds: Lister = informers.lister(BUILD)
@@ -57,7 +69,14 @@ class Caches:
         # What workloads may name besides the ClusterBuilder's order (service.reconcilers.buildpacks).
         self.buildpacks: Lister = informers.lister(BUILDPACK)
         self.cluster_buildpacks: Lister = informers.lister(CLUSTER_BUILDPACK)
+        # The builder ServiceAccount, read for every workload (begin waits for it, the droplet names its
+        # pull secrets). Its Secrets stay API reads: a cluster-wide Secret cache would hold every secret.
+        self.account_selector = account_selector(builder_service_account)
+        self.service_accounts: Lister = informers.lister(
+            SERVICE_ACCOUNT, field_selector=self.account_selector
+        )
         self.workloads.add_indexer(BY_APP, app_index)
+        self.workloads.add_indexer(BY_NAMESPACE, namespace_index)
         self.workloads.add_indexer(BY_APP_GENERATION, app_generation_index)
         self.builds.add_indexer(BY_IMAGE_GENERATION, image_generation_index)
         self.images.add_indexer(BY_BUILDER, image_builder_index)
@@ -77,6 +96,15 @@ class Caches:
         keys = list(image_generation_index(build))
         return [
             Request.for_object(w) for key in keys for w in self.workloads.by_index(BY_APP_GENERATION, key)
+        ]
+
+    def workloads_waiting_for_account(self, account: Obj) -> list[Request]:
+        """The unfinished workloads of the builder ServiceAccount's namespace (some may wait for it)."""
+        namespace = str(account["metadata"].get("namespace", ""))
+        return [
+            Request.for_object(workload)
+            for workload in self.workloads.by_index(BY_NAMESPACE, namespace)
+            if status_of(workload, k.SUCCEEDED) in (None, "Unknown")
         ]
 
     def workloads_waiting_for_builder(self, builder: Obj) -> list[Request]:

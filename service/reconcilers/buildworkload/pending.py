@@ -4,8 +4,9 @@ kpack copies into its Build's ``Succeeded=Unknown`` the reason and message of th
 init container (``ImagePullBackOff``, ``CreateContainerConfigError``…; kpack.md §3.7), but says nothing
 of a pod the scheduler cannot place (``PodScheduled=False``: "0/3 nodes are available…") and nothing of a
 pod the API refused to create (a ResourceQuota: kpack logs it and retries). For those the pod itself is
-read — only for a Build that has run a while without a word (``POD_CHECK_AFTER``), then ever less often,
-so that a build that simply runs costs few reads.
+read — only for a Build that has run a while without a word (``POD_CHECK_AFTER``) and whose steps kpack
+has not yet seen run (``stepStates``), then ever less often, so that a build that simply runs costs no
+reads once its first step has started.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ def next_check(build: Obj, limit: float) -> float:
     return min(POD_CHECK_MAX, max(first, elapsed / 2))
 
 
+def _started(build: Obj) -> bool:
+    """kpack copied the pod's step states and one has run: the pod was placed and started."""
+    for state in (build.get("status") or {}).get("stepStates") or ():
+        if isinstance(state, dict) and (state.get("running") or state.get("terminated")):
+            return True
+    return False
+
+
 async def problem(client: KubeClient, build: Obj, limit: float) -> str | None:
     """Why the running Build's pod has not started, or None if nothing says it cannot."""
     condition = find((build.get("status") or {}).get("conditions"), k.SUCCEEDED) or {}
@@ -44,8 +53,8 @@ async def problem(client: KubeClient, build: Obj, limit: float) -> str | None:
     pod = pod_name(build)
     if reason and reason not in NORMAL_WAITING:
         return f"{reason}: {message} (pod {pod})" if message else f"{reason} (pod {pod})"
-    if reason or age(build) < check_after(limit):
-        return None  # initializing, or too young to tell
+    if reason or age(build) < check_after(limit) or _started(build):
+        return None  # initializing, too young to tell, or its steps run: no read needed
     try:
         found = await client.get(POD, pod, build["metadata"]["namespace"])
     except errors.NotFound:

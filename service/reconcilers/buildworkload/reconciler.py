@@ -60,7 +60,7 @@ class BuildWorkloadReconciler:
         # Per workload, the resourceVersions its last writes replaced (metadata, then status: two), while
         # the cache may still show one of them.
         self._replaced: dict[tuple[str, str], tuple[str | None, ...]] = {}
-        self.caches = Caches(manager.informers)
+        self.caches = Caches(manager.informers, settings.builder_service_account)
         self.begin = Begin(
             self.client, settings, self.caches, repositories or NoRepositoryCreator(), self.events
         )

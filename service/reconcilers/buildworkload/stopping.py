@@ -6,11 +6,14 @@ builds again only for a new trigger, commit or config, never by itself. So a Bui
 (1) marking it ``stopped-for`` this workload (a later workload that asks for the same build can tell a
 stop from a failure, and asks for a new one: ``track``), (2) writing its ``Succeeded=False`` with the
 stop's reason, and (3) deleting its pod. The workload stays ``Succeeded=Unknown`` with that reason until
-the API says the pod is gone: a kpack whose cache had not yet seen the status may make the pod once
-more, and it is deleted again. Then ``Succeeded=False``.
+the API says the pod is gone, looked at again at least ``CONFIRM_POLL`` after the Build's status was
+written: a kpack whose cache had not yet seen that status may make the pod once more, and it is deleted
+again. Then ``Succeeded=False``.
 
-A Build that finished before it could be stopped is not stopped: the workload takes its outcome as
-usual (a cancel or timeout never touches a completed build, as Shipwright's BuildRun).
+A Build is *stopped by* a workload only when both writes landed (``stopped_by``): marked for it and
+``Succeeded=False`` with a stop's reason. A Build marked but finished by kpack before the stop's status
+write (which then conflicts) keeps kpack's outcome, and the workload takes it as usual: a cancel or
+timeout never touches a completed build, as Shipwright's BuildRun.
 """
 
 from __future__ import annotations
@@ -59,6 +62,23 @@ def stopped_for(build: Obj) -> str | None:
     return str(value) if value is not None else None
 
 
+def stopped_by(build: Obj) -> str | None:
+    """The workload this service stopped a Build for: marked for it *and* finished with a stop's reason
+    (a Build marked, then finished by kpack before the stop's status write, was not stopped)."""
+    condition = find((build.get("status") or {}).get("conditions"), k.SUCCEEDED) or {}
+    if condition.get("status") == "False" and condition.get("reason") in STOP_REASONS:
+        return stopped_for(build)
+    return None
+
+
+def stop_written_at(build: Obj) -> datetime | None:
+    """When the stop's ``Succeeded=False`` was written on a Build stopped by this service."""
+    if stopped_by(build) is None:
+        return None
+    condition = find((build.get("status") or {}).get("conditions"), k.SUCCEEDED) or {}
+    return parse_rfc3339(condition.get("lastTransitionTime"))
+
+
 def is_running(build: Obj) -> bool:
     return status_of(build, k.SUCCEEDED) in (None, "Unknown")
 
@@ -80,7 +100,7 @@ class Stopper:
 
     async def __call__(self, attempt: Pass, stop: Stop, build: Obj | None) -> Result | None:
         """Drive the stop one step; the workload's condition says where it is."""
-        if build is not None and not is_running(build) and stopped_for(build) != attempt.name:
+        if build is not None and not is_running(build) and stopped_by(build) != attempt.name:
             return None  # finished on its own first: the caller takes its outcome
         if build is None:
             # No Build for this workload's generation (yet): nothing runs that could be stopped.
@@ -89,8 +109,10 @@ class Stopper:
         name, namespace = build["metadata"]["name"], attempt.namespace
         pod = pod_name(build)
         attempt.succeeded("Unknown", stop.reason, f"{stop.why}: stopping kpack Build {name} (pod {pod})")
+        written = stop_written_at(build)
         if is_running(build):
             await self._finish(build, attempt.name, stop)
+            written = datetime.now(UTC)
             log.info(
                 "stopping a kpack Build",
                 extra={
@@ -100,10 +122,13 @@ class Stopper:
                     "reason": stop.reason,
                 },
             )
-        if await self._pod_gone(namespace, pod):
+        gone = await self._pod_gone(namespace, pod)
+        # The timestamp has whole seconds: count from the end of that second, so the look is never early.
+        since = (datetime.now(UTC) - written).total_seconds() - 1.0 if written else 0.0
+        if gone and since >= CONFIRM_POLL:
             attempt.fail(stop.reason, f"{stop.why}: kpack Build {name} stopped")
             return None
-        return Result(requeue_after=CONFIRM_POLL)
+        return Result(requeue_after=max(0.5, CONFIRM_POLL - since) if gone else CONFIRM_POLL)
 
     async def _finish(self, build: Obj, workload: str, stop: Stop) -> None:
         """Mark the Build stopped for this workload, then finished: kpack leaves it alone from then on."""

@@ -16,31 +16,33 @@ from datetime import UTC, datetime
 from service.kube import errors
 from service.kube.client import KubeClient
 from service.kube.conditions import find, is_true, status_of
-from service.kube.objects import generation, labels
+from service.kube.objects import generation, is_deleting, labels
 from service.kube.resources import BUILD
 from service.kube.timestamps import parse_rfc3339
 from service.reconcilers import korifi as k
 from service.reconcilers.build_steps import failed_step
 from service.reconcilers.buildworkload import pending
-from service.reconcilers.buildworkload.attempt import Failure, Pass, Waiting
+from service.reconcilers.buildworkload.attempt import Failure, Pass, Waiting, is_ours
 from service.reconcilers.buildworkload.caches import Caches
 from service.reconcilers.buildworkload.pending import next_check
 from service.reconcilers.buildworkload.siblings import Siblings, builds_exist
 from service.reconcilers.buildworkload.stopping import (
-    STOP_REASONS,
+    CONFIRM_POLL,
     Stop,
     Stopper,
     age,
     cancel_requested,
     is_running,
+    stopped_by,
     stopped_for,
     stopping,
 )
 from service.reconcilers.custom_builders import readiness_since, wanted_builder
 from service.reconcilers.droplet import droplet
-from service.reconcilers.images import ImageConfig, ImageConfigReader, builder_credentials, registry_lane
+from service.reconcilers.images import ImageConfig, ImageConfigReader, registry_lane
 from service.reconcilers.provenance import provenance
 from service.reconcilers.settings import BuilderSettings
+from service.registry.k8schain import account_secrets
 from service.runtime import Obj, Offload, Request, Result, get_confirmed
 
 REGISTRY_SAFETY_REQUEUE = 60.0  # a workload whose registry read runs in the background is looked at again
@@ -74,13 +76,19 @@ class Track:
         work, namespace = attempt.work, attempt.namespace
         app_guid = labels(work).get(k.APP_GUID_LABEL, "")
         image = await get_confirmed(self.caches.images, self.client, namespace, app_guid)
+        stop = self._stop_asked(attempt)
         if image is None or _recreated(work, image):
+            if stop is not None:
+                # Its Builds go with the Image (their owner), pods and all: nothing is left to stop, and
+                # beginning again would build what was asked to stop.
+                what = "deleted" if image is None else "made again"
+                attempt.fail(stop.reason, f"{stop.why}: its kpack Image was {what}, and its Builds with it")
+                return None
             return await self._begin_again(attempt, image)
         try:
             image_generation = int(labels(work).get(k.IMAGE_GENERATION_LABEL, ""))
         except ValueError as exc:
             raise Failure(f"couldn't parse image generation on buildworkload label: {exc}") from None
-        stop = self._stop_asked(attempt)
         if stop is None:
             await self._recover_skipped_build(image, image_generation)
             waiting = await self._wait_for_builder(attempt, image)
@@ -88,14 +96,23 @@ class Track:
                 return waiting
         builds = [b for b in self.caches.builds_of(namespace, app_guid, image_generation) if _of(b, image)]
         latest = max(builds, key=_build_number) if builds else None
-        if stop is None and latest is not None and stopped_for(latest) == attempt.name:
-            # Stopped for this workload by a pass whose own write was lost: the stop goes on.
-            reason = _reason(latest)
-            reason = reason if reason in STOP_REASONS else k.BUILD_CANCELED
-            stop = Stop(reason, self._why(reason))
+        if stop is None and latest is not None and stopped_by(latest) == attempt.name:
+            # Stopped for this workload by a pass whose own write was lost: the stop goes on, for the
+            # reason written on the Build (one of ours, as ``stopped_by`` says).
+            stop = Stop(_reason(latest), self._why(_reason(latest)))
         if stop is not None:
+            # Once a stop has marked a Build, it follows that Build alone: a later Build of the generation
+            # (a restage's trigger) is not this workload's to stop.
+            marked = [b for b in builds if stopped_for(b) == attempt.name]
+            latest = max(marked, key=_build_number) if marked else latest
+            if latest is None and await builds_exist(
+                self.client, self.caches, namespace, app_guid, image_generation
+            ):
+                # The API has a Build the cache has not shown yet: stopped once it is seen.
+                attempt.succeeded("Unknown", stop.reason, f"{stop.why}: waiting to see the kpack Build")
+                return Result(requeue_after=CONFIRM_POLL)
             result = await self.stopper(attempt, stop, latest)
-            if latest is None or is_running(latest) or stopped_for(latest) == attempt.name:
+            if latest is None or is_running(latest) or stopped_by(latest) == attempt.name:
                 return result
         if latest is None:
             if _skipped(image, image_generation) and not await builds_exist(
@@ -106,7 +123,7 @@ class Track:
         await self.siblings.fail_skipped(attempt, app_guid, image_generation)
         if is_running(latest):
             return await self._running(attempt, latest)
-        if stopped_for(latest) not in (None, attempt.name):
+        if stopped_by(latest) not in (None, attempt.name):
             # Stopped for another workload of the same generation (a cancel, a timeout): this one asks
             # for its own build rather than inherit the stop.
             await self._request_build(latest)
@@ -189,12 +206,27 @@ class Track:
         with it, so the workload begins again on the Image as it is now — never left waiting for ever."""
         if self.begin_again is None:
             raise errors.NotFound(f'failed getting kpack Image: Image.kpack.io "{attempt.name}" not found')
+        if self._newer_sibling(attempt):
+            # Beginning again would write this workload's source into the app's Image over a newer
+            # workload's: the newer one builds, and this one is skipped as kpack skips a superseded one.
+            attempt.fail(k.KPACK_MISSED_BUILD, k.KPACK_MISSED_BUILD_MESSAGE)
+            return None
         what = "deleted" if image is None else "made again"
         attempt.event(
             "Normal", k.IMAGE_RECREATED, f"kpack Image of this workload was {what} under it: building again"
         )
         await self.begin_again(attempt)
         return None
+
+    def _newer_sibling(self, attempt: Pass) -> bool:
+        """Whether another workload of this one's app wrote its source into the Image after this one did:
+        a higher Image generation (one that failed before its Image, e.g. on its buildpacks, has none)."""
+        mine = _image_generation(attempt.work)
+        app_guid = labels(attempt.work).get(k.APP_GUID_LABEL, "")
+        return mine is not None and any(
+            is_ours(other) and not is_deleting(other) and (_image_generation(other) or 0) > mine
+            for other in self.caches.workloads_of_app(attempt.namespace, app_guid)
+        )
 
     async def _request_build(self, build: Obj) -> None:
         """Ask kpack for one more build on top of its latest (the trigger annotation, kpack.md §3.6)."""
@@ -283,12 +315,11 @@ class Track:
     async def droplet(self, attempt: Pass, build: Obj) -> Obj | None:
         """The droplet of a successful Build; None while its image config is read in the background. What
         the build made (``provenance``) goes on the workload beside it."""
-        try:
-            refs, secrets = await builder_credentials(
-                self.client, attempt.namespace, self.settings.builder_service_account
-            )
-        except errors.NotFound as exc:
-            raise Waiting(exc.message) from None  # Korifi's words: 'ServiceAccount "x" not found'
+        name = self.settings.builder_service_account
+        account = self.caches.service_accounts.get(attempt.namespace, name)
+        if account is None:  # a miss only waits: the account's arrival wakes the workload (caches)
+            raise Waiting(f'ServiceAccount "{name}" not found')  # Korifi's words
+        refs, secrets = await account_secrets(self.client, account)
         status = build.get("status") or {}
         image = status.get("latestImage", "")
 
@@ -329,6 +360,13 @@ def _of(build: Obj, image: Obj) -> bool:
     collector (a Build with no owner at all is taken as this Image's)."""
     owners = build["metadata"].get("ownerReferences") or ()
     return not owners or any(o.get("uid") == image["metadata"].get("uid") for o in owners)
+
+
+def _image_generation(work: Obj) -> int | None:
+    try:
+        return int(labels(work).get(k.IMAGE_GENERATION_LABEL, ""))
+    except ValueError:
+        return None
 
 
 def _reason(work: Obj) -> str:
