@@ -137,3 +137,21 @@ class RuntimeMetrics:
             counter.labels(controller)
         self.max_concurrent.labels(controller).set(max_concurrent)
         self.active_workers.labels(controller).set(0)
+
+
+class EventMetrics:
+    """The event recorder's: controller-runtime has none (client-go drops Events silently), so the name
+    is ours, in Prometheus' form (``<subsystem>_<what>_total``)."""
+
+    REASONS = ("queue_full", "spam_filter", "write_error", "shutdown")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.dropped = Counter(
+            "event_recorder_dropped_events_total",
+            "Events recorded but not written to the API server, by reason: queue_full, spam_filter "
+            "(client-go's per-object spam filter), write_error, shutdown (queued when the writers stopped)",
+            ("reason",),
+            registry=registry,
+        )
+        for reason in self.REASONS:  # every series exists from the start, at zero
+            self.dropped.labels(reason)

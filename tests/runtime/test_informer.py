@@ -474,6 +474,28 @@ async def test_factory_namespaces_scope_the_informers(api: RunningApiServer, cli
         tg.cancel_scope.cancel()
 
 
+async def test_a_field_selector_caches_only_the_objects_it_names(
+    api: RunningApiServer, client: KubeClient
+) -> None:
+    for ns in ("a", "b"):
+        api.cluster.ensure_namespace(ns)
+        put(api, "wanted", ns)
+        put(api, f"other-{ns}", ns)
+    factory = InformerFactory(client)
+    [named] = factory.informers_for(CONFIG_MAP, field_selector="metadata.name=wanted")
+    assert factory.get(CONFIG_MAP) is not named  # one informer per field selector too
+    assert "[metadata.name=wanted]" in named.name
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(factory.run)
+        await eventually(lambda: factory.has_synced)
+        assert sorted(named.store.list_keys()) == ["a/wanted", "b/wanted"]
+        put(api, "wanted", "default")  # the watch follows the selector too
+        put(api, "other-default", "default")
+        await eventually(lambda: "default/wanted" in named.store.list_keys())
+        assert "default/other-default" not in named.store.list_keys()
+        tg.cancel_scope.cancel()
+
+
 # ---------------------------------------------------------------------------------------------- backoff
 def test_backoff_doubles_with_full_jitter_up_to_the_cap() -> None:
     clock = FakeClock()

@@ -1,0 +1,458 @@
+"""Convergence: how long, how much CPU and memory, and how many API requests N workloads cost a controller
+(issue 10, sections 4 and 5), for the service and, with ``--peer kopf``, for the same core logic written with kopf.
+
+Each controller gets a cluster of its own, of real processes: ``python -m simcluster devcluster`` (the
+API emulator), ``benchmarks/standin.py`` (kpack reduced to Builds that succeed at once, with the one
+registry) and the controller — ``python -m service run``, or ``benchmarks/peers/kopf_peer.py`` in a venv
+of its own (``~/.cache/kpack-image-builder/bench-kopf-venv``, made with pip on first use; kopf is never a
+dependency of the project). Then:
+
+1. a canary workload is created and waited for: the controller has started, listed and is watching;
+2. the controller's CPU time and the emulator's request count are taken;
+3. N workloads (one app each, spread over M namespaces) are created as fast as the API takes them;
+4. once the last has ``Succeeded=True`` (followed with one watch), the figures are taken again.
+
+Seconds run from the first create to the last success. CPU is the controller process's user + system
+time over that span (``/proc/<pid>/stat``), start-up and imports excluded; peak RSS is its high-water mark
+(``VmHWM``), start-up included. API requests are counted by the emulator (a latency-free fault rule that
+matches everything counts every request, ``/__sim__/faults``), less those of the stand-in and of this
+driver, which have rules of their own; for the service its own ``rest_client_requests_total`` is shown
+beside it. The service runs without its client-side rate limit (``--kube-api-qps``), as kopf has none.
+
+    .venv/bin/python benchmarks/converge.py --workloads 1000 --namespaces 10 --peer kopf
+
+Prints a table, then the figures as one JSON line. Timing depends on the machine and its load: the
+emulator, the stand-in, this driver and the controller share its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import anyio.abc
+import orjson
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from requests import workload  # benchmarks/requests.py (sys.path: this folder, then the repository root)
+
+from service.kube import errors
+from service.kube import resources as r
+from service.kube.client import KubeClient
+from service.kube.config import explicit
+from service.reconcilers import korifi as k
+from simcluster.demo import create_space
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT / "benchmarks" / "peers"
+KOPF_VENV = Path.home() / ".cache" / "kpack-image-builder" / "bench-kopf-venv"
+KOPF_PACKAGES = ("kopf", "kubernetes_asyncio")
+CREATE_CONCURRENCY = 16
+STARTUP_TIMEOUT = 120.0
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# Matched in order, one rule per request: what the stand-in and the driver write, then everything else.
+COUNTERS = {
+    "driver_creates": {"method": "POST", "path": "/buildworkloads$"},
+    "standin_creates": {"method": "POST", "path": "/builds$"},
+    "standin_statuses": {"method": "PATCH", "path": "/builds/[^/]+/status$"},
+    "all_others": {"method": "*", "path": ".*"},
+}
+
+
+@dataclass
+class Figures:
+    peer: str
+    workloads: int
+    namespaces: int
+    succeeded: int
+    failed: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss_mib: float
+    requests: int
+    own_count: int | None  # the service's rest_client_requests_total over the same span
+
+    @property
+    def per_second(self) -> float:
+        return self.workloads / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms_per_workload(self) -> float:
+        return 1000 * self.cpu_seconds / self.workloads
+
+    @property
+    def requests_per_workload(self) -> float:
+        return self.requests / self.workloads
+
+
+# ------------------------------------------------------------------------------ the controller process
+def cpu_seconds(pid: int) -> float:
+    """User + system time of a live process (fields 14 and 15 of ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def kopf_python() -> Path:
+    """The kopf peer's interpreter, in a venv made on first use (pip from PyPI)."""
+    python = KOPF_VENV / "bin" / "python"
+    probe = [str(python), "-c", "import " + ", ".join(KOPF_PACKAGES)]
+    if python.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
+        return python
+    print(f"converge: installing {' '.join(KOPF_PACKAGES)} into {KOPF_VENV}", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(KOPF_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *KOPF_PACKAGES], check=True)
+    return python
+
+
+def controller_command(
+    peer: str, kubeconfig: Path, registry: str, workers: int | None, metrics_port: int
+) -> list[str]:
+    prefix = f"{registry}/cf/"
+    if peer == "kopf":
+        command = [str(kopf_python()), str(PEERS / "kopf_peer.py"), f"--kubeconfig={kubeconfig}"]
+        command.append(f"--repository-prefix={prefix}")
+        if workers is not None:
+            command.append(f"--workers={workers}")
+        return command
+    return [
+        sys.executable,
+        "-m",
+        "service",
+        "run",
+        f"--kubeconfig={kubeconfig}",
+        f"--container-repository-prefix={prefix}",
+        f"--metrics-bind-address=127.0.0.1:{metrics_port}",
+        "--health-probe-bind-address=0",
+        f"--workers={workers or 8}",
+        "--kube-api-qps=100000",
+        "--kube-api-burst=100000",
+        "--log-level=warn",
+    ]
+
+
+@asynccontextmanager
+async def process(
+    command: Sequence[str], log: Path, *, stdout: bool = False
+) -> AsyncIterator[anyio.abc.Process]:
+    """A child process with its stderr (and stdout unless read) in ``log``; SIGTERM at the end, then
+    SIGKILL if it does not stop."""
+    env = {key: v for key, v in os.environ.items() if not key.startswith("KPACK_IMAGE_BUILDER_")}
+    with log.open("ab") as sink:
+        proc = await anyio.open_process(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout else sink,
+            stderr=sink,
+            cwd=ROOT,
+            env=env,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            with anyio.move_on_after(15):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+        await proc.wait()
+        await proc.aclose()
+
+
+def tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+async def first_line(proc: anyio.abc.Process, what: str, log: Path) -> bytes:
+    """The first stdout line of ``proc``, or SystemExit with its log."""
+    assert proc.stdout is not None
+    buffer = b""
+    with anyio.move_on_after(STARTUP_TIMEOUT):
+        async for chunk in proc.stdout:
+            buffer += chunk
+            if b"\n" in buffer:
+                return buffer.split(b"\n", 1)[0]
+    raise SystemExit(f"converge: {what} did not start:\n{tail(log)}")
+
+
+async def wait_for_file(path: Path, proc: anyio.abc.Process, log: Path) -> None:
+    with anyio.move_on_after(STARTUP_TIMEOUT):
+        while not await anyio.Path(path).exists():
+            if proc.returncode is not None:
+                break
+            await anyio.sleep(0.05)  # a child's start-up, polled: it has no other signal
+        else:
+            return
+    raise SystemExit(f"converge: devcluster did not start:\n{tail(log)}")
+
+
+# ------------------------------------------------------------------------------ counting
+async def add_counters(http: aiohttp.ClientSession, url: str) -> dict[str, int]:
+    """The counting rules (status 0, no latency: only counted); their ids by name."""
+    ids = {}
+    for name, rule in COUNTERS.items():
+        async with http.post(f"{url}/__sim__/faults", json={**rule, "status": 0}) as reply:
+            reply.raise_for_status()
+            ids[name] = (await reply.json())["id"]
+    return ids
+
+
+async def counts(http: aiohttp.ClientSession, url: str, ids: dict[str, int]) -> dict[str, int]:
+    async with http.get(f"{url}/__sim__/faults") as reply:
+        reply.raise_for_status()
+        hits = {rule["id"]: rule["hits"] for rule in (await reply.json())["rules"]}
+    return {name: hits[i] for name, i in ids.items()}
+
+
+async def own_requests(http: aiohttp.ClientSession, port: int) -> int:
+    """The service's ``rest_client_requests_total``, summed."""
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as reply:
+        text = await reply.text()
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "rest_client_requests_total"
+        )
+    )
+
+
+# ------------------------------------------------------------------------------ workloads
+class Progress:
+    """The workloads' outcomes as one watch shows them."""
+
+    def __init__(self) -> None:
+        self.succeeded: set[tuple[str, str]] = set()
+        self.failed: set[tuple[str, str]] = set()
+        self.changed = anyio.Event()
+        self.watches = 0  # requests this driver made on the way (counted off the controller's)
+
+    def see(self, obj: dict[str, Any]) -> None:
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        for c in (obj.get("status") or {}).get("conditions") or ():
+            if c.get("type") == k.SUCCEEDED and c.get("status") in ("True", "False"):
+                (self.succeeded if c["status"] == "True" else self.failed).add(key)
+                self.changed.set()
+
+    async def follow(self, client: KubeClient, version: str) -> None:
+        while True:
+            self.watches += 1
+            try:
+                async with client.watch(r.BUILD_WORKLOAD, resource_version=version) as stream:
+                    async for kind, obj in stream:
+                        version = obj["metadata"].get("resourceVersion", version)
+                        if kind in ("ADDED", "MODIFIED"):
+                            self.see(obj)
+            except errors.Expired:
+                raise SystemExit("converge: the progress watch expired") from None
+
+    async def until(self, keys: set[tuple[str, str]], within: float) -> bool:
+        with anyio.move_on_after(within):
+            while not keys <= self.succeeded | self.failed:
+                self.changed = anyio.Event()
+                await self.changed.wait()
+            return True
+        return False
+
+
+async def converge(
+    client: KubeClient, objects: list[tuple[str, dict[str, Any]]], within: float
+) -> tuple[float, Progress, bool]:
+    """Create the workloads (``CREATE_CONCURRENCY`` at a time) and wait until each has finished; the
+    seconds from the first create, the progress and whether all finished in time."""
+    progress = Progress()
+    listed = await client.list(r.BUILD_WORKLOAD, limit=1)
+    progress.watches += 1
+    keys = {(space, obj["metadata"]["name"]) for space, obj in objects}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(progress.follow, client, listed["metadata"]["resourceVersion"])
+        todo = list(reversed(objects))
+        start = time.monotonic()
+
+        async def creator() -> None:
+            while todo:
+                space, obj = todo.pop()
+                await client.create(r.BUILD_WORKLOAD, obj, space)
+
+        async with anyio.create_task_group() as creators:
+            for _ in range(CREATE_CONCURRENCY):
+                creators.start_soon(creator)
+        done = await progress.until(keys, within)
+        seconds = time.monotonic() - start
+        tg.cancel_scope.cancel()
+    return seconds, progress, done
+
+
+async def measure(peer: str, n: int, spaces: int, workers: int | None, within: float, logs: Path) -> Figures:
+    async with AsyncExitStack() as stack:
+        kubeconfig = logs / f"{peer}.kubeconfig"
+        log = logs / f"{peer}-devcluster.log"
+        devcluster = await stack.enter_async_context(
+            process([sys.executable, "-m", "simcluster", "devcluster", f"--kubeconfig-out={kubeconfig}"], log)
+        )
+        await wait_for_file(kubeconfig, devcluster, log)
+        url = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        ids = await add_counters(http, url)
+        log = logs / f"{peer}-standin.log"
+        standin = await stack.enter_async_context(
+            process(
+                [sys.executable, str(ROOT / "benchmarks" / "standin.py"), f"--kubeconfig={kubeconfig}"],
+                log,
+                stdout=True,
+            )
+        )
+        registry = orjson.loads(await first_line(standin, "the stand-in", log))["registry"]
+        client = await stack.enter_async_context(KubeClient(explicit(url), qps=100_000, burst=100_000))
+        names = [f"space-{s}" for s in range(spaces)]
+        for space in names:
+            await create_space(client, space, registry)
+
+        metrics_port = free_port()
+        log = logs / f"{peer}-controller.log"
+        command = controller_command(peer, kubeconfig, registry, workers, metrics_port)
+        controller = await stack.enter_async_context(process(command, log))
+        pid = controller.pid
+        _, _, started = await converge(client, [(names[0], workload(n, names[0], registry))], STARTUP_TIMEOUT)
+        if not started:
+            raise SystemExit(f"converge: {peer} did not build the canary workload:\n{tail(log)}")
+
+        cpu_before = cpu_seconds(pid)
+        before = await counts(http, url, ids)
+        own_before = await own_requests(http, metrics_port) if peer == "service" else None
+        objects = [(names[i % spaces], workload(i, names[i % spaces], registry)) for i in range(n)]
+        seconds, progress, done = await converge(client, objects, within)
+        cpu = cpu_seconds(pid) - cpu_before
+        rss = peak_rss_mib(pid)
+        after = await counts(http, url, ids)
+        own_after = await own_requests(http, metrics_port) if peer == "service" else None
+        if not done:
+            print(
+                f"converge: {peer}: only {len(progress.succeeded)} of {n} workloads finished in {within:g} s",
+                file=sys.stderr,
+            )
+        requests = after["all_others"] - before["all_others"] - progress.watches
+        own = own_after - own_before if own_after is not None and own_before is not None else None
+        return Figures(
+            peer,
+            n,
+            spaces,
+            len(progress.succeeded),
+            len(progress.failed),
+            seconds,
+            cpu,
+            rss,
+            requests,
+            own,
+        )
+
+
+def table(results: list[Figures]) -> str:
+    header = (
+        "peer",
+        "workloads",
+        "succeeded",
+        "seconds",
+        "workloads/s",
+        "CPU s",
+        "CPU ms/workload",
+        "peak RSS MiB",
+        "API requests/workload",
+    )
+    rows = [header]
+    for f in results:
+        requests = f"{f.requests_per_workload:.2f}"
+        if f.own_count is not None:
+            requests += f" (own count {f.own_count / f.workloads:.2f})"
+        rows.append(
+            (
+                f.peer,
+                str(f.workloads),
+                str(f.succeeded),
+                f"{f.seconds:.1f}",
+                f"{f.per_second:.0f}",
+                f"{f.cpu_seconds:.2f}",
+                f"{f.cpu_ms_per_workload:.2f}",
+                f"{f.peak_rss_mib:.0f}",
+                requests,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if len(results) == 2 and all(f.seconds and f.cpu_seconds for f in results):
+        ours, theirs = results
+        lines.append(
+            f"service vs {theirs.peer}: {ours.per_second / theirs.per_second:.1f}x the throughput, "
+            f"{theirs.cpu_seconds / ours.cpu_seconds:.1f}x less CPU, "
+            f"{theirs.requests_per_workload / ours.requests_per_workload:.1f}x fewer requests"
+        )
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> int:
+    peers = ["service", *([args.peer] if args.peer else [])]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="converge-") as tmp:
+        logs = Path(args.logs) if args.logs else Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
+        for peer in peers:
+            results.append(
+                await measure(peer, args.workloads, args.namespaces, args.workers, args.timeout, logs)
+            )
+    print(table(results))
+    summary = [
+        {
+            **asdict(f),
+            "workloads_per_s": round(f.per_second, 1),
+            "cpu_ms_per_workload": round(f.cpu_ms_per_workload, 3),
+            "requests_per_workload": round(f.requests_per_workload, 2),
+        }
+        for f in results
+    ]
+    print(orjson.dumps(summary).decode())
+    return 0 if all(f.succeeded == f.workloads for f in results) else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", type=int, default=1000, help="workloads to converge (default 1000)")
+    parser.add_argument("--namespaces", type=int, default=10, help="spaces they are spread over (default 10)")
+    parser.add_argument("--peer", choices=["kopf"], help="also measure this implementation of the same logic")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="the service's --workers (default 8); kopf's worker limit (default: kopf's, unlimited)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds allowed to converge (default 900)"
+    )
+    parser.add_argument("--logs", help="keep the processes' logs in this folder (default: a temporary one)")
+    sys.exit(anyio.run(main, parser.parse_args()))
