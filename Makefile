@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: test lint typecheck pytest venv system-deps demo devcluster realcluster bench chaos clean
+.PHONY: test lint typecheck pytest venv system-deps demo devcluster realcluster bench chaos manifests clean
 
 test: venv system-deps lint typecheck pytest
 
@@ -32,8 +32,8 @@ system-deps:
 	fi
 
 lint: venv
-	$(BIN)/ruff check service simcluster tests benchmarks
-	$(BIN)/ruff format --check service simcluster tests benchmarks
+	$(BIN)/ruff check service simcluster tests benchmarks manifests
+	$(BIN)/ruff format --check service simcluster tests benchmarks manifests
 
 typecheck: venv
 	$(BIN)/mypy service simcluster
@@ -56,6 +56,10 @@ realcluster: venv
 bench: venv
 	$(BIN)/python benchmarks/emulator.py
 	$(BIN)/python benchmarks/runtime.py
+
+# The kustomize manifests are generated from the chart (docs/manifests.md); tests/test_manifests.py fails on drift.
+manifests: venv
+	$(BIN)/python manifests/generate.py
 
 chaos: venv
 	$(BIN)/python benchmarks/chaos.py --workloads 300 --replicas 3

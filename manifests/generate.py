@@ -54,6 +54,7 @@ COMPONENTS: dict[str, Obj] = {
     "service-monitor": {"serviceMonitor": {"enabled": True}},
     "prometheus-rule": {"prometheusRule": {"enabled": True}},
     "pod-disruption-budget": {"podDisruptionBudget": {"enabled": True}},
+    "network-policy": {"networkPolicy": {"enabled": True}},
 }
 # The labels Helm stamps (templates/_helpers.tpl): exact lines, so nothing else can be removed by mistake.
 HELM_LABEL = re.compile(r"^ +(helm\.sh/chart: .+|app\.kubernetes\.io/managed-by: Helm)\n", re.MULTILINE)

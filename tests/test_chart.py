@@ -120,6 +120,12 @@ VALUE_SETS: dict[str, Obj] = {
         # OpenShift's restricted SCC assigns the ids: null takes the chart's out (Helm's rule for maps).
         "podSecurityContext": {"runAsUser": None, "runAsGroup": None},
         "podDisruptionBudget": {"enabled": True, "minAvailable": 1},
+        "networkPolicy": {
+            "enabled": True,
+            "metricsFrom": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+            ],
+        },
         "priorityClassName": "system-cluster-critical",
         "topologySpreadConstraints": [
             {
@@ -250,7 +256,7 @@ def test_defaults_run_the_service_as_documented() -> None:
     anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
     assert anti["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
     assert docs["PodDisruptionBudget"][0]["spec"]["maxUnavailable"] == 1
-    assert "ServiceMonitor" not in docs and "PrometheusRule" not in docs
+    assert "ServiceMonitor" not in docs and "PrometheusRule" not in docs and "NetworkPolicy" not in docs
     (service,) = docs["Service"]
     assert service["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     (configmap,) = docs["ConfigMap"]
@@ -294,6 +300,14 @@ def test_every_value_reaches_its_object() -> None:
         "minAvailable": 1,
         "selector": docs["Deployment"][0]["spec"]["selector"],
     }
+    (policy,) = docs["NetworkPolicy"]
+    assert policy["spec"]["podSelector"] == docs["Deployment"][0]["spec"]["selector"]
+    assert policy["spec"]["ingress"] == [
+        {
+            "ports": [{"port": "metrics", "protocol": "TCP"}],
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        }
+    ]
     (monitor,) = docs["ServiceMonitor"]
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert (

@@ -17,15 +17,19 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import anyio
 import kubernetes_validate
 import pytest
 import yaml
 
 from service import config
+from tests.controlplane.build import binaries
+from tests.controlplane.cluster import ControlPlane
 from tests.controlplane.identity import render_chart
 from tests.test_chart import KUBERNETES
 
@@ -41,12 +45,14 @@ COMPONENTS: dict[str, Obj] = {
     "service-monitor": {"serviceMonitor": {"enabled": True}},
     "prometheus-rule": {"prometheusRule": {"enabled": True}},
     "pod-disruption-budget": {"podDisruptionBudget": {"enabled": True}},
+    "network-policy": {"networkPolicy": {"enabled": True}},
 }
 BASE_VALUES: Obj = {
     "config": {"containerRepositoryPrefix": PLACEHOLDER},
     "serviceMonitor": {"enabled": False},
     "prometheusRule": {"enabled": False},
     "podDisruptionBudget": {"enabled": False},
+    "networkPolicy": {"enabled": False},
 }
 # The Prometheus Operator's kinds, which Kubernetes' schemas do not know.
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
@@ -279,3 +285,51 @@ def test_the_placeholder_registry_path_stops_the_service(tmp_path: Path) -> None
     (configmap,) = [doc for doc in kustomize(MANIFESTS / "base") if doc["kind"] == "ConfigMap"]
     with pytest.raises(config.ConfigError, match="containerRepositoryPrefix"):
         service_config(configmap, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ on kube-apiserver
+def kubectl_name(doc: Obj) -> str:
+    """As ``kubectl ... -o name`` says it: ``kind.group/name`` (``kind/name`` in the core group)."""
+    group = doc["apiVersion"].rpartition("/")[0]
+    kind = doc["kind"].lower()
+    return f"{kind}.{group}/{doc['metadata']['name']}" if group else f"{kind}/{doc['metadata']['name']}"
+
+
+def default_in(namespace: str, tmp_path: Path) -> list[Obj]:
+    """manifests/default moved into ``namespace`` by an overlay."""
+    directory = overlay(tmp_path, ["default"], [])
+    doc = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump({**doc, "namespace": namespace}))
+    return kustomize(directory)
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(3600 if binaries().missing() else 120)
+async def test_kube_apiserver_takes_every_object_of_default(
+    real_control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """The real kube-apiserver (the session's) admits, defaults and validates every object
+    manifests/default makes, CRDs included, in a server-side dry run — moved into a namespace of this
+    test's own, which is created for real (the server refuses objects in a namespace that does not exist,
+    even in a dry run)."""
+    namespace = f"manifests-{uuid.uuid4().hex[:8]}"
+    documents = await anyio.to_thread.run_sync(default_in, namespace, tmp_path)
+    (ns,) = [doc for doc in documents if doc["kind"] == "Namespace"]
+    assert ns["metadata"]["name"] == namespace
+    objects = [doc for doc in documents if doc["kind"] != "Namespace"]
+    assert await anyio.Path(tmp_path / "objects.yaml").write_text(yaml.safe_dump_all(objects))
+    base = [kubectl(), f"--kubeconfig={real_control_plane.kubeconfig}"]
+
+    async def run(*args: str) -> str:
+        result = await anyio.run_process([*base, *args], check=False)
+        assert result.returncode == 0, result.stderr.decode()
+        return result.stdout.decode()
+
+    await run("create", "namespace", namespace)
+    try:
+        out = await run(
+            "apply", "--server-side", "--dry-run=server", "-o", "name", "-f", str(tmp_path / "objects.yaml")
+        )
+        assert sorted(out.split()) == sorted(kubectl_name(doc) for doc in objects)
+    finally:
+        await run("delete", "namespace", namespace, "--wait=false")
