@@ -1,7 +1,7 @@
 """Benchmark: the event recorder's write rate and losses against the API emulator.
 
     python benchmarks/events.py [--events N] [--objects M] [--repeats R] [--latency S]
-                                [--writers W ...] [--module PATH]
+                                [--writers W ...] [--qps Q] [--module PATH]
 
 Records N distinct Events (M objects, N/M reasons each: under client-go's spam burst of 25 per object,
 and no two messages alike, so none is aggregated) as fast as a loop can, plus R repeats of the first
@@ -83,11 +83,13 @@ def obj(i: int) -> dict[str, Any]:
 
 
 async def once(
-    url: str, module: ModuleType, writers: int | None, n: int, objects: int, repeats: int
+    url: str, module: ModuleType, writers: int | None, n: int, objects: int, repeats: int, qps: float | None
 ) -> dict[str, float]:
     async with KubeClient(explicit(url), qps=0) as client:
         await client.delete_collection(r.EVENT, NS)
-        kwargs = {} if writers is None else {"writers": writers}
+        kwargs: dict[str, Any] = {} if writers is None else {"writers": writers}
+        if qps is not None and writers is not None:
+            kwargs["qps"] = qps
         recorder = module.EventRecorder(client, "bench", **kwargs)
         per_object = -(-n // objects)
         targets = [obj(i) for i in range(objects)]
@@ -122,7 +124,7 @@ async def run(args: argparse.Namespace, url: str) -> list[tuple[str, dict[str, f
     for writers in counts:
         label = "serial (no writers parameter)" if writers is None else f"{writers} writer(s)"
         results.append(
-            (label, await once(url, module, writers, args.events, args.objects, args.repeats))
+            (label, await once(url, module, writers, args.events, args.objects, args.repeats, args.qps))
         )
     return results
 
@@ -136,6 +138,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1000, help="repeats of the first Events")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each Event write")
     parser.add_argument("--writers", type=int, nargs="+", default=[1, current.WRITERS])
+    parser.add_argument("--qps", type=float, help="the writers' token bucket rate (default: the recorder's)")
     parser.add_argument("--module", help="another events.py to measure")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")

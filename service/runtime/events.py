@@ -54,11 +54,12 @@ WARNING = "Warning"
 # Distinct Events waiting to be written. client-go queues 1,000 occurrences; a start-up burst (an event
 # per object of a large initial list) is distinct Events, and each costs a few hundred bytes here.
 BUFFER = 10_000
-WRITERS = 8  # concurrent writes: the API server's latency, not its throughput, bounded the serial writer
-# The writers' own token bucket: a storm of events is paced so that the controllers' requests (same
-# client, same connection pool) keep getting through, yet a full ordinary burst drains within the
-# manager's event drain deadline.
-QPS = 500.0
+# Concurrent writes: the API server's round trip, not its throughput, bounded the serial writer (about
+# 85 Events/s at 10 ms a write; 8 writers: about 580/s — benchmarks/events.py).
+WRITERS = 8
+# The writers' own token bucket, apart from the client's: a storm of Events is paced so that it cannot
+# flood the API server, while an ordinary burst (a start-up's, a thousand objects) goes out at once.
+QPS = 1000.0
 BURST = 1000
 CACHE_SIZE = 4096  # client-go's correlator LRU size (each of its three caches)
 MAX_MESSAGE = 1024  # kube-apiserver refuses longer event notes

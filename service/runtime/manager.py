@@ -30,7 +30,7 @@ from service.runtime.controller import Controller
 from service.runtime.events import EventRecorder
 from service.runtime.informer import InformerFactory
 from service.runtime.leader import LeaderElectionConfig, LeaderElector, LeadershipLost
-from service.runtime.metrics import RuntimeMetrics, new_registry
+from service.runtime.metrics import EventMetrics, RuntimeMetrics, new_registry
 from service.runtime.ratelimiters import default_rate_limiter
 from service.runtime.reconcile import Reconcile
 from service.runtime.sidecar import BindAddress, Checks, LoopMonitor, Sidecar
@@ -80,7 +80,9 @@ class Manager:
             namespaces=options.namespaces,
             label_selectors=options.label_selectors,
         )
-        self.events = EventRecorder(client, options.name, options.instance)
+        self.events = EventRecorder(
+            client, options.name, options.instance, metrics=EventMetrics(self.registry)
+        )
         self.controllers: list[Controller] = []
         self.runnables: list[tuple[str, Callable[[], Awaitable[object]], bool]] = []
         self.elector = (

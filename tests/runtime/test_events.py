@@ -1,5 +1,7 @@
-"""EventRecorder against the API emulator over real HTTP: creation, aggregation of repeats, the bounded
-buffer, recreation after the server dropped an event, and API errors that must not stop the writer."""
+"""EventRecorder against the API emulator over real HTTP: creation, client-go's correlator (repeats
+patched, similar events aggregated, the spam filter), concurrent writers and their limiter, the bounded
+queue, recreation after the server dropped an event, API errors that must not stop the writers, the drop
+metric, and no Event lost at a benchmark's load or on a graceful shutdown."""
 
 from __future__ import annotations
 
@@ -10,14 +12,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
+from prometheus_client import CollectorRegistry
 
 from service.kube import resources as r
 from service.kube.client import KubeClient
 from service.runtime.events import MAX_MESSAGE, EventRecorder
+from service.runtime.metrics import EventMetrics
 from simcluster.faults import FaultRule
 from simcluster.server import RunningApiServer
-from tests.helpers import eventually
+from tests.helpers import consistently, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -153,27 +158,30 @@ async def test_full_buffer_drops_and_counts(
     assert len(await events_in(kube, "apps")) == 3
 
 
-async def test_repeat_after_the_event_expired_creates_a_new_one(kube: KubeClient, configmap: Obj) -> None:
+async def test_repeat_after_the_event_expired_creates_it_again(kube: KubeClient, configmap: Obj) -> None:
     recorder = EventRecorder(kube, COMPONENT)
     async with writing(recorder):
         recorder.record(configmap, "Normal", "Built", "image built")
+        await eventually(lambda: recorder.written == 1, what="create")
         recorder.record(configmap, "Normal", "Built", "image built")
-        await eventually(lambda: recorder.written == 2, what="create and patch")
+        await eventually(lambda: recorder.written == 2, what="patch")
         [old] = await events_in(kube, "apps")
         assert old["count"] == 2
         await kube.delete(r.EVENT, old["metadata"]["name"], "apps")  # the API server's event TTL
 
+        # client-go: the PATCH finds nothing, so the Event is created again, same name, count going on.
         recorder.record(configmap, "Normal", "Built", "image built")
         await eventually(lambda: recorder.written == 3, what="the repeat is written")
         [new] = await events_in(kube, "apps")
-        assert new["metadata"]["name"] != old["metadata"]["name"]
-        assert new["count"] == 1
+        assert new["metadata"]["name"] == old["metadata"]["name"]
+        assert new["metadata"]["uid"] != old["metadata"]["uid"]
+        assert (new["count"], new["firstTimestamp"]) == (3, old["firstTimestamp"])
 
-        recorder.record(configmap, "Normal", "Built", "image built")  # and aggregation resumes on it
+        recorder.record(configmap, "Normal", "Built", "image built")  # and patching resumes on it
         await eventually(lambda: recorder.written == 4, what="the next repeat is written")
     [again] = await events_in(kube, "apps")
-    assert again["metadata"]["name"] == new["metadata"]["name"]
-    assert again["count"] == 2
+    assert again["metadata"]["uid"] == new["metadata"]["uid"]
+    assert again["count"] == 4
 
 
 async def test_api_errors_are_logged_and_the_writer_keeps_going(
@@ -187,14 +195,16 @@ async def test_api_errors_are_logged_and_the_writer_keeps_going(
             recorder.record(configmap, "Normal", "Kept", "this one is written")
             await eventually(lambda: recorder.written == 1, what="the second event is written")
 
-            # A failing patch of a repeat is logged too, and the next repeat still lands.
+            # A failing patch of a repeat is logged too and counted dropped; the next repeat still
+            # lands, and its count takes the lost one in (client-go's).
             patch_rule = server.faults.add(FaultRule(method="PATCH", path="/events/", status=503, count=1))
             recorder.record(configmap, "Normal", "Kept", "this one is written")
+            await eventually(lambda: recorder.dropped == 2, what="the failed patch is counted")
             recorder.record(configmap, "Normal", "Kept", "this one is written")
-            await eventually(lambda: recorder.written == 2, what="the second repeat is written")
+            await eventually(lambda: recorder.written == 2, what="the next repeat is written")
     assert rule.hits == 1 and patch_rule.hits == 1
     [event] = await events_in(kube, "apps")
-    assert (event["reason"], event["count"] >= 2) == ("Kept", True)
+    assert (event["reason"], event["count"]) == ("Kept", 3)
     failures = [rec for rec in caplog.records if rec.getMessage().startswith("could not write event")]
     assert [getattr(rec, "reason", None) for rec in failures] == ["Lost", "Kept"]
     assert "500" in failures[0].getMessage() and "503" in failures[1].getMessage()
@@ -226,3 +236,169 @@ async def test_close_drains_then_ends_the_writer(kube: KubeClient, configmap: Ob
     assert recorder.written == 1
     [event] = await events_in(kube, "apps")
     assert event["reason"] == "Last"
+
+
+class Clock:
+    """Wall time that moves only when a test says (aggregation and the spam filter count in minutes)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def thing(i: int, namespace: str = "apps") -> Obj:
+    """An object to record about: the API takes an Event's involvedObject as given."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"thing-{i}", "namespace": namespace, "uid": f"uid-{i}", "resourceVersion": "7"},
+    }
+
+
+def dropped_sample(registry: CollectorRegistry, reason: str) -> float:
+    value = registry.get_sample_value("event_recorder_dropped_events_total", {"reason": reason})
+    assert value is not None
+    return value
+
+
+async def test_similar_events_are_combined_as_client_go_does(kube: KubeClient, configmap: Obj) -> None:
+    clock = Clock()
+    recorder = EventRecorder(kube, COMPONENT, clock=clock)
+    async with writing(recorder):
+        for i in range(12):  # one reason, twelve messages: the tenth and later are one combined Event
+            recorder.record(configmap, "Warning", "Failed", f"attempt {i}")
+        await eventually(lambda: recorder.written == 12, what="all written")
+        events = await events_in(kube, "apps")
+        assert sorted(e["message"] for e in events if e["count"] == 1 and "combined" not in e["message"]) == [
+            f"attempt {i}" for i in range(9)
+        ]
+        [combined] = [e for e in events if e["message"].startswith("(combined from similar events): ")]
+        assert combined["message"] == "(combined from similar events): attempt 11"
+        assert (combined["count"], combined["reason"], len(events)) == (3, "Failed", 10)
+
+        # Another reason is not similar; and ten minutes after the last similar one the group starts over.
+        recorder.record(configmap, "Warning", "Other", "attempt 12")
+        clock.now += 601
+        recorder.record(configmap, "Warning", "Failed", "attempt 13")
+        await eventually(lambda: recorder.written == 14, what="two more")
+    messages = sorted(e["message"] for e in await events_in(kube, "apps"))
+    assert messages.count("attempt 12") == 1 and "attempt 13" in messages
+    assert len(messages) == 12
+
+
+async def test_the_spam_filter_drops_past_25_per_object_and_refills(kube: KubeClient) -> None:
+    clock = Clock()
+    registry = CollectorRegistry()
+    recorder = EventRecorder(kube, COMPONENT, clock=clock, metrics=EventMetrics(registry))
+    assert dropped_sample(registry, "spam_filter") == 0
+    async with writing(recorder):
+        for i in range(30):  # distinct reasons: neither repeats nor similar
+            recorder.record(thing(1), "Normal", f"Step{i}", "step")
+        recorder.record(thing(2), "Normal", "Step0", "step")  # another object has its own bucket
+        recorder.record(thing(1), "Warning", "Step0", "step")  # and so has another type
+        await eventually(lambda: recorder.written == 27, what="25 + 1 + 1 written")
+        assert recorder.dropped == 5
+        assert dropped_sample(registry, "spam_filter") == 5
+
+        clock.now += 300  # one token back every five minutes
+        recorder.record(thing(1), "Normal", "Step30", "step")
+        recorder.record(thing(1), "Normal", "Step31", "step")
+        await eventually(lambda: recorder.written == 28, what="the refilled one")
+    assert recorder.dropped == 6
+    reasons = [e["reason"] for e in await events_in(kube, "apps") if e["involvedObject"]["name"] == "thing-1"]
+    assert sorted(reasons) == sorted([f"Step{i}" for i in range(25)] + ["Step0", "Step30"])
+
+
+async def test_a_repeat_during_a_write_is_written_after_it(
+    server: RunningApiServer, kube: KubeClient, configmap: Obj
+) -> None:
+    slow = server.faults.add(FaultRule(method="POST", path="/events$", status=0, latency=0.3))
+    recorder = EventRecorder(kube, COMPONENT)
+    async with writing(recorder):
+        recorder.record(configmap, "Normal", "Built", "image built")
+        await eventually(lambda: slow.hits == 1, what="the POST is in flight")
+        recorder.record(configmap, "Normal", "Built", "image built")  # cannot be patched yet
+        recorder.record(configmap, "Normal", "Built", "image built")
+        await eventually(lambda: recorder.written == 3, what="all three written")
+    [event] = await events_in(kube, "apps")
+    assert event["count"] == 3
+    assert slow.hits == 1  # one POST, then a PATCH of the two that came meanwhile
+
+
+async def test_writers_run_concurrently_up_to_their_number(
+    server: RunningApiServer, kube: KubeClient
+) -> None:
+    held = server.faults.add(FaultRule(method="POST", path="/events$", status=0, latency=30))
+    recorder = EventRecorder(kube, COMPONENT, writers=3)
+    async with writing(recorder):
+        for i in range(5):
+            recorder.record(thing(i), "Normal", "Seen", "seen")
+        await eventually(lambda: held.hits == 3, what="three POSTs in flight at once")
+        assert recorder.written == 0
+        await consistently(lambda: held.hits == 3, 0.2, "no fourth while three are held")
+    # The cancelled writers drop what they held and what was queued, counted as lost at shutdown.
+    assert (recorder.written, recorder.dropped) == (0, 5)
+
+
+async def test_the_writers_limiter_paces_them(kube: KubeClient) -> None:
+    recorder = EventRecorder(kube, COMPONENT, qps=0.5, burst=2)
+    async with writing(recorder):
+        for i in range(4):
+            recorder.record(thing(i), "Normal", "Seen", "seen")
+        await eventually(lambda: recorder.written == 2, what="the burst")
+        await consistently(lambda: recorder.written == 2, 0.3, "the third waits for a token")
+
+
+async def test_a_repeat_of_a_queued_event_takes_no_slot(kube: KubeClient, configmap: Obj) -> None:
+    recorder = EventRecorder(kube, COMPONENT, buffer=1)
+    for _ in range(5):  # nothing writes yet
+        recorder.record(configmap, "Normal", "Built", "image built")
+    assert recorder.dropped == 0
+    async with writing(recorder):
+        await eventually(lambda: recorder.written == 5, what="one write of all five")
+    [event] = await events_in(kube, "apps")
+    assert event["count"] == 5
+
+
+async def test_thousands_of_events_recorded_at_once_are_all_written(
+    kube: KubeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The issue's load: the serial writer with its 1,000-slot buffer lost most of these."""
+    registry = CollectorRegistry()
+    recorder = EventRecorder(kube, COMPONENT, metrics=EventMetrics(registry))
+    objects = [thing(i) for i in range(300)]
+    with caplog.at_level(logging.INFO, logger="service.runtime.events"):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(recorder.run)
+            await anyio.lowlevel.checkpoint()  # running: ``drain`` waits for it
+            for k in range(3000):  # ten reasons per object, each once: no aggregation, under the spam burst
+                recorder.record(objects[k % 300], "Normal", f"Step{k // 300}", f"event {k}")
+            for k in range(500):
+                recorder.record(objects[k % 300], "Normal", f"Step{k // 300}", f"event {k}")
+            with anyio.fail_after(60):
+                await recorder.drain()
+            tg.cancel_scope.cancel()
+    events = await events_in(kube, "apps")
+    assert len(events) == 3000
+    assert sum(e["count"] for e in events) == 3500
+    assert sorted(e["message"] for e in events) == sorted(f"event {k}" for k in range(3000))
+    assert (recorder.written, recorder.dropped) == (3500, 0)
+    assert all(dropped_sample(registry, reason) == 0 for reason in EventMetrics.REASONS)
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.INFO]
+
+
+async def test_drain_writes_everything_queued(server: RunningApiServer, kube: KubeClient) -> None:
+    server.faults.add(FaultRule(method="POST", path="/events$", status=0, latency=0.05))
+    recorder = EventRecorder(kube, COMPONENT, writers=2)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(recorder.run)
+        await anyio.lowlevel.checkpoint()
+        for i in range(40):
+            recorder.record(thing(i), "Normal", "Last", "the last word")
+        with anyio.fail_after(DEADLINE):
+            await recorder.drain()
+        recorder.record(thing(0), "Normal", "Late", "after the drain")
+    assert (recorder.written, recorder.dropped) == (40, 1)
+    assert len(await events_in(kube, "apps")) == 40
