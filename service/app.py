@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import ssl
 from dataclasses import dataclass
 
 import anyio
@@ -30,6 +31,7 @@ from service.registry.metrics import RegistryMetrics
 from service.runtime.leader import LeaderElectionConfig, default_identity
 from service.runtime.manager import Manager, ManagerOptions
 from service.runtime.metrics import new_registry
+from service.runtime.metrics_auth import server_tls
 from service.runtime.sidecar import BindAddress
 
 log = logging.getLogger("service.app")
@@ -69,6 +71,12 @@ def manager_options(config: Config, identity: str, pod_namespace: str | None) ->
             config.renew_deadline,
             config.retry_period,
         )
+    tls = None
+    if config.metrics_secure and config.metrics_cert_dir:
+        try:
+            tls = server_tls(config.metrics_cert_dir)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"metricsCertDir: cannot load tls.crt and tls.key: {exc}") from None
     return ManagerOptions(
         name=COMPONENT,
         namespaces=config.namespaces,
@@ -81,6 +89,8 @@ def manager_options(config: Config, identity: str, pod_namespace: str | None) ->
         reconcile_timeout=config.reconcile_timeout or None,
         sync_period=config.sync_period,
         instance=identity,
+        metrics_tls=tls,
+        metrics_authorized=config.metrics_secure,
     )
 
 

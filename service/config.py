@@ -333,6 +333,19 @@ class Config:
     health_probe_bind_address: str = runtime(
         "healthProbeBindAddress", ":8081", bind_address, "address of /healthz and /readyz; 0 disables them"
     )
+    metrics_secure: bool = runtime(
+        "metricsSecure",
+        False,
+        boolean,
+        "serve /metrics over HTTPS to clients the API server authenticates and authorizes (needs metricsCertDir)",
+    )
+    metrics_cert_dir: str | None = runtime(
+        "metricsCertDir",
+        None,
+        optional_string,
+        "directory with tls.crt and tls.key for secure metrics (a mounted Secret)",
+        metavar="DIR",
+    )
     leader_elect: bool = runtime(
         "leaderElect", False, boolean, "elect a leader so that only one replica runs the controllers"
     )
@@ -732,6 +745,22 @@ def require_builder_settings(config: Config) -> None:
         )
 
 
+def _check_secure_metrics(config: Config) -> None:
+    if not config.metrics_cert_dir:
+        raise ConfigError(
+            "metricsSecure, metricsCertDir: secure metrics need a directory with tls.crt and tls.key"
+        )
+    missing = [f for f in ("tls.crt", "tls.key") if not (Path(config.metrics_cert_dir) / f).is_file()]
+    if missing:
+        raise ConfigError(f"metricsCertDir: {config.metrics_cert_dir} has no {' or '.join(missing)}")
+    metrics = config.metrics_bind_address.strip()
+    if metrics not in ("", "0") and metrics == config.health_probe_bind_address.strip():
+        raise ConfigError(
+            "metricsSecure, metricsBindAddress, healthProbeBindAddress: secure metrics need an address of "
+            "their own (the kubelet probes without a token)"
+        )
+
+
 def validate(config: Config, sources: Mapping[str, str] | None = None) -> None:
     """Rules across settings: client-go's leader-election rules (the lease outlives the renew deadline,
     which outlasts a jittered retry), and one kind of build cache."""
@@ -742,6 +771,8 @@ def validate(config: Config, sources: Mapping[str, str] | None = None) -> None:
             f"{config.build_cache} ({sources.get('buildCache', 'default')}) and buildCacheStorageClass "
             f"{config.build_cache_storage_class} ({sources.get('buildCacheStorageClass', 'default')})"
         )
+    if config.metrics_secure:
+        _check_secure_metrics(config)
     if config.leader_elect and not config.lease_duration > config.renew_deadline > 1.2 * config.retry_period:
         sources = sources or {}
         got = ", ".join(

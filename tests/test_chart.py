@@ -147,6 +147,8 @@ VALUE_SETS: dict[str, Obj] = {
         "rbac": {"create": False},
         "podDisruptionBudget": {"enabled": False},
     },
+    "secure metrics": {"metrics": {"secure": True}, "serviceMonitor": {"enabled": True}},
+    "secure metrics, own certificate": {"metrics": {"secure": True, "certSecret": "metrics-cert"}},
     "alert rules": {
         "prometheusRule": {"enabled": True, "namespace": "monitoring", "labels": {"release": "prometheus"}},
         "leaderElection": {"id": "kib-lease"},
@@ -358,3 +360,29 @@ def test_the_alert_rules_are_monitoring_alerts_yaml() -> None:
     )
     # Prometheus's own templates in annotations reach it untouched, not rendered by Helm.
     assert "{{ $labels.phase }}" in rules["KpackImageBuilderBuildsWaitingTooLong"]["annotations"]["summary"]
+
+
+def test_secure_metrics_serve_https_with_the_apis_reviews() -> None:
+    documents = render(VALUE_SETS["secure metrics"])
+    docs = by_kind(documents)
+    container = manager(documents)
+    assert "--metrics-secure" in container["args"]
+    assert "--metrics-cert-dir=/etc/kpack-image-builder-metrics-tls" in container["args"]
+    [secret] = docs["Secret"]
+    assert secret["type"] == "kubernetes.io/tls" and set(secret["data"]) == {"tls.crt", "tls.key"}
+    volumes = docs["Deployment"][0]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "metrics-tls", "secret": {"secretName": secret["metadata"]["name"]}} in volumes
+    rules = [rule for role in docs["ClusterRole"] for rule in role["rules"]]
+    assert {
+        "apiGroups": ["authentication.k8s.io"],
+        "resources": ["tokenreviews"],
+        "verbs": ["create"],
+    } in rules
+    assert {"nonResourceURLs": ["/metrics"], "verbs": ["get"]} in rules  # the metrics reader, to bind
+    [endpoint] = docs["ServiceMonitor"][0]["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https" and endpoint["tlsConfig"] == {"insecureSkipVerify": True}
+    assert docs["Service"][0]["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
+    own = by_kind(render(VALUE_SETS["secure metrics, own certificate"]))
+    assert "Secret" not in own
+    volumes = own["Deployment"][0]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "metrics-tls", "secret": {"secretName": "metrics-cert"}} in volumes

@@ -363,9 +363,14 @@ def test_kube_api_qps_must_be_finite(tmp_path: Path, source: str, value: str) ->
 
 def test_every_setting_from_every_source(tmp_path: Path) -> None:
     """One value per setting, set once through each source: all of them reach the Config."""
+    certs = tmp_path / "certs"
+    write(certs / "tls.crt", "a certificate\n")
+    write(certs / "tls.key", "its key\n")
     values = {
         "kubeconfig": ("/tmp/kc", "/tmp/kc"),
         "metricsBindAddress": ("127.0.0.1:9090", "127.0.0.1:9090"),
+        "metricsSecure": ("true", True),
+        "metricsCertDir": (str(certs), str(certs)),
         "healthProbeBindAddress": ("0", "0"),
         "leaderElect": ("true", True),
         "leaderElectionID": ("my-lease", "my-lease"),
@@ -830,3 +835,22 @@ def test_no_client_side_throttling_by_default() -> None:
     qps = load([]).config.kube_api_qps
     assert qps <= 0
     assert not TokenBucket(qps, load([]).config.kube_api_burst).enabled
+
+
+def test_secure_metrics_need_a_certificate_and_an_address_of_their_own(tmp_path: Path) -> None:
+    assert "secure metrics need a directory with tls.crt and tls.key" in config_error(["--metrics-secure"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    said = config_error(["--metrics-secure", f"--metrics-cert-dir={empty}"])
+    assert said == f"metricsCertDir: {empty} has no tls.crt or tls.key", said
+    write(empty / "tls.crt", "x")
+    write(empty / "tls.key", "y")
+    said = config_error(
+        [
+            "--metrics-secure",
+            f"--metrics-cert-dir={empty}",
+            "--metrics-bind-address=:9443",
+            "--health-probe-bind-address=:9443",
+        ]
+    )
+    assert "secure metrics need an address of their own" in said

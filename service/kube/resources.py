@@ -109,6 +109,20 @@ CUSTOM_RESOURCE_DEFINITION = Resource(
     ("crd", "crds"),
 )
 
+# Reviews: created (and answered) only, never stored; cluster-scoped. Not served by the emulator.
+TOKEN_REVIEW = Resource(
+    "authentication.k8s.io", "v1", "tokenreviews", "TokenReview", False, False, "tokenreview"
+)
+SUBJECT_ACCESS_REVIEW = Resource(
+    "authorization.k8s.io",
+    "v1",
+    "subjectaccessreviews",
+    "SubjectAccessReview",
+    False,
+    False,
+    "subjectaccessreview",
+)
+
 BUILT_IN: tuple[Resource, ...] = (
     NAMESPACE,
     SERVICE_ACCOUNT,

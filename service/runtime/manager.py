@@ -16,6 +16,7 @@ them), when a component died, or when in-flight work overran the timeout.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from service.runtime.events import EventRecorder
 from service.runtime.informer import InformerFactory
 from service.runtime.leader import LeaderElectionConfig, LeaderElector, LeadershipLost
 from service.runtime.metrics import EventMetrics, RuntimeMetrics, new_registry
+from service.runtime.metrics_auth import DelegatedAuth
 from service.runtime.ratelimiters import default_rate_limiter
 from service.runtime.reconcile import Reconcile
 from service.runtime.sidecar import BindAddress, Checks, LoopMonitor, Sidecar
@@ -56,6 +58,10 @@ class ManagerOptions:
     reconcile_timeout: float | None = None
     sync_period: float = 0.0  # informer resync; 0: none
     instance: str = ""  # this replica's identity in Events
+    # Secure metrics: HTTPS with this context, every scrape authenticated and authorized by the API server
+    # (service.runtime.metrics_auth).
+    metrics_tls: ssl.SSLContext | None = None
+    metrics_authorized: bool = False
 
 
 class Manager:
@@ -94,7 +100,13 @@ class Manager:
         self.healthz = Checks("/healthz")
         self.readyz = Checks("/readyz")
         self.sidecar = Sidecar(
-            self.registry, self.healthz, self.readyz, options.metrics_address, options.probe_address
+            self.registry,
+            self.healthz,
+            self.readyz,
+            options.metrics_address,
+            options.probe_address,
+            metrics_tls=options.metrics_tls,
+            metrics_middleware=DelegatedAuth(client).middleware if options.metrics_authorized else None,
         )
         self.dead: dict[str, str] = {}
         self.stopping = False

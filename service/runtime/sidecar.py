@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import anyio
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
@@ -191,14 +193,22 @@ class Sidecar:
     readyz: Checks
     metrics_address: BindAddress | None
     probe_address: BindAddress | None
+    # Secure metrics (service.runtime.metrics_auth): TLS, and the API server's say on every scrape.
+    metrics_tls: ssl.SSLContext | None = None
+    metrics_middleware: Middleware | None = None
 
     def _apps(self) -> list[tuple[BindAddress, web.Application]]:
-        metrics_app = web.Application()
+        metrics_app = web.Application(
+            middlewares=[self.metrics_middleware] if self.metrics_middleware else []
+        )
         metrics_app.router.add_get("/metrics", make_aiohttp_handler(self.registry, disable_compression=True))
         probe_app = web.Application()
         self.healthz.routes(probe_app)
         self.readyz.routes(probe_app)
         if self.metrics_address and self.metrics_address == self.probe_address:
+            if self.metrics_tls or self.metrics_middleware:
+                # The kubelet probes without a token: secure metrics need an address of their own.
+                raise ValueError("secure metrics need a metrics address apart from the health probe address")
             self.healthz.routes(metrics_app)
             self.readyz.routes(metrics_app)
             return [(self.metrics_address, metrics_app)]
@@ -220,8 +230,9 @@ class Sidecar:
                     for role, wanted in (("metrics", self.metrics_address), ("probes", self.probe_address))
                     if address == wanted
                 )
+                tls = self.metrics_tls if "metrics" in roles else None
                 try:
-                    port = await servers.enter_async_context(serving(app, address.host, address.port))
+                    port = await servers.enter_async_context(serving(app, address.host, address.port, tls))
                 except OSError as exc:
                     raise ListenError(roles, address, _listen_reason(exc)) from exc
                 for role in roles:
