@@ -23,6 +23,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
             ["--keys=500", "--objects=100", "--sync-objects=100", "--reconciles=500"],
             "informer_catch_up_events_per_s",
         ),
+        ("cache_memory.py", ["--objects=300"], "rss_per_raw_json"),
     ],
 )
 async def test_benchmark_runs_and_prints_its_figures(script: str, args: list[str], figure: str) -> None:

@@ -4,22 +4,27 @@ client-go's semantics (``tools/cache``): paginated initial list, watch from its 
 bookmarks and a randomised server timeout, re-watch at once when a watch ends normally, relist on 410
 (reconciling the cache: missed adds, updates and deletes are delivered, deletes with the last known
 object), capped exponential backoff with jitter on errors, optional periodic resync from the cache.
+
+A list is taken one page at a time, each item transformed and encoded (see ``store``) before the next
+page is asked for, so that a list of N objects never holds N decoded objects at once: freed, those
+would stay in the process as memory the allocator cannot give back (docs/cache-memory.md).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
+import orjson
 
 from service.kube import errors
 from service.kube.resources import Resource
 from service.runtime.clock import REAL_CLOCK, Clock
-from service.runtime.store import IndexFunc, Obj, Store, object_key, strip_managed_fields
+from service.runtime.store import IndexFunc, Obj, Store, encode, object_key, strip_managed_fields
 
 log = logging.getLogger("service.runtime.informer")
 
@@ -53,6 +58,23 @@ class ListWatchClient(Protocol):
         allow_bookmarks: bool = True,
         timeout_seconds: int | None = None,
     ) -> Any: ...
+
+
+@runtime_checkable
+class PageListClient(Protocol):
+    """A client that can list one page: the informer then pages itself (``KubeClient`` does)."""
+
+    async def list(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        limit: int | None = None,
+        continue_: str | None = None,
+        resource_version: str | None = None,
+    ) -> Obj: ...
 
 
 class Handler(Protocol):
@@ -191,20 +213,28 @@ class Informer:
             else:
                 self._call(h.on_update, old, obj)
 
-    def _replace(self, items: list[Obj], initial: bool) -> None:
-        """Make the cache equal a fresh list, telling handlers what changed (deletes first)."""
-        fresh = {}
-        for obj in items:
+    def _encode(self, items: list[Obj], into: dict[str, bytes]) -> None:
+        """Transform and encode a page's items, dropping each decoded item as soon as it is encoded."""
+        items.reverse()
+        while items:  # popped: the page's list holds no object past its turn
+            obj = items.pop()
             if self.transform is not None:
                 obj = self.transform(obj)
-            fresh[object_key(obj)] = obj
+            into[object_key(obj)] = encode(obj)
+
+    def _replace(self, fresh: dict[str, bytes], initial: bool) -> None:
+        """Make the cache equal a fresh list, telling handlers what changed (deletes first)."""
         for key in [k for k in self.store.list_keys() if k not in fresh]:
             gone = self.store.remove(key)
             if gone is not None:
                 for h in self.handlers:
                     self._call(h.on_delete, gone, True)
-        for obj in fresh.values():
-            old = self.store.put(obj)
+        for key in list(fresh):
+            raw = fresh.pop(key)
+            if raw == self.store.encoded(key):
+                continue  # unchanged: same resourceVersion, nothing to tell
+            obj: Obj = orjson.loads(raw)
+            old = self.store.put(obj, raw)
             if old is None:
                 for h in self.handlers:
                     self._call(h.on_add, obj, initial)
@@ -248,18 +278,58 @@ class Informer:
         # With a limit, kube-apiserver reads that exact version from etcd — old data, whose next watch is
         # 410 again, in a loop until etcd compacts; without one, the watch cache answers "not older than".
         paged = resource_version in ("", "0")
-        items, rv = await self.client.list_all(
-            self.resource,
-            self.namespace,
-            label_selector=self.label_selector,
-            field_selector=self.field_selector,
-            page_size=PAGE_SIZE if paged else 0,
-            resource_version=resource_version,
-        )
-        self._replace(items, initial=not self.has_synced)
+        fresh: dict[str, bytes] = {}
+        rv = await self._list_into(fresh, resource_version, PAGE_SIZE if paged else 0)
+        self._replace(fresh, initial=not self.has_synced)
         self.last_sync_rv = rv
         self.relists += 1
         self._synced.set()
+
+    async def _list_into(self, fresh: dict[str, bytes], resource_version: str, page_size: int) -> str:
+        """Every item, encoded into ``fresh``; returns the list's resourceVersion. As client-go's pager
+        (and ``KubeClient.list_all``): when a continue token expires mid-way (410), the whole list is asked
+        for again in one unpaged request."""
+        client = self.client
+        if not isinstance(client, PageListClient):
+            items, rv = await client.list_all(
+                self.resource,
+                self.namespace,
+                label_selector=self.label_selector,
+                field_selector=self.field_selector,
+                page_size=page_size,
+                resource_version=resource_version,
+            )
+            self._encode(items, fresh)
+            return rv
+        token: str | None = None
+        while True:
+            try:
+                page = await client.list(
+                    self.resource,
+                    self.namespace,
+                    label_selector=self.label_selector,
+                    field_selector=self.field_selector,
+                    limit=page_size,
+                    continue_=token,
+                    # The server rejects a resourceVersion next to a continue token: the token pins it.
+                    resource_version=None if token else resource_version,
+                )
+            except errors.Expired:
+                if token is None:
+                    raise
+                fresh.clear()
+                page = await client.list(
+                    self.resource,
+                    self.namespace,
+                    label_selector=self.label_selector,
+                    field_selector=self.field_selector,
+                    resource_version=resource_version,
+                )
+            self._encode(page.get("items") or [], fresh)
+            meta = page.get("metadata") or {}
+            token = meta.get("continue") or None
+            if token is None:
+                return str(meta.get("resourceVersion", ""))
 
     async def _reflect(self) -> None:
         backoff = Backoff(self.clock)
@@ -336,7 +406,15 @@ class Lister:
         return [obj for informer in self.informers for obj in informer.store.by_index(index, value)]
 
     def list(self) -> list[Obj]:
+        """Every cached object, decoded at once: for small caches (``iterate`` scans a large one)."""
         return [obj for informer in self.informers for obj in informer.store.values()]
+
+    def iterate(self) -> Iterator[Obj]:
+        """Every cached object, decoded one at a time as iterated: a scan of a large cache then holds one
+        decoded object at a time, where ``list`` holds them all at once (and decodes several times slower,
+        the garbage collector scanning the growing heap)."""
+        for informer in self.informers:
+            yield from informer.store.values()
 
     def add_indexer(self, name: str, func: IndexFunc) -> None:
         for informer in self.informers:

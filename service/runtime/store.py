@@ -1,9 +1,18 @@
-"""The informer cache: objects by ``namespace/name`` key, with named indexes. Lookups never hit the API."""
+"""The informer cache: objects by ``namespace/name`` key, with named indexes. Lookups never hit the API.
+
+Each object is held as its compact JSON (orjson bytes) and decoded on every read, so that the cache costs
+about the JSON it holds: a decoded object costs 5-9 times its JSON in Python objects, and most of a large
+cache is never read between two updates (docs/cache-memory.md has the figures). Reads therefore return a
+fresh dict each time — callers own what they get and may change it without touching the cache — and
+the index values of an object are computed once, from the dict given to ``put``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+
+import orjson
 
 Obj = dict[str, Any]
 IndexFunc = Callable[[Obj], Iterable[str]]
@@ -70,17 +79,18 @@ def strip_managed_fields(obj: Obj) -> Obj:
 
 class Store:
     def __init__(self, indexers: Mapping[str, IndexFunc] | None = None) -> None:
-        self._items: dict[str, Obj] = {}
+        self._items: dict[str, bytes] = {}
         self._indexers: dict[str, IndexFunc] = {NAMESPACE_INDEX: by_namespace, OWNER_UID_INDEX: by_owner_uid}
         self._indexers.update(indexers or {})
         self._indices: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
 
     # --------------------------------------------------------------- reads
     def get(self, key: str) -> Obj | None:
-        return self._items.get(key)
+        raw = self._items.get(key)
+        return None if raw is None else _decode(raw)
 
     def get_by(self, namespace: str | None, name: str) -> Obj | None:
-        return self._items.get(f"{namespace}/{name}" if namespace else name)
+        return self.get(f"{namespace}/{name}" if namespace else name)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -92,11 +102,12 @@ class Store:
         return list(self._items)
 
     def values(self) -> Iterator[Obj]:
-        return iter(list(self._items.values()))
+        """The objects as they are now (later writes do not show), decoded one by one as iterated."""
+        return map(_decode, list(self._items.values()))
 
     def by_index(self, index: str, value: str) -> list[Obj]:
         keys = self._indices[index].get(value, ())
-        return [self._items[k] for k in sorted(keys)]
+        return [_decode(self._items[k]) for k in sorted(keys)]
 
     def index_keys(self, index: str, value: str) -> list[str]:
         return sorted(self._indices[index].get(value, ()))
@@ -104,30 +115,41 @@ class Store:
     def has_index(self, index: str) -> bool:
         return index in self._indexers
 
+    def encoded(self, key: str) -> bytes | None:
+        """The object's JSON as held, for a caller that compares or measures it without decoding."""
+        return self._items.get(key)
+
     # --------------------------------------------------------------- writes
     def add_indexer(self, name: str, func: IndexFunc) -> None:
         if name in self._indexers:
             raise ValueError(f"index {name!r} already exists")
         self._indexers[name] = func
         self._indices[name] = {}
-        for key, obj in self._items.items():
-            self._index_one(name, func, key, obj)
+        for key, raw in self._items.items():
+            self._index_one(name, func, key, _decode(raw))
 
-    def put(self, obj: Obj) -> Obj | None:
-        """Add or replace; returns the previous object."""
+    def put(self, obj: Obj, raw: bytes | None = None) -> Obj | None:
+        """Add or replace; returns the previous object (decoded). ``obj`` is copied: the caller keeps it.
+        ``raw``: ``obj`` already encoded, by a caller that had to encode it anyway."""
         key = object_key(obj)
-        old = self._items.get(key)
-        if old is not None:
+        if raw is None:
+            raw = encode(obj)
+        old_raw = self._items.get(key)
+        old = None
+        if old_raw is not None:
+            old = _decode(old_raw)
             self._unindex(key, old)
-        self._items[key] = obj
+        self._items[key] = raw
         for name, func in self._indexers.items():
             self._index_one(name, func, key, obj)
         return old
 
     def remove(self, key: str) -> Obj | None:
-        old = self._items.pop(key, None)
-        if old is not None:
-            self._unindex(key, old)
+        raw = self._items.pop(key, None)
+        if raw is None:
+            return None
+        old = _decode(raw)
+        self._unindex(key, old)
         return old
 
     def _index_one(self, name: str, func: IndexFunc, key: str, obj: Obj) -> None:
@@ -144,3 +166,14 @@ class Store:
                     keys.discard(key)
                     if not keys:
                         del index[value]
+
+
+def encode(obj: Obj) -> bytes:
+    """Compact JSON, in a buffer of its own size: orjson's result keeps the capacity it grew to (about
+    twice the JSON), which a cache that keeps it would pay for every object."""
+    return memoryview(orjson.dumps(obj)).tobytes()
+
+
+def _decode(raw: bytes) -> Obj:
+    obj: Obj = orjson.loads(raw)
+    return obj

@@ -16,10 +16,10 @@ import orjson
 import pytest
 
 from service.kube.client import KubeClient
-from service.kube.resources import CONFIG_MAP, NAMESPACE, SECRET
+from service.kube.resources import CONFIG_MAP, NAMESPACE, SECRET, Resource
 from service.runtime import informer as informer_mod
 from service.runtime.clock import FakeClock
-from service.runtime.informer import Backoff, FuncHandler, Informer, InformerFactory
+from service.runtime.informer import Backoff, FuncHandler, Informer, InformerFactory, Lister
 from service.runtime.store import Obj, by_label
 from simcluster.faults import FaultRule
 from simcluster.kinds import Kind
@@ -98,6 +98,122 @@ async def test_initial_list_is_paginated_and_delivered_as_initial_adds(
         assert informer.relists == 1
 
 
+class PageKeeper(SpyClient):
+    """Keeps every page it hands out, to see what the informer left in it; after the first page, can let
+    the list's continue token expire and write meanwhile (``on_first_page``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kept: list[Obj] = []
+        self.on_first_page: Any = None
+
+    async def list(self, res: Resource, namespace: str | None = None, **kwargs: Any) -> Obj:
+        page = await super().list(res, namespace, **kwargs)
+        self.kept.append(page)
+        if len(self.kept) == 1 and self.on_first_page is not None:
+            self.on_first_page()
+        return page
+
+
+async def test_each_page_is_encoded_and_let_go_before_the_next(
+    api: RunningApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list never holds every object decoded at once: each page's items are encoded into the cache's
+    form and dropped from the page before the next page is asked for."""
+    monkeypatch.setattr(informer_mod, "PAGE_SIZE", 2)
+    for i in range(5):
+        put(api, f"c{i}")
+    async with fast_client(api.url, PageKeeper) as keeper:
+        sizes: list[list[int]] = []
+        original = keeper.list
+
+        async def list_noting(res: Resource, namespace: str | None = None, **kwargs: Any) -> Obj:
+            sizes.append([len(p["items"]) for p in keeper.kept])  # the earlier pages, as the next is asked
+            return await original(res, namespace, **kwargs)
+
+        keeper.list = list_noting  # type: ignore[method-assign]
+        informer = Informer(keeper, CONFIG_MAP, "default")
+        recorder = Recorder()
+        informer.add_handler(recorder)
+        async with running(informer):
+            assert sizes == [[], [0], [0, 0]]
+            assert [p["items"] for p in keeper.kept] == [[], [], []]
+            assert sorted(recorder.keys("add")) == [f"default/c{i}" for i in range(5)]
+            assert informer.store.get("default/c3") == {
+                **cm("c3"),
+                "metadata": recorder.of("add")[3][2]["metadata"],
+            }
+
+
+async def test_an_expired_continue_token_lists_everything_again_in_one_request(
+    api: RunningApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As client-go's pager: a 410 mid-list means one unpaged list, and the cache is exactly that list
+    (nothing of the pages before the 410 stays)."""
+    monkeypatch.setattr(informer_mod, "PAGE_SIZE", 2)
+    for i in range(5):
+        put(api, f"c{i}")
+
+    def expire_and_write() -> None:
+        api.cluster.snapshots.clear()  # the continue token no longer resolves: 410 on the next page
+        remove(api, "c0")  # on the first page
+        put(api, "late")
+
+    async with fast_client(api.url, PageKeeper) as keeper:
+        keeper.on_first_page = expire_and_write
+        informer = Informer(keeper, CONFIG_MAP, "default")
+        recorder = Recorder()
+        informer.add_handler(recorder)
+        async with running(informer):
+            pages = [(p.get("limit"), bool(p.get("continue_"))) for p in keeper.pages]
+            assert pages == [(2, False), (2, True), (None, False)]
+            expected = ["default/c1", "default/c2", "default/c3", "default/c4", "default/late"]
+            assert sorted(informer.store.list_keys()) == expected
+            assert sorted(recorder.keys("add")) == expected  # c0, gone before the list ended, never added
+            assert recorder.of("delete") == []
+
+
+async def test_handlers_and_readers_get_their_own_objects(api: RunningApiServer, client: KubeClient) -> None:
+    """The cache holds encoded objects: what a handler or a lister reader changes stays theirs."""
+    put(api, "a")
+
+    def scribble(obj: Obj, initial: bool) -> None:
+        obj["data"]["k"] = "changed by a handler"
+
+    informer = Informer(client, CONFIG_MAP, "default")
+    informer.add_handler(FuncHandler(add=scribble))
+    async with running(informer):
+        lister = Lister([informer])
+        got = lister.get("default", "a")
+        assert got is not None and got["data"] == {"k": "v"}
+        got["data"]["k"] = "changed by a reader"
+        assert [o["data"] for o in lister.list()] == [{"k": "v"}]
+        assert [o["data"] for o in lister.iterate()] == [{"k": "v"}]
+        assert [o["data"] for o in lister.by_index("namespace", "default")] == [{"k": "v"}]
+
+
+async def test_lister_iterate_decodes_one_object_at_a_time(api: RunningApiServer, client: KubeClient) -> None:
+    for ns in ("a", "b"):
+        api.cluster.ensure_namespace(ns)
+        put(api, "x", ns)
+    factory = InformerFactory(client, namespaces=("a", "b"))
+    lister = factory.lister(CONFIG_MAP)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(factory.run)
+        await eventually(lambda: factory.has_synced)
+        scan = lister.iterate()
+        first = next(scan)
+        put(
+            api, "y", "b"
+        )  # written after the scan began, before it reached b: not seen (a snapshot per store)
+        rest = list(scan)
+        assert [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in [first, *rest]] == [
+            ("a", "x"),
+            ("b", "x"),
+        ]
+        tg.cancel_scope.cancel()
+
+
 async def test_watch_delivers_adds_updates_and_deletes(api: RunningApiServer, client: KubeClient) -> None:
     put(api, "pre")
     informer = Informer(client, CONFIG_MAP, "default")
@@ -107,13 +223,13 @@ async def test_watch_delivers_adds_updates_and_deletes(api: RunningApiServer, cl
         created = await client.create(CONFIG_MAP, cm("new"))
         _, _, added, initial = await recorder.wait_event("add", "default/new")
         assert initial is False and rv(added) == rv(created)
-        assert informer.store.get("default/new") is added
+        assert informer.store.get("default/new") == added
 
         updated = await client.merge_patch(CONFIG_MAP, "new", {"data": {"k": "v2"}}, "default")
         _, _, old, new = await recorder.wait_event("update", "default/new")
-        assert old is added  # the previously cached object
+        assert old == added  # the previously cached object
         assert new["data"] == {"k": "v2"} and rv(new) == rv(updated)
-        assert informer.store.get("default/new") is new
+        assert informer.store.get("default/new") == new
 
         await client.delete(CONFIG_MAP, "new", "default")
         _, _, gone, state_unknown = await recorder.wait_event("delete", "default/new")
@@ -245,7 +361,7 @@ async def test_410_relists_and_reconciles_what_changed_while_away(
         ]
         _, _, last_known, state_unknown = missed[0]
         assert state_unknown is True
-        assert last_known is cached_a  # the last state the cache knew
+        assert last_known == cached_a  # the last state the cache knew
         assert missed[1][3]["data"] == {"k": "changed"}
         assert missed[2][3] is False  # not in the initial list
         assert informer.relists == 2
@@ -395,7 +511,7 @@ async def test_resync_redelivers_every_cached_object_as_an_update(
         clock.advance(1.0)
         await recorder.wait_for(lambda r: len(r.of("update")) == 2)
         for _, key, old, new in recorder.of("update"):
-            assert old is new is informer.store.get(key)  # same object, same resourceVersion
+            assert old is new and new == informer.store.get(key)  # the cached state, unchanged
         await eventually(lambda: clock.sleepers == 1)
         clock.advance(30.0)
         await recorder.wait_for(lambda r: len(r.of("update")) == 4)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+import tracemalloc
 from typing import Any
 
+import orjson
 import pytest
 
 from service.runtime.store import (
@@ -13,6 +16,7 @@ from service.runtime.store import (
     Store,
     by_label,
     by_labels,
+    encode,
     object_key,
     strip_managed_fields,
 )
@@ -54,15 +58,15 @@ def test_put_get_and_remove() -> None:
     first = obj("a", rv="1")
     assert store.put(first) is None
     second = obj("a", rv="2")
-    assert store.put(second) is first  # the previous object comes back
-    assert store.get("default/a") is second
-    assert store.get_by("default", "a") is second
+    assert store.put(second) == first  # the previous object comes back
+    assert store.get("default/a") == second
+    assert store.get_by("default", "a") == second
     assert store.get_by("other", "a") is None
     store.put(obj("cluster-wide", None))
     assert store.get_by(None, "cluster-wide") is not None
     assert "default/a" in store and len(store) == 2
     assert sorted(store.list_keys()) == ["cluster-wide", "default/a"]
-    assert store.remove("default/a") is second
+    assert store.remove("default/a") == second
     assert store.remove("default/a") is None
     assert "default/a" not in store and len(store) == 1
 
@@ -169,3 +173,39 @@ def test_a_namespaced_label_index_keeps_namespaces_apart() -> None:
         store.put({"metadata": {"name": "w", "namespace": ns, "labels": {"app": "x", "gen": "1"}}})
     assert [o["metadata"]["namespace"] for o in store.by_index("app", index_value("a", "x", "1"))] == ["a"]
     assert store.by_index("app", "x/1") == []
+
+
+def test_reads_are_copies_the_caller_owns() -> None:
+    """The cache holds encoded objects: what a read returns may be changed without changing the cache,
+    and changing what was put afterwards does not reach it either."""
+    store = Store({"app": by_label("app")})
+    given = obj("a", labels={"app": "x"}, data={"k": "v"})
+    store.put(given)
+    given["data"]["k"] = "changed by the writer"
+    got = store.get("default/a")
+    assert got is not None and got["data"] == {"k": "v"}
+    got["data"]["k"] = "changed by a reader"
+    got["metadata"]["labels"]["app"] = "y"
+    for read in (store.get("default/a"), *store.by_index("app", "x"), *store.values()):
+        assert read is not None and read["data"] == {"k": "v"} and read["metadata"]["labels"] == {"app": "x"}
+    assert store.get("default/a") is not store.get("default/a")
+    assert store.index_keys("app", "x") == ["default/a"]  # indexed as put, not as a reader changed it
+
+
+def test_the_cache_holds_compact_json_of_its_own_size() -> None:
+    store = Store()
+    o = obj("a", data={f"key-{i}": "v" * i for i in range(200)})
+    store.put(o)
+    raw = store.encoded("default/a")
+    assert raw == orjson.dumps(o)
+    assert raw is not None and orjson.loads(raw) == o
+    # orjson's own result keeps the capacity it grew to; the cache keeps a buffer of the JSON's size.
+    assert sys.getsizeof(raw) - len(raw) < 64
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [encode(o) for _ in range(100)]
+        per_object = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_object < len(raw) * 1.1

@@ -125,7 +125,7 @@ def waiting_workloads(caches: Caches) -> dict[str, WaitingPhase]:
     """Every phase (zero when empty, so that alerts always have a series), from the workload cache."""
     now = datetime.now(UTC)
     out = {phase: WaitingPhase() for phase in PHASES}
-    for workload in caches.workloads.list():
+    for workload in caches.workloads.iterate():
         phase = phase_of(caches, workload)
         if phase is not None:
             entry = out[phase]

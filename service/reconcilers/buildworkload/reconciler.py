@@ -95,7 +95,10 @@ class BuildWorkloadReconciler:
             # the requeue is only a safety net should that event be late.
             return Result(requeue_after=CACHE_CATCH_UP)
         self._replaced.pop(key, None)
-        attempt = Pass(request, copy.deepcopy(cached))
+        # A second read is a second, independent copy (the cache decodes each read): the pass changes its
+        # copy, and the writes are diffed against the cached one.
+        fresh = self.caches.workloads.get(request.namespace, request.name)
+        attempt = Pass(request, fresh if fresh is not None else copy.deepcopy(cached))
         result: Result | None = None
         failure: Exception | None = None
         context = current()
