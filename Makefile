@@ -18,8 +18,10 @@ $(VENV)/.installed: pyproject.toml
 
 # Debian packages the tests use: kubectl (an independent client of the emulator), promtool (from
 # prometheus, lints the /metrics exposition) and docker-registry (the real OCI registry the registry client
-# is tested against). Tests that need a missing one skip and say why.
-SYSTEM_DEPS = kubectl:kubernetes-client promtool:prometheus docker-registry:docker-registry
+# is tested against), buildah and debootstrap (tests/test_image.py builds the image from a local Debian base
+# and runs it as the chart's pod would). Tests that need a missing one skip and say why.
+SYSTEM_DEPS = kubectl:kubernetes-client promtool:prometheus docker-registry:docker-registry \
+              buildah:buildah debootstrap:debootstrap
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do \
 	  command -v "$${dep%%:*}" >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \
@@ -32,8 +34,8 @@ system-deps:
 	fi
 
 lint: venv
-	$(BIN)/ruff check service simcluster tests benchmarks manifests
-	$(BIN)/ruff format --check service simcluster tests benchmarks manifests
+	$(BIN)/ruff check service simcluster tests benchmarks manifests images
+	$(BIN)/ruff format --check service simcluster tests benchmarks manifests images
 
 typecheck: venv
 	$(BIN)/mypy service simcluster
@@ -56,6 +58,7 @@ realcluster: venv
 bench: venv
 	$(BIN)/python benchmarks/emulator.py
 	$(BIN)/python benchmarks/runtime.py
+	$(BIN)/python benchmarks/converge.py --workloads 1000 --namespaces 10 --peer kopf
 
 # The kustomize manifests are generated from the chart (docs/manifests.md); tests/test_manifests.py fails on drift.
 manifests: venv

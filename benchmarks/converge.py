@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -83,7 +84,10 @@ class Figures:
     cpu_seconds: float
     peak_rss_mib: float
     requests: int
+    droplets: int  # workloads whose droplet is the stand-in's image, as the API has them at the end
     own_count: int | None  # the service's rest_client_requests_total over the same span
+    own_by_method: dict[str, int] | None  # the same by method and answer
+    others_cpu_seconds: dict[str, float]  # the emulator's, the stand-in's and this driver's, same span
 
     @property
     def per_second(self) -> float:
@@ -231,18 +235,16 @@ async def counts(http: aiohttp.ClientSession, url: str, ids: dict[str, int]) -> 
     return {name: hits[i] for name, i in ids.items()}
 
 
-async def own_requests(http: aiohttp.ClientSession, port: int) -> int:
-    """The service's ``rest_client_requests_total``, summed."""
+async def own_requests(http: aiohttp.ClientSession, port: int) -> Counter[str]:
+    """The service's ``rest_client_requests_total`` by method and answer (``PATCH 200``)."""
     async with http.get(f"http://127.0.0.1:{port}/metrics") as reply:
         text = await reply.text()
-    return int(
-        sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "rest_client_requests_total"
-        )
-    )
+    counts: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "rest_client_requests_total":
+                counts[f"{sample.labels['method']} {sample.labels['code']}"] += int(sample.value)
+    return counts
 
 
 # ------------------------------------------------------------------------------ workloads
@@ -274,17 +276,25 @@ class Progress:
             except errors.Expired:
                 raise SystemExit("converge: the progress watch expired") from None
 
-    async def until(self, keys: set[tuple[str, str]], within: float) -> bool:
+    async def until(self, keys: set[tuple[str, str]], within: float, controller: anyio.abc.Process) -> bool:
+        """Whether every workload of ``keys`` finished within the time (False at once if the controller
+        exits: nothing would finish them)."""
         with anyio.move_on_after(within):
             while not keys <= self.succeeded | self.failed:
+                if controller.returncode is not None:
+                    return False
                 self.changed = anyio.Event()
-                await self.changed.wait()
+                with anyio.move_on_after(1.0):  # to notice a controller that died
+                    await self.changed.wait()
             return True
         return False
 
 
 async def converge(
-    client: KubeClient, objects: list[tuple[str, dict[str, Any]]], within: float
+    client: KubeClient,
+    objects: list[tuple[str, dict[str, Any]]],
+    within: float,
+    controller: anyio.abc.Process,
 ) -> tuple[float, Progress, bool]:
     """Create the workloads (``CREATE_CONCURRENCY`` at a time) and wait until each has finished; the
     seconds from the first create, the progress and whether all finished in time."""
@@ -305,7 +315,7 @@ async def converge(
         async with anyio.create_task_group() as creators:
             for _ in range(CREATE_CONCURRENCY):
                 creators.start_soon(creator)
-        done = await progress.until(keys, within)
+        done = await progress.until(keys, within, controller)
         seconds = time.monotonic() - start
         tg.cancel_scope.cancel()
     return seconds, progress, done
@@ -330,7 +340,8 @@ async def measure(peer: str, n: int, spaces: int, workers: int | None, within: f
                 stdout=True,
             )
         )
-        registry = orjson.loads(await first_line(standin, "the stand-in", log))["registry"]
+        ready = orjson.loads(await first_line(standin, "the stand-in", log))
+        registry, image = ready["registry"], ready["image"]
         client = await stack.enter_async_context(KubeClient(explicit(url), qps=100_000, burst=100_000))
         names = [f"space-{s}" for s in range(spaces)]
         for space in names:
@@ -341,16 +352,28 @@ async def measure(peer: str, n: int, spaces: int, workers: int | None, within: f
         command = controller_command(peer, kubeconfig, registry, workers, metrics_port)
         controller = await stack.enter_async_context(process(command, log))
         pid = controller.pid
-        _, _, started = await converge(client, [(names[0], workload(n, names[0], registry))], STARTUP_TIMEOUT)
+        _, _, started = await converge(
+            client, [(names[0], workload(n, names[0], registry))], STARTUP_TIMEOUT, controller
+        )
         if not started:
             raise SystemExit(f"converge: {peer} did not build the canary workload:\n{tail(log)}")
 
         cpu_before = cpu_seconds(pid)
+        others_before = {
+            "emulator": cpu_seconds(devcluster.pid),
+            "standin": cpu_seconds(standin.pid),
+            "driver": time.process_time(),
+        }
         before = await counts(http, url, ids)
         own_before = await own_requests(http, metrics_port) if peer == "service" else None
         objects = [(names[i % spaces], workload(i, names[i % spaces], registry)) for i in range(n)]
-        seconds, progress, done = await converge(client, objects, within)
+        seconds, progress, done = await converge(client, objects, within, controller)
         cpu = cpu_seconds(pid) - cpu_before
+        others = {
+            "emulator": cpu_seconds(devcluster.pid) - others_before["emulator"],
+            "standin": cpu_seconds(standin.pid) - others_before["standin"],
+            "driver": time.process_time() - others_before["driver"],
+        }
         rss = peak_rss_mib(pid)
         after = await counts(http, url, ids)
         own_after = await own_requests(http, metrics_port) if peer == "service" else None
@@ -360,6 +383,11 @@ async def measure(peer: str, n: int, spaces: int, workers: int | None, within: f
                 file=sys.stderr,
             )
         requests = after["all_others"] - before["all_others"] - progress.watches
+        droplets = 0
+        for space in names:
+            for w in (await client.list(r.BUILD_WORKLOAD, space))["items"]:
+                droplet = (w.get("status") or {}).get("droplet") or {}
+                droplets += droplet.get("registry", {}).get("image") == image
         own = own_after - own_before if own_after is not None and own_before is not None else None
         return Figures(
             peer,
@@ -371,7 +399,10 @@ async def measure(peer: str, n: int, spaces: int, workers: int | None, within: f
             cpu,
             rss,
             requests,
-            own,
+            droplets - 1,  # the canary's
+            own.total() if own is not None else None,
+            dict(sorted(own.items())) if own is not None else None,
+            {name: round(v, 2) for name, v in others.items()},
         )
 
 
@@ -380,6 +411,7 @@ def table(results: list[Figures]) -> str:
         "peer",
         "workloads",
         "succeeded",
+        "droplets",
         "seconds",
         "workloads/s",
         "CPU s",
@@ -397,6 +429,7 @@ def table(results: list[Figures]) -> str:
                 f.peer,
                 str(f.workloads),
                 str(f.succeeded),
+                str(f.droplets),
                 f"{f.seconds:.1f}",
                 f"{f.per_second:.0f}",
                 f"{f.cpu_seconds:.2f}",
@@ -407,12 +440,18 @@ def table(results: list[Figures]) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    for f in results:
+        spent = ", ".join(f"{name} {v:.1f} s" for name, v in f.others_cpu_seconds.items())
+        lines.append(f"{f.peer} run, CPU of the other processes: {spent}")
+        if f.own_by_method:
+            each = ", ".join(f"{key} {v / f.workloads:.2f}" for key, v in f.own_by_method.items())
+            lines.append(f"{f.peer} requests per workload by method and answer: {each}")
     if len(results) == 2 and all(f.seconds and f.cpu_seconds for f in results):
         ours, theirs = results
         lines.append(
             f"service vs {theirs.peer}: {ours.per_second / theirs.per_second:.1f}x the throughput, "
             f"{theirs.cpu_seconds / ours.cpu_seconds:.1f}x less CPU, "
-            f"{theirs.requests_per_workload / ours.requests_per_workload:.1f}x fewer requests"
+            f"{ours.requests_per_workload:.2f} vs {theirs.requests_per_workload:.2f} requests per workload"
         )
     return "\n".join(lines)
 
@@ -438,7 +477,7 @@ async def main(args: argparse.Namespace) -> int:
         for f in results
     ]
     print(orjson.dumps(summary).decode())
-    return 0 if all(f.succeeded == f.workloads for f in results) else 1
+    return 0 if all(f.succeeded == f.droplets == f.workloads for f in results) else 1
 
 
 if __name__ == "__main__":

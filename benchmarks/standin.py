@@ -61,7 +61,7 @@ WATCH_SECONDS = 24 * 3600  # one watch for the whole run: a re-list would count 
 
 def droplet_config() -> Obj:
     """The config of the one image every Build "built": what the CNB lifecycle labels a droplet with."""
-    return {
+    config = {
         "ExposedPorts": {"8080/tcp": {}},
         "Labels": {
             k.BUILD_METADATA_LABEL: orjson.dumps(BUILD_METADATA).decode(),
@@ -70,6 +70,7 @@ def droplet_config() -> Obj:
         "Env": ["CNB_APP_DIR=/workspace"],
         "WorkingDir": "/workspace",
     }
+    return {"created": "1980-01-01T00:00:01Z", "config": config}
 
 
 def build_for(image: Obj, number: int, latest_image: str) -> Obj:

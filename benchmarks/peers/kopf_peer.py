@@ -42,6 +42,7 @@ BUILDER_NAME = "kpack-image-builder"
 CLUSTER_BUILDER = "cf-kpack-cluster-builder"
 SERVICE_ACCOUNT = "kpack-service-account"
 METADATA_LABEL = "io.buildpacks.build.metadata"
+MERGE_PATCH = "application/merge-patch+json"  # kubernetes_asyncio sends a JSON patch unless told
 MANIFEST_ACCEPT = ", ".join(
     [
         "application/vnd.oci.image.manifest.v1+json",
@@ -79,6 +80,14 @@ def condition(kind: str, status: str, reason: str, message: str, generation: int
         "lastTransitionTime": now(),
         "observedGeneration": generation,
     }
+
+
+@kopf.on.login()
+async def login(**_: Any) -> kopf.ConnectionInfo:
+    """The emulator's kubeconfig names no user: kopf's own kubeconfig login finds no credentials in it."""
+    configuration = k8s.Configuration()
+    await k8s_config.load_kube_config(os.environ["KUBECONFIG"], client_configuration=configuration)
+    return kopf.ConnectionInfo(server=configuration.host, insecure=True)
 
 
 @kopf.on.startup()
@@ -130,6 +139,7 @@ async def workload_created(
                 ]
             }
         },
+        _content_type=MERGE_PATCH,
     )
     source = dict((spec.get("source") or {}).get("registry") or {})
     image = {
@@ -161,6 +171,7 @@ async def workload_created(
             "images",
             app,
             {"metadata": image["metadata"], "spec": image["spec"]},
+            _content_type=MERGE_PATCH,
         )
 
 
@@ -205,7 +216,7 @@ async def build_finished(
         succeeded = condition("Succeeded", "True", "BuildSucceeded", "Image built successfully", generation)
         patch = {"status": {"droplet": droplet, "conditions": [succeeded, ready]}}
     await PEER.api.patch_namespaced_custom_object_status(
-        KORIFI, KORIFI_VERSION, namespace, WORKLOADS, workload, patch
+        KORIFI, KORIFI_VERSION, namespace, WORKLOADS, workload, patch, _content_type=MERGE_PATCH
     )
 
 
