@@ -52,7 +52,7 @@ import platform
 import sys
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,14 +65,13 @@ from prometheus_client import CollectorRegistry
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import GROUP, NS, PLURAL, VERSION, join, load_writes, workload
-from service.kube.client import KubeClient
+from service.kube.client import KubeClient, Page
 from service.kube.config import explicit
 from service.kube.resources import BUILD_WORKLOAD, Resource
 from service.runtime import Controller, Request
 from service.runtime.informer import FuncHandler, Informer
 from service.runtime.metrics import RuntimeMetrics
 from service.runtime.queue import ShutDown, WorkQueue
-from service.runtime.store import Obj
 from simcluster.cluster import Cluster
 from simcluster.crds import new_cluster
 from simcluster.server import running_apiserver
@@ -211,10 +210,8 @@ class ListedEmptyAt:
         self.client = client
         self.rv = rv
 
-    async def list_all(
-        self, res: Resource, namespace: str | None = None, **kwargs: Any
-    ) -> tuple[list[Obj], str]:
-        return [], self.rv
+    async def pages(self, res: Resource, namespace: str | None = None, **kwargs: Any) -> AsyncIterator[Page]:
+        yield Page([], self.rv)
 
     def watch(self, res: Resource, namespace: str | None = None, **kwargs: Any) -> Any:
         return self.client.watch(res, namespace, **kwargs)

@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Self
 
 import aiohttp
@@ -32,6 +33,17 @@ from service.kube.resources import Resource
 
 Obj = dict[str, Any]
 Items = list[Obj]  # a module-level alias: inside KubeClient, ``list`` names the method
+
+
+@dataclass
+class Page:
+    """One page of a list (``KubeClient.pages``)."""
+
+    items: Items
+    resource_version: str | None  # the list's, on the last page only
+    restarted: bool = False  # the list began again (an expired continue token): drop earlier pages
+
+
 Params = Mapping[str, str | int | bool | None]
 
 JSON = "application/json"
@@ -380,13 +392,41 @@ class KubeClient(LazySession):
         resource_version: str | None = None,
         resource_version_match: str | None = None,
     ) -> tuple[Items, str]:
-        """Every item, following ``continue``; returns the items and the list's resourceVersion.
-
-        When a continue token expires mid-way (410), the whole list is fetched again in one unpaged
-        request, as client-go's pager falls back to a full list.
-        """
+        """Every item, following ``continue``; returns the items and the list's resourceVersion."""
         items: Items = []
+        rv = ""
+        async for page in self.pages(
+            res,
+            namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            page_size=page_size,
+            resource_version=resource_version,
+            resource_version_match=resource_version_match,
+        ):
+            if page.restarted:
+                items = []
+            items.extend(page.items)
+            rv = page.resource_version or rv
+        return items, rv
+
+    async def pages(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+        resource_version: str | None = None,
+        resource_version_match: str | None = None,
+    ) -> AsyncIterator[Page]:
+        """A list one page at a time (client-go's pager), so that a caller can consume each page before
+        the next is asked for. When a continue token expires mid-way (410), the whole list is asked for
+        again in one unpaged request, yielded ``restarted``: the pages before it are to be dropped. The
+        last page carries the list's resourceVersion."""
         token: str | None = None
+        restarted = False
         while True:
             try:
                 page = await self.list(
@@ -394,7 +434,7 @@ class KubeClient(LazySession):
                     namespace,
                     label_selector=label_selector,
                     field_selector=field_selector,
-                    limit=page_size,
+                    limit=None if restarted else page_size,
                     continue_=token,
                     # The server rejects a resourceVersion next to a continue token: the token pins it.
                     resource_version=None if token else resource_version,
@@ -403,22 +443,17 @@ class KubeClient(LazySession):
             except errors.Expired:
                 if token is None:
                     raise
-                page = await self.list(
-                    res,
-                    namespace,
-                    label_selector=label_selector,
-                    field_selector=field_selector,
-                    resource_version=resource_version,
-                    resource_version_match=resource_version_match,
-                )
-                return list(page.get("items") or []), str(
-                    (page.get("metadata") or {}).get("resourceVersion", "")
-                )
-            items.extend(page.get("items") or [])
+                token, restarted = None, True
+                continue
             meta = page.get("metadata") or {}
-            token = meta.get("continue") or None
+            token = None if restarted else (meta.get("continue") or None)
+            yield Page(
+                page.get("items") or [],
+                None if token else str(meta.get("resourceVersion", "")),
+                restarted,
+            )
             if token is None:
-                return items, str(meta.get("resourceVersion", ""))
+                return
 
     @asynccontextmanager
     async def watch(

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import anyio
 import orjson
 
 from service.kube import errors
+from service.kube.client import Page
 from service.kube.resources import Resource
 from service.runtime.clock import REAL_CLOCK, Clock
 from service.runtime.store import IndexFunc, Obj, Store, encode, object_key, strip_managed_fields
@@ -34,9 +35,9 @@ VERY_SHORT_WATCH = 1.0
 
 
 class ListWatchClient(Protocol):
-    """What an informer needs of the Kubernetes client."""
+    """What an informer needs of the Kubernetes client (``KubeClient`` has it)."""
 
-    async def list_all(
+    def pages(
         self,
         res: Resource,
         namespace: str | None = None,
@@ -45,7 +46,7 @@ class ListWatchClient(Protocol):
         field_selector: str | None = None,
         page_size: int = PAGE_SIZE,
         resource_version: str | None = None,
-    ) -> tuple[list[Obj], str]: ...
+    ) -> AsyncIterator[Page]: ...
 
     def watch(
         self,
@@ -58,23 +59,6 @@ class ListWatchClient(Protocol):
         allow_bookmarks: bool = True,
         timeout_seconds: int | None = None,
     ) -> Any: ...
-
-
-@runtime_checkable
-class PageListClient(Protocol):
-    """A client that can list one page: the informer then pages itself (``KubeClient`` does)."""
-
-    async def list(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        limit: int | None = None,
-        continue_: str | None = None,
-        resource_version: str | None = None,
-    ) -> Obj: ...
 
 
 class Handler(Protocol):
@@ -286,50 +270,21 @@ class Informer:
         self._synced.set()
 
     async def _list_into(self, fresh: dict[str, bytes], resource_version: str, page_size: int) -> str:
-        """Every item, encoded into ``fresh``; returns the list's resourceVersion. As client-go's pager
-        (and ``KubeClient.list_all``): when a continue token expires mid-way (410), the whole list is asked
-        for again in one unpaged request."""
-        client = self.client
-        if not isinstance(client, PageListClient):
-            items, rv = await client.list_all(
-                self.resource,
-                self.namespace,
-                label_selector=self.label_selector,
-                field_selector=self.field_selector,
-                page_size=page_size,
-                resource_version=resource_version,
-            )
-            self._encode(items, fresh)
-            return rv
-        token: str | None = None
-        while True:
-            try:
-                page = await client.list(
-                    self.resource,
-                    self.namespace,
-                    label_selector=self.label_selector,
-                    field_selector=self.field_selector,
-                    limit=page_size,
-                    continue_=token,
-                    # The server rejects a resourceVersion next to a continue token: the token pins it.
-                    resource_version=None if token else resource_version,
-                )
-            except errors.Expired:
-                if token is None:
-                    raise
+        """Every item, encoded into ``fresh``; returns the list's resourceVersion."""
+        rv = ""
+        async for page in self.client.pages(
+            self.resource,
+            self.namespace,
+            label_selector=self.label_selector,
+            field_selector=self.field_selector,
+            page_size=page_size,
+            resource_version=resource_version,
+        ):
+            if page.restarted:
                 fresh.clear()
-                page = await client.list(
-                    self.resource,
-                    self.namespace,
-                    label_selector=self.label_selector,
-                    field_selector=self.field_selector,
-                    resource_version=resource_version,
-                )
-            self._encode(page.get("items") or [], fresh)
-            meta = page.get("metadata") or {}
-            token = meta.get("continue") or None
-            if token is None:
-                return str(meta.get("resourceVersion", ""))
+            self._encode(page.items, fresh)
+            rv = page.resource_version or rv
+        return rv
 
     async def _reflect(self) -> None:
         backoff = Backoff(self.clock)

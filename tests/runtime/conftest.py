@@ -31,10 +31,10 @@ class SpyClient(KubeClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.pages: list[dict[str, Any]] = []
+        self.asked: list[dict[str, Any]] = []
 
     async def list(self, res: Resource, namespace: str | None = None, **kwargs: Any) -> Obj:
-        self.pages.append(kwargs)
+        self.asked.append(kwargs)
         return await super().list(res, namespace, **kwargs)
 
 

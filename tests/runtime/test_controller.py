@@ -13,6 +13,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from service.kube.client import Page
 from service.kube.resources import CONFIG_MAP
 from service.runtime import (
     ANNOTATIONS_CHANGED,
@@ -78,9 +79,9 @@ class StubClient:
         if released:
             self.release.set()
 
-    async def list_all(self, res: Any, namespace: str | None = None, **kwargs: Any) -> tuple[list[Obj], str]:
+    async def pages(self, res: Any, namespace: str | None = None, **kwargs: Any) -> AsyncIterator[Page]:
         await self.release.wait()
-        return [dict(i) for i in self.items], "10"
+        yield Page([dict(i) for i in self.items], "10")
 
     @asynccontextmanager
     async def watch(self, res: Any, namespace: str | None = None, **kwargs: Any) -> AsyncIterator[Silent]:

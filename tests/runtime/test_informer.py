@@ -92,9 +92,9 @@ async def test_initial_list_is_paginated_and_delivered_as_initial_adds(
         assert sorted(informer.store.list_keys()) == [f"default/c{i}" for i in range(7)]
         assert informer.last_sync_rv == str(api.cluster.rv)
         # Three pages of 3: the first at resourceVersion "0" (any), the rest pinned by the continue token.
-        assert [p["limit"] for p in spy.pages] == [3, 3, 3]
-        assert spy.pages[0]["resource_version"] == "0" and spy.pages[0]["continue_"] is None
-        assert all(p["continue_"] and p["resource_version"] is None for p in spy.pages[1:])
+        assert [p["limit"] for p in spy.asked] == [3, 3, 3]
+        assert spy.asked[0]["resource_version"] == "0" and spy.asked[0]["continue_"] is None
+        assert all(p["continue_"] and p["resource_version"] is None for p in spy.asked[1:])
         assert informer.relists == 1
 
 
@@ -165,7 +165,7 @@ async def test_an_expired_continue_token_lists_everything_again_in_one_request(
         recorder = Recorder()
         informer.add_handler(recorder)
         async with running(informer):
-            pages = [(p.get("limit"), bool(p.get("continue_"))) for p in keeper.pages]
+            pages = [(p.get("limit"), bool(p.get("continue_"))) for p in keeper.asked]
             assert pages == [(2, False), (2, True), (None, False)]
             expected = ["default/c1", "default/c2", "default/c3", "default/c4", "default/late"]
             assert sorted(informer.store.list_keys()) == expected
@@ -369,7 +369,7 @@ async def test_410_relists_and_reconciles_what_changed_while_away(
         # The relist asked for "not older than" the last RV seen (from the watch), not the old list's RV,
         # and unpaginated: with a limit, kube-apiserver would read exactly that old version from etcd (found
         # against the real control plane: the next watch was 410 again, until etcd compacted).
-        relist_page = spy.pages[-1]
+        relist_page = spy.asked[-1]
         assert relist_page["resource_version"] == resume_rv
         assert not relist_page["limit"]  # no limit sent
         assert sorted(informer.store.list_keys()) == ["default/b", "default/c", "default/d", "default/marker"]
@@ -386,14 +386,14 @@ async def test_an_expired_relist_falls_back_to_a_consistent_read(
     async with running(informer):
         await mark(spy, recorder, "marker")
         resume_rv = informer.last_sync_rv
-        pages = len(spy.pages)
+        pages = len(spy.asked)
         # The re-watch fails with a 500 (-> relist); that relist is told its resourceVersion is too old.
         api.faults.add(FaultRule(method="GET", path="/configmaps$", status=500, count=1))
         api.faults.add(FaultRule(method="GET", path="/configmaps$", status=410, count=1))
         api.cluster.drop_watches()
         await eventually(lambda: informer.relists == 2)
-        assert [p["resource_version"] for p in spy.pages[pages:]] == [resume_rv, ""]
-        assert [p["limit"] or None for p in spy.pages[pages:]] == [None, 500]  # the consistent read is paged
+        assert [p["resource_version"] for p in spy.asked[pages:]] == [resume_rv, ""]
+        assert [p["limit"] or None for p in spy.asked[pages:]] == [None, 500]  # the consistent read is paged
         await mark(spy, recorder, "after")
 
 
