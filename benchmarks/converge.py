@@ -87,6 +87,9 @@ class Figures:
     droplets: int  # workloads whose droplet is the stand-in's image, as the API has them at the end
     own_count: int | None  # the service's rest_client_requests_total over the same span
     own_by_method: dict[str, int] | None  # the same by method and answer
+    own_reconciles: (
+        dict[str, int] | None
+    )  # the service's controller_runtime_reconcile_total by controller, result
     others_cpu_seconds: dict[str, float]  # the emulator's, the stand-in's and this driver's, same span
 
     @property
@@ -235,16 +238,20 @@ async def counts(http: aiohttp.ClientSession, url: str, ids: dict[str, int]) -> 
     return {name: hits[i] for name, i in ids.items()}
 
 
-async def own_requests(http: aiohttp.ClientSession, port: int) -> Counter[str]:
-    """The service's ``rest_client_requests_total`` by method and answer (``PATCH 200``)."""
+async def own_counts(http: aiohttp.ClientSession, port: int) -> tuple[Counter[str], Counter[str]]:
+    """The service's ``rest_client_requests_total`` by method and answer (``PATCH 200``), and its
+    ``controller_runtime_reconcile_total`` by controller and result (``buildworkload success``)."""
     async with http.get(f"http://127.0.0.1:{port}/metrics") as reply:
         text = await reply.text()
-    counts: Counter[str] = Counter()
+    requests: Counter[str] = Counter()
+    reconciles: Counter[str] = Counter()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "rest_client_requests_total":
-                counts[f"{sample.labels['method']} {sample.labels['code']}"] += int(sample.value)
-    return counts
+                requests[f"{sample.labels['method']} {sample.labels['code']}"] += int(sample.value)
+            elif sample.name == "controller_runtime_reconcile_total" and sample.value:
+                reconciles[f"{sample.labels['controller']} {sample.labels['result']}"] += int(sample.value)
+    return requests, reconciles
 
 
 # ------------------------------------------------------------------------------ workloads
@@ -365,7 +372,7 @@ async def measure(peer: str, n: int, spaces: int, workers: int | None, within: f
             "driver": time.process_time(),
         }
         before = await counts(http, url, ids)
-        own_before = await own_requests(http, metrics_port) if peer == "service" else None
+        own_before = await own_counts(http, metrics_port) if peer == "service" else None
         objects = [(names[i % spaces], workload(i, names[i % spaces], registry)) for i in range(n)]
         seconds, progress, done = await converge(client, objects, within, controller)
         cpu = cpu_seconds(pid) - cpu_before
@@ -376,7 +383,7 @@ async def measure(peer: str, n: int, spaces: int, workers: int | None, within: f
         }
         rss = peak_rss_mib(pid)
         after = await counts(http, url, ids)
-        own_after = await own_requests(http, metrics_port) if peer == "service" else None
+        own_after = await own_counts(http, metrics_port) if peer == "service" else None
         if not done:
             print(
                 f"converge: {peer}: only {len(progress.succeeded)} of {n} workloads finished in {within:g} s",
@@ -388,7 +395,8 @@ async def measure(peer: str, n: int, spaces: int, workers: int | None, within: f
             for w in (await client.list(r.BUILD_WORKLOAD, space))["items"]:
                 droplet = (w.get("status") or {}).get("droplet") or {}
                 droplets += droplet.get("registry", {}).get("image") == image
-        own = own_after - own_before if own_after is not None and own_before is not None else None
+        own = own_after[0] - own_before[0] if own_after is not None and own_before is not None else None
+        passes = own_after[1] - own_before[1] if own_after is not None and own_before is not None else None
         return Figures(
             peer,
             n,
@@ -402,6 +410,7 @@ async def measure(peer: str, n: int, spaces: int, workers: int | None, within: f
             droplets - 1,  # the canary's
             own.total() if own is not None else None,
             dict(sorted(own.items())) if own is not None else None,
+            dict(sorted(passes.items())) if passes is not None else None,
             {name: round(v, 2) for name, v in others.items()},
         )
 
@@ -446,6 +455,9 @@ def table(results: list[Figures]) -> str:
         if f.own_by_method:
             each = ", ".join(f"{key} {v / f.workloads:.2f}" for key, v in f.own_by_method.items())
             lines.append(f"{f.peer} requests per workload by method and answer: {each}")
+        if f.own_reconciles:
+            each = ", ".join(f"{key} {v / f.workloads:.2f}" for key, v in f.own_reconciles.items())
+            lines.append(f"{f.peer} reconciles per workload by controller and result: {each}")
     if len(results) == 2 and all(f.seconds and f.cpu_seconds for f in results):
         ours, theirs = results
         lines.append(
