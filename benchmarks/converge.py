@@ -52,7 +52,7 @@ from requests import workload  # benchmarks/requests.py (sys.path: this folder, 
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
-from service.kube.config import explicit
+from service.kube.config import explicit, load_kubeconfig
 from service.reconcilers import korifi as k
 from simcluster.demo import create_space
 
@@ -83,7 +83,7 @@ class Figures:
     seconds: float
     cpu_seconds: float
     peak_rss_mib: float
-    requests: int
+    requests: int | None  # None: not counted (a real API server has no counting rules)
     droplets: int  # workloads whose droplet is the stand-in's image, as the API has them at the end
     own_count: int | None  # the service's rest_client_requests_total over the same span
     own_by_method: dict[str, int] | None  # the same by method and answer
@@ -101,8 +101,9 @@ class Figures:
         return 1000 * self.cpu_seconds / self.workloads
 
     @property
-    def requests_per_workload(self) -> float:
-        return self.requests / self.workloads
+    def requests_per_workload(self) -> float | None:
+        count = self.requests if self.requests is not None else self.own_count
+        return None if count is None else count / self.workloads
 
 
 # ------------------------------------------------------------------------------ the controller process
@@ -110,6 +111,33 @@ def cpu_seconds(pid: int) -> float:
     """User + system time of a live process (fields 14 and 15 of ``/proc/<pid>/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def descendants(pid: int) -> list[int]:
+    """The process's children, theirs, and so on (``/proc/<pid>/task/*/children``)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.extend(children)
+            todo.extend(children)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """``cpu_seconds`` of the process and its live descendants (for the real control plane's processes)."""
+    total = 0.0
+    for each in [pid, *descendants(pid)]:
+        try:
+            total += cpu_seconds(each)
+        except OSError:
+            continue  # gone meanwhile
+    return total
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -217,7 +245,7 @@ async def wait_for_file(path: Path, proc: anyio.abc.Process, log: Path) -> None:
             await anyio.sleep(0.05)  # a child's start-up, polled: it has no other signal
         else:
             return
-    raise SystemExit(f"converge: devcluster did not start:\n{tail(log)}")
+    raise SystemExit(f"converge: the API server did not start:\n{tail(log)}")
 
 
 # ------------------------------------------------------------------------------ counting
@@ -328,17 +356,30 @@ async def converge(
     return seconds, progress, done
 
 
-async def measure(peer: str, n: int, spaces: int, workers: int | None, within: float, logs: Path) -> Figures:
+async def measure(
+    peer: str, n: int, spaces: int, workers: int | None, within: float, logs: Path, cluster: str
+) -> Figures:
     async with AsyncExitStack() as stack:
         kubeconfig = logs / f"{peer}.kubeconfig"
-        log = logs / f"{peer}-devcluster.log"
-        devcluster = await stack.enter_async_context(
-            process([sys.executable, "-m", "simcluster", "devcluster", f"--kubeconfig-out={kubeconfig}"], log)
-        )
-        await wait_for_file(kubeconfig, devcluster, log)
-        url = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+        if cluster == "real":
+            # kube-apiserver, etcd and kube-controller-manager (tests/controlplane: built once with Go,
+            # cached), with kpack's CRDs and the project's; the admin kubeconfig's client certificate.
+            log = logs / f"{peer}-controlplane.log"
+            command = [sys.executable, "-m", "tests.controlplane", "run", f"--kubeconfig-out={kubeconfig}"]
+            api_server = await stack.enter_async_context(process([*command, "--crds"], log))
+            await wait_for_file(kubeconfig, api_server, log)
+            config = await load_kubeconfig(str(kubeconfig))
+            ids = None
+        else:
+            log = logs / f"{peer}-devcluster.log"
+            command = [sys.executable, "-m", "simcluster", "devcluster", f"--kubeconfig-out={kubeconfig}"]
+            api_server = await stack.enter_async_context(process(command, log))
+            await wait_for_file(kubeconfig, api_server, log)
+            url = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+            config = explicit(url)
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        ids = await add_counters(http, url)
+        if cluster != "real":
+            ids = await add_counters(http, url)
         log = logs / f"{peer}-standin.log"
         standin = await stack.enter_async_context(
             process(
@@ -349,7 +390,7 @@ async def measure(peer: str, n: int, spaces: int, workers: int | None, within: f
         )
         ready = orjson.loads(await first_line(standin, "the stand-in", log))
         registry, image = ready["registry"], ready["image"]
-        client = await stack.enter_async_context(KubeClient(explicit(url), qps=100_000, burst=100_000))
+        client = await stack.enter_async_context(KubeClient(config, qps=100_000, burst=100_000))
         names = [f"space-{s}" for s in range(spaces)]
         for space in names:
             await create_space(client, space, registry)
@@ -365,31 +406,36 @@ async def measure(peer: str, n: int, spaces: int, workers: int | None, within: f
         if not started:
             raise SystemExit(f"converge: {peer} did not build the canary workload:\n{tail(log)}")
 
+        server_name = "control plane" if cluster == "real" else "emulator"
         cpu_before = cpu_seconds(pid)
         others_before = {
-            "emulator": cpu_seconds(devcluster.pid),
+            server_name: tree_cpu_seconds(api_server.pid),
             "standin": cpu_seconds(standin.pid),
             "driver": time.process_time(),
         }
-        before = await counts(http, url, ids)
+        before = await counts(http, url, ids) if ids is not None else None
         own_before = await own_counts(http, metrics_port) if peer == "service" else None
         objects = [(names[i % spaces], workload(i, names[i % spaces], registry)) for i in range(n)]
         seconds, progress, done = await converge(client, objects, within, controller)
         cpu = cpu_seconds(pid) - cpu_before
         others = {
-            "emulator": cpu_seconds(devcluster.pid) - others_before["emulator"],
+            server_name: tree_cpu_seconds(api_server.pid) - others_before[server_name],
             "standin": cpu_seconds(standin.pid) - others_before["standin"],
             "driver": time.process_time() - others_before["driver"],
         }
         rss = peak_rss_mib(pid)
-        after = await counts(http, url, ids)
+        after = await counts(http, url, ids) if ids is not None else None
         own_after = await own_counts(http, metrics_port) if peer == "service" else None
         if not done:
             print(
                 f"converge: {peer}: only {len(progress.succeeded)} of {n} workloads finished in {within:g} s",
                 file=sys.stderr,
             )
-        requests = after["all_others"] - before["all_others"] - progress.watches
+        requests = (
+            after["all_others"] - before["all_others"] - progress.watches
+            if after is not None and before is not None
+            else None
+        )
         droplets = 0
         for space in names:
             for w in (await client.list(r.BUILD_WORKLOAD, space))["items"]:
@@ -430,9 +476,12 @@ def table(results: list[Figures]) -> str:
     )
     rows = [header]
     for f in results:
-        requests = f"{f.requests_per_workload:.2f}"
-        if f.own_count is not None:
+        per_workload = f.requests_per_workload
+        requests = "not counted" if per_workload is None else f"{per_workload:.2f}"
+        if f.own_count is not None and f.requests is not None:
             requests += f" (own count {f.own_count / f.workloads:.2f})"
+        elif f.own_count is not None:
+            requests += " (own count)"
         rows.append(
             (
                 f.peer,
@@ -460,11 +509,13 @@ def table(results: list[Figures]) -> str:
             lines.append(f"{f.peer} reconciles per workload by controller and result: {each}")
     if len(results) == 2 and all(f.seconds and f.cpu_seconds for f in results):
         ours, theirs = results
-        lines.append(
+        line = (
             f"service vs {theirs.peer}: {ours.per_second / theirs.per_second:.1f}x the throughput, "
-            f"{theirs.cpu_seconds / ours.cpu_seconds:.1f}x less CPU, "
-            f"{ours.requests_per_workload:.2f} vs {theirs.requests_per_workload:.2f} requests per workload"
+            f"{theirs.cpu_seconds / ours.cpu_seconds:.1f}x less CPU"
         )
+        if ours.requests_per_workload is not None and theirs.requests_per_workload is not None:
+            line += f", {ours.requests_per_workload:.2f} vs {theirs.requests_per_workload:.2f} requests per workload"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -476,7 +527,9 @@ async def main(args: argparse.Namespace) -> int:
         logs.mkdir(parents=True, exist_ok=True)
         for peer in peers:
             results.append(
-                await measure(peer, args.workloads, args.namespaces, args.workers, args.timeout, logs)
+                await measure(
+                    peer, args.workloads, args.namespaces, args.workers, args.timeout, logs, args.cluster
+                )
             )
     print(table(results))
     summary = [
@@ -484,7 +537,9 @@ async def main(args: argparse.Namespace) -> int:
             **asdict(f),
             "workloads_per_s": round(f.per_second, 1),
             "cpu_ms_per_workload": round(f.cpu_ms_per_workload, 3),
-            "requests_per_workload": round(f.requests_per_workload, 2),
+            "requests_per_workload": (
+                round(f.requests_per_workload, 2) if f.requests_per_workload is not None else None
+            ),
         }
         for f in results
     ]
@@ -506,4 +561,11 @@ if __name__ == "__main__":
         "--timeout", type=float, default=900.0, help="seconds allowed to converge (default 900)"
     )
     parser.add_argument("--logs", help="keep the processes' logs in this folder (default: a temporary one)")
+    parser.add_argument(
+        "--cluster",
+        choices=["emulator", "real"],
+        default="emulator",
+        help="the API server: the emulator (default) or a real kube-apiserver with etcd and "
+        "kube-controller-manager (tests/controlplane; needs its binaries built, `make realcluster` once)",
+    )
     sys.exit(anyio.run(main, parser.parse_args()))

@@ -1,6 +1,7 @@
 """The convergence benchmark still runs end to end (a devcluster, the Build stand-in and a real ``run``
-process, at a tiny size): every workload gets its droplet and the figures are printed. The figures
-themselves are not judged here; the kopf peer is not run (it needs its own venv from PyPI)."""
+process, at a tiny size; and on the real control plane): every workload gets its droplet and the figures
+are printed. The figures themselves are not judged here; the kopf peer is not run (it needs its own venv
+from PyPI)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 import anyio
 import orjson
 import pytest
+
+from tests.controlplane.build import ensure_built
+from tests.controlplane.conftest import skip_unless_available
 
 pytestmark = pytest.mark.anyio
 
@@ -35,3 +39,21 @@ async def test_converge_prints_the_figures_of_workloads_that_all_succeeded(tmp_p
     assert figures["requests"] >= 3 * WORKLOADS
     assert figures["own_count"] >= 3 * WORKLOADS
     assert figures["cpu_seconds"] >= 0 and figures["peak_rss_mib"] > 0
+
+
+async def test_converge_runs_on_the_real_control_plane(tmp_path: Path) -> None:
+    """``--cluster real``: the same run against kube-apiserver, etcd and kube-controller-manager, which have
+    no request counter: the service's own count stands in, and the control plane's CPU is reported."""
+    skip_unless_available()
+    await anyio.to_thread.run_sync(ensure_built)  # not inside the script's start-up timeout
+    workloads = 5
+    command = [sys.executable, str(SCRIPT), f"--workloads={workloads}", "--namespaces=1", "--timeout=60"]
+    with anyio.fail_after(180):  # a hang guard, not a measurement
+        result = await anyio.run_process([*command, "--cluster=real", f"--logs={tmp_path}"], check=False)
+    out = result.stdout.decode()
+    assert result.returncode == 0, f"{out}\n{result.stderr.decode()}"
+    [figures] = orjson.loads(out.strip().splitlines()[-1])
+    assert (figures["succeeded"], figures["droplets"], figures["failed"]) == (workloads, workloads, 0)
+    assert figures["requests"] is None and figures["own_count"] >= 3 * workloads
+    assert figures["requests_per_workload"] == figures["own_count"] / workloads
+    assert figures["others_cpu_seconds"]["control plane"] > 0

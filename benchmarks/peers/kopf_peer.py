@@ -84,10 +84,17 @@ def condition(kind: str, status: str, reason: str, message: str, generation: int
 
 @kopf.on.login()
 async def login(**_: Any) -> kopf.ConnectionInfo:
-    """The emulator's kubeconfig names no user: kopf's own kubeconfig login finds no credentials in it."""
+    """The emulator's kubeconfig names no user: kopf's own kubeconfig login finds no credentials in it. A
+    real control plane's names a client certificate (``converge.py --cluster real``)."""
     configuration = k8s.Configuration()
     await k8s_config.load_kube_config(os.environ["KUBECONFIG"], client_configuration=configuration)
-    return kopf.ConnectionInfo(server=configuration.host, insecure=True)
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert or None,
+        certificate_path=configuration.cert_file or None,
+        private_key_path=configuration.key_file or None,
+        insecure=not configuration.ssl_ca_cert,
+    )
 
 
 @kopf.on.startup()
