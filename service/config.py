@@ -504,6 +504,13 @@ class Config:
         positive_int,
         "registry calls at once per registry host, run beside the workers (a hanging registry holds none)",
     )
+    registry_secret_cache_ttl: float = registry(
+        "registrySecretCacheTTL",
+        30.0,
+        non_negative_duration,
+        "how long a pull Secret read for a droplet is used again before it is read anew (0: read every time);"
+        " a registry refusal drops it at once",
+    )
 
     def group(self, name: str) -> dict[str, Any]:
         """The settings of one group (``cluster``, ``runtime``, ``client``, ``logging``, ``builder``,
@@ -511,8 +518,9 @@ class Config:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["group"] == name}
 
     def builder_settings(self) -> BuilderSettings:
-        """The reconcilers' settings: the builder group, by the same names."""
-        values = self.group("builder")
+        """The reconcilers' settings: the builder group, and the registry settings they use, by the same
+        names."""
+        values = {**self.group("registry"), **self.group("builder")}
         wanted = {f.name for f in fields(BuilderSettings)}
         values["container_repository_prefix"] = values["container_repository_prefix"] or ""
         return BuilderSettings(**{k: v for k, v in values.items() if k in wanted})

@@ -182,6 +182,8 @@ class Cluster(Reads):
         name = meta["name"]
         for field in SYSTEM_META:
             meta.pop(field, None)
+        if kind.decode:
+            kind.decode(obj)
         if kind.defaults:
             kind.defaults(obj)
         if kind.custom and kind.versions[version].status:
@@ -316,6 +318,8 @@ class Cluster(Reads):
                 new.pop("status", None)
             obj = new
         else:
+            if kind.decode:
+                kind.decode(obj)
             for field in (
                 "uid",
                 "creationTimestamp",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,6 +111,9 @@ class Kind:
     graceful_delete: bool = False  # DELETE marks the object (deletionTimestamp) before removing it
     unconditional_update: bool = False  # PUT without metadata.resourceVersion is allowed
     defaults: Callable[[Obj], None] | None = None  # built-in defaulting on create
+    # What decoding a written object does before anything else looks at it, on every write (kube-apiserver's
+    # conversion from the wire version to the internal one).
+    decode: Callable[[Obj], None] | None = None
     field_paths: FieldPaths = field(default_factory=lambda: OBJECT_META_FIELDS)
 
     @property
@@ -173,6 +177,17 @@ def _namespace_defaults(obj: Obj) -> None:
 
 def _secret_defaults(obj: Obj) -> None:
     obj.setdefault("type", "Opaque")
+
+
+def _secret_decode(obj: Obj) -> None:
+    """``stringData`` is write-only: merged into ``data`` (base64), overwriting its keys, and never stored
+    (kube-apiserver's Convert_v1_Secret_To_core_Secret)."""
+    string_data = obj.pop("stringData", None)
+    if isinstance(string_data, dict) and string_data:
+        data = obj.get("data") if isinstance(obj.get("data"), dict) else {}
+        for key, value in string_data.items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        obj["data"] = data
 
 
 def _storage_class_defaults(obj: Obj) -> None:
@@ -252,7 +267,7 @@ def built_in_kinds() -> list[Kind]:
             field_paths=_NAMESPACE_FIELDS,
         ),
         _built_in(r.SERVICE_ACCOUNT, returns_deleted_object=True),
-        _built_in(r.SECRET, defaults=_secret_defaults, field_paths=_SECRET_FIELDS),
+        _built_in(r.SECRET, defaults=_secret_defaults, decode=_secret_decode, field_paths=_SECRET_FIELDS),
         _built_in(r.CONFIG_MAP),
         _built_in(r.EVENT, field_paths=_EVENT_FIELDS),
         _built_in(r.STORAGE_CLASS, returns_deleted_object=True, defaults=_storage_class_defaults),

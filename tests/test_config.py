@@ -403,6 +403,7 @@ def test_every_setting_from_every_source(tmp_path: Path) -> None:
         "insecureRegistries": ("registry.local:5000", ("registry.local:5000",)),
         "registryTimeout": ("5s", 5.0),
         "registryConcurrency": ("3", 3),
+        "registrySecretCacheTTL": ("1m", 60.0),
     }
     flag_argv: list[str] = ["--namespace", "ns-a"]
     environ = {config.env_name("namespaces"): "ns-a"}
@@ -821,7 +822,10 @@ def test_every_setting_is_in_a_group_and_the_builder_group_fills_the_reconcilers
 
     groups = {f.name: f.metadata["group"] for f in fields(config.Config)}
     assert set(groups.values()) == {"cluster", "runtime", "client", "logging", "builder", "registry"}, groups
-    assert {f.name for f in fields(BuilderSettings)} <= set(config.Config().group("builder"))
+    # The reconcilers' settings are the builder group's, and the registry settings they use by name.
+    reconcilers = {f.name for f in fields(BuilderSettings)}
+    assert reconcilers <= set(config.Config().group("builder")) | set(config.Config().group("registry"))
+    assert set(config.Config().group("builder")) - reconcilers <= {"container_registry_type"}
     built = replace(
         config.Config(), container_repository_prefix="r.example/cf/", disk_mb=7
     ).builder_settings()

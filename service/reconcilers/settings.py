@@ -24,3 +24,4 @@ class BuilderSettings:
     disk_mb: int = 0
     memory_mb: int = 0
     cf_root_namespace: str = "cf"
+    registry_secret_cache_ttl: float = 30.0  # 0: pull Secrets are read for every use

@@ -36,6 +36,7 @@ from service.runtime.reconcile import (
     expected,
 )
 from service.runtime.store import Obj, by_labels, index_value
+from service.runtime.ttlreads import TTLReads
 
 __all__ = [
     "ANNOTATIONS_CHANGED",
@@ -64,6 +65,7 @@ __all__ = [
     "Request",
     "Requeue",
     "Result",
+    "TTLReads",
     "TerminalError",
     "by_labels",
     "current",

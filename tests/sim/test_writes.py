@@ -93,6 +93,19 @@ async def test_config_map_put_may_be_unconditional(kube: Kube) -> None:
     assert reply.body["data"] == {"k": "new"}
 
 
+async def test_secret_string_data_is_merged_into_data_on_every_write(kube: Kube) -> None:
+    secrets = "/api/v1/namespaces/{ns}/secrets"
+    body = {"metadata": {"name": "s1"}, "data": {"a": "YQ==", "b": "Yg=="}, "stringData": {"b": "bee"}}
+    created = await kube.create(secrets, body)
+    assert created["data"] == {"a": "YQ==", "b": "YmVl"}  # stringData wins over data, base64-encoded
+    assert "stringData" not in created and created["type"] == "Opaque"
+    reply = await kube.patch(kube.path(secrets, name="s1"), {"stringData": {"c": "sea"}})
+    assert reply.status == 200, reply.body
+    assert reply.body["data"] == {"a": "YQ==", "b": "YmVl", "c": "c2Vh"}
+    assert "stringData" not in reply.body
+    assert await kube.must_get(secrets, "s1") == reply.body
+
+
 async def test_stale_put_conflicts(kube: Kube, widgets: Obj) -> None:
     created = await kube.create(WIDGETS, widget("w1"))
     first = await kube.put(kube.path(WIDGETS, name="w1"), {**created, "spec": {"size": 2}})

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any
 
 from service.kube import errors
 from service.kube.client import KubeClient
 from service.kube.objects import generation, meta
 from service.kube.patches import merge_diff
-from service.kube.resources import BUILDER, IMAGE, SECRET, STORAGE_CLASS
+from service.kube.resources import BUILDER, IMAGE, STORAGE_CLASS
 from service.reconcilers import korifi as k
 from service.reconcilers import workload_checks
 from service.reconcilers.build_cache import (
@@ -75,7 +74,7 @@ class Begin:
                 return  # Succeeded=False says why; retrying cannot help
             builder_ref = custom_builder_ref(custom, attempt.namespace)
         for ref in ((spec.get("source") or {}).get("registry") or {}).get("imagePullSecrets") or ():
-            await self._require(SECRET, "Secret", attempt.namespace, ref.get("name", ""))
+            await self._require_secret(attempt.namespace, ref.get("name", ""))
         await self._require_service_account(attempt.namespace)
         image = await self._reconcile_image(attempt, builder_ref)
         if image is None:
@@ -85,15 +84,13 @@ class Begin:
         meta(work).setdefault("annotations", {})[k.IMAGE_UID_ANNOTATION] = image["metadata"]["uid"]
         attempt.event("Normal", k.BUILD_RUNNING, f"kpack Image {image['metadata']['name']} ready to build")
 
-    async def _require(self, resource: Any, kind: str, namespace: str, name: str) -> Obj:
-        """A direct read; a missing object is waited for (another actor creates pull secrets)."""
+    async def _require_secret(self, namespace: str, name: str) -> None:
+        """A read through the short-lived Secret cache (a Secret seen within its TTL counts as there); a
+        missing one is waited for (another actor creates pull secrets)."""
         try:
-            obj: Obj = await self.client.get(resource, name, namespace)
-            return obj
+            await self.caches.secrets.get(name, namespace)
         except errors.NotFound:
-            raise Waiting(
-                f'{kind} "{name}" not found'
-            ) from None  # Korifi's words: the namespace is the workload's
+            raise Waiting(f'Secret "{name}" not found') from None  # Korifi's words: the workload's namespace
 
     async def _require_service_account(self, namespace: str) -> None:
         account = self.settings.builder_service_account

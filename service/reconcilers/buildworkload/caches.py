@@ -23,7 +23,7 @@ from service.kube.resources import (
     SERVICE_ACCOUNT,
 )
 from service.reconcilers import korifi as k
-from service.runtime import InformerFactory, Lister, Obj, Request, by_labels, index_value
+from service.runtime import InformerFactory, Lister, Obj, Request, TTLReads, by_labels, index_value
 
 BY_APP = "app-guid"
 BY_APP_GENERATION = "app-guid/generation"
@@ -60,7 +60,7 @@ def account_selector(name: str) -> str:
 
 
 class Caches:
-    def __init__(self, informers: InformerFactory, builder_service_account: str) -> None:
+    def __init__(self, informers: InformerFactory, builder_service_account: str, secrets: TTLReads) -> None:
         self.workloads: Lister = informers.lister(BUILD_WORKLOAD)
         self.images: Lister = informers.lister(IMAGE)
         self.builds: Lister = informers.lister(BUILD)
@@ -70,11 +70,15 @@ class Caches:
         self.buildpacks: Lister = informers.lister(BUILDPACK)
         self.cluster_buildpacks: Lister = informers.lister(CLUSTER_BUILDPACK)
         # The builder ServiceAccount, read for every workload (begin waits for it, the droplet names its
-        # pull secrets). Its Secrets stay API reads: a cluster-wide Secret cache would hold every secret.
+        # pull secrets).
         self.account_selector = account_selector(builder_service_account)
         self.service_accounts: Lister = informers.lister(
             SERVICE_ACCOUNT, field_selector=self.account_selector
         )
+        # Secrets are not watched (a cluster-wide Secret cache would hold every secret): the pull Secrets
+        # every workload names (begin checks the source's, the droplet reads the account's) are read by
+        # name and kept for a short while (``service.runtime.ttlreads``).
+        self.secrets = secrets
         self.workloads.add_indexer(BY_APP, app_index)
         self.workloads.add_indexer(BY_NAMESPACE, namespace_index)
         self.workloads.add_indexer(BY_APP_GENERATION, app_generation_index)

@@ -23,7 +23,7 @@ from service.kube.client import KubeClient
 from service.kube.conditions import find, set_condition
 from service.kube.objects import add_finalizer, generation, is_deleting, meta
 from service.kube.patches import merge_diff
-from service.kube.resources import BUILD_WORKLOAD
+from service.kube.resources import BUILD_WORKLOAD, SECRET
 from service.reconcilers import korifi as k
 from service.reconcilers.buildworkload.attempt import Failure, Pass, Waiting, completed, conditions, is_ours
 from service.reconcilers.buildworkload.begin import Begin
@@ -36,7 +36,7 @@ from service.reconcilers.buildworkload.track import Track
 from service.reconcilers.droplet import DropletError
 from service.reconcilers.images import ImageConfigReader, NoRepositoryCreator, RepositoryCreator
 from service.reconcilers.settings import BuilderSettings
-from service.runtime import Controller, Manager, Obj, Offload, Request, Result, current
+from service.runtime import Controller, Manager, Obj, Offload, Request, Result, TTLReads, current
 
 log = logging.getLogger("service.reconcilers.buildworkload")
 
@@ -60,7 +60,8 @@ class BuildWorkloadReconciler:
         # Per workload, the resourceVersions its last writes replaced (metadata, then status: two), while
         # the cache may still show one of them.
         self._replaced: dict[tuple[str, str], tuple[str | None, ...]] = {}
-        self.caches = Caches(manager.informers, settings.builder_service_account)
+        secrets = TTLReads(self.client, SECRET, settings.registry_secret_cache_ttl)
+        self.caches = Caches(manager.informers, settings.builder_service_account, secrets)
         self.begin = Begin(
             self.client, settings, self.caches, repositories or NoRepositoryCreator(), self.events
         )

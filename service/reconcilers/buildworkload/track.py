@@ -319,7 +319,7 @@ class Track:
         account = self.caches.service_accounts.get(attempt.namespace, name)
         if account is None:  # a miss only waits: the account's arrival wakes the workload (caches)
             raise Waiting(f'ServiceAccount "{name}" not found')  # Korifi's words
-        refs, secrets = await account_secrets(self.client, account)
+        refs, secrets = await account_secrets(self.caches.secrets.get, account)
         status = build.get("status") or {}
         image = status.get("latestImage", "")
 
@@ -335,6 +335,8 @@ class Track:
         if outcome is None:
             return None
         if outcome.error is not None:
+            for ref in refs:  # the credentials may be what the registry refused: the retry reads them anew
+                self.caches.secrets.forget(ref["name"], attempt.namespace)
             raise Failure(f"failed getting image config: {outcome.error}") from outcome.error
         config = outcome.get()
         attempt.work.setdefault("status", {})["provenance"] = provenance(build, image, config)
