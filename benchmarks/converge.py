@@ -167,7 +167,12 @@ def kopf_python() -> Path:
 
 
 def controller_command(
-    peer: str, kubeconfig: Path, registry: str, workers: int | None, metrics_port: int
+    peer: str,
+    kubeconfig: Path,
+    registry: str,
+    workers: int | None,
+    metrics_port: int,
+    service_args: Sequence[str] = (),
 ) -> list[str]:
     prefix = f"{registry}/cf/"
     if peer == "kopf":
@@ -189,6 +194,7 @@ def controller_command(
         "--kube-api-qps=100000",
         "--kube-api-burst=100000",
         "--log-level=warn",
+        *service_args,
     ]
 
 
@@ -357,7 +363,14 @@ async def converge(
 
 
 async def measure(
-    peer: str, n: int, spaces: int, workers: int | None, within: float, logs: Path, cluster: str
+    peer: str,
+    n: int,
+    spaces: int,
+    workers: int | None,
+    within: float,
+    logs: Path,
+    cluster: str,
+    service_args: Sequence[str] = (),
 ) -> Figures:
     async with AsyncExitStack() as stack:
         kubeconfig = logs / f"{peer}.kubeconfig"
@@ -397,7 +410,7 @@ async def measure(
 
         metrics_port = free_port()
         log = logs / f"{peer}-controller.log"
-        command = controller_command(peer, kubeconfig, registry, workers, metrics_port)
+        command = controller_command(peer, kubeconfig, registry, workers, metrics_port, service_args)
         controller = await stack.enter_async_context(process(command, log))
         pid = controller.pid
         _, _, started = await converge(
@@ -528,7 +541,14 @@ async def main(args: argparse.Namespace) -> int:
         for peer in peers:
             results.append(
                 await measure(
-                    peer, args.workloads, args.namespaces, args.workers, args.timeout, logs, args.cluster
+                    peer,
+                    args.workloads,
+                    args.namespaces,
+                    args.workers,
+                    args.timeout,
+                    logs,
+                    args.cluster,
+                    args.service_arg,
                 )
             )
     print(table(results))
@@ -559,6 +579,13 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--timeout", type=float, default=900.0, help="seconds allowed to converge (default 900)"
+    )
+    parser.add_argument(
+        "--service-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for the service's run (repeatable), e.g. --service-arg=--events=warnings",
     )
     parser.add_argument("--logs", help="keep the processes' logs in this folder (default: a temporary one)")
     parser.add_argument(

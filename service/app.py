@@ -28,6 +28,7 @@ from service.reconcilers.images import RegistryImages, RepositoryCreator
 from service.reconcilers.wiring import add_controllers
 from service.registry.client import RegistryClient
 from service.registry.metrics import RegistryMetrics
+from service.runtime.events import RECORDED_TYPES
 from service.runtime.leader import LeaderElectionConfig, default_identity
 from service.runtime.manager import Manager, ManagerOptions
 from service.runtime.metrics import new_registry
@@ -85,6 +86,7 @@ def manager_options(config: Config, identity: str, pod_namespace: str | None) ->
         graceful_shutdown_timeout=config.graceful_shutdown_timeout,
         leader_election=election,
         workers=config.workers,
+        event_types=RECORDED_TYPES[config.events],
         rate_limiter=config.rate_limiter,
         reconcile_timeout=config.reconcile_timeout or None,
         sync_period=config.sync_period,

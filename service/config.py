@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from service.reconcilers.settings import CACHE_KINDS, BuilderSettings
+from service.runtime.events import RECORDED_TYPES
 from service.runtime.logs import FORMATS, LEVELS
 from service.runtime.ratelimiters import RATE_LIMITER_KINDS
 from service.runtime.sidecar import BindAddress
@@ -386,6 +387,12 @@ class Config:
         "controller-runtime",
         one_of(*RATE_LIMITER_KINDS),
         "retry backoff: controller-runtime (per key 5ms..1000s) or classic (plus a 10 qps / 100 burst bucket)",
+    )
+    events: str = runtime(
+        "events",
+        "all",
+        one_of(*RECORDED_TYPES),
+        "Kubernetes Events to record: all, warnings (failures only: two fewer API writes per build), none",
     )
     sync_period: float = runtime(
         "syncPeriod", 36000.0, non_negative_duration, "re-deliver every cached object this often (0: never)"

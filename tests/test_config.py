@@ -383,6 +383,7 @@ def test_every_setting_from_every_source(tmp_path: Path) -> None:
         "reconcileTimeout": ("500ms", 0.5),
         "rateLimiter": ("classic", "classic"),
         "syncPeriod": ("0", 0.0),
+        "events": ("warnings", "warnings"),
         "kubeAPIQPS": ("50", 50.0),
         "kubeAPIBurst": ("100", 100),
         "logLevel": ("error", "error"),
@@ -858,3 +859,20 @@ def test_secure_metrics_need_a_certificate_and_an_address_of_their_own(tmp_path:
         ]
     )
     assert "secure metrics need an address of their own" in said
+
+
+@pytest.mark.parametrize(
+    ("choice", "types"), [("all", ("Normal", "Warning")), ("warnings", ("Warning",)), ("none", ())]
+)
+def test_the_events_setting_chooses_the_types_the_manager_records(
+    choice: str, types: tuple[str, ...]
+) -> None:
+    from service.app import manager_options
+
+    chosen = replace(config.Config(), events=choice)
+    assert manager_options(chosen, "me", None).event_types == types
+
+
+def test_an_unknown_events_choice_is_refused_naming_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"events.*all.*warnings.*none"):
+        load(["--events", "some"])

@@ -51,6 +51,10 @@ V = TypeVar("V")
 
 NORMAL = "Normal"
 WARNING = "Warning"
+# What an operator may choose to record (``events``): each choice's types. "warnings" keeps what a person
+# must act on and drops the routine progress Events, which on a real API server are a large share of a
+# controller's writes (docs/performance.md).
+RECORDED_TYPES: dict[str, tuple[str, ...]] = {"all": (NORMAL, WARNING), "warnings": (WARNING,), "none": ()}
 # Distinct Events waiting to be written. client-go queues 1,000 occurrences; a start-up burst (an event
 # per object of a large initial list) is distinct Events, and each costs a few hundred bytes here.
 BUFFER = 10_000
@@ -144,8 +148,10 @@ class EventRecorder:
         burst: int = BURST,
         metrics: EventMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        types: tuple[str, ...] = (NORMAL, WARNING),
     ) -> None:
         self.client = client
+        self.types = frozenset(types)  # the types recorded; others are left out by configuration
         self.component = component
         self.instance = instance
         # A plain deque, not an anyio memory stream: a recorder that is never run or closed (a manager
@@ -176,6 +182,8 @@ class EventRecorder:
         if type_ not in (NORMAL, WARNING):  # client-go drops these too; the API server would refuse them
             log.error("dropping event of unsupported type", extra={"type": type_, "reason": reason})
             return
+        if type_ not in self.types:
+            return  # not wanted (``events``): not a drop, nothing is counted
         if len(message) > MAX_MESSAGE:
             message = message[: MAX_MESSAGE - 3] + "..."
         now = self._clock()

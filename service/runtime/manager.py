@@ -58,6 +58,7 @@ class ManagerOptions:
     reconcile_timeout: float | None = None
     sync_period: float = 0.0  # informer resync; 0: none
     instance: str = ""  # this replica's identity in Events
+    event_types: tuple[str, ...] = ("Normal", "Warning")  # the Event types recorded (runtime.events)
     # Secure metrics: HTTPS with this context, every scrape authenticated and authorized by the API server
     # (service.runtime.metrics_auth).
     metrics_tls: ssl.SSLContext | None = None
@@ -87,7 +88,11 @@ class Manager:
             label_selectors=options.label_selectors,
         )
         self.events = EventRecorder(
-            client, options.name, options.instance, metrics=EventMetrics(self.registry)
+            client,
+            options.name,
+            options.instance,
+            metrics=EventMetrics(self.registry),
+            types=options.event_types,
         )
         self.controllers: list[Controller] = []
         self.runnables: list[tuple[str, Callable[[], Awaitable[object]], bool]] = []

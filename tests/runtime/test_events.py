@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from service.kube import resources as r
 from service.kube.client import KubeClient
-from service.runtime.events import MAX_MESSAGE, EventRecorder
+from service.runtime.events import MAX_MESSAGE, RECORDED_TYPES, EventRecorder
 from service.runtime.metrics import EventMetrics
 from simcluster.faults import FaultRule
 from simcluster.server import RunningApiServer
@@ -223,6 +223,24 @@ async def test_unsupported_type_is_dropped_and_long_messages_are_cut(
     [event] = await events_in(kube, "apps")
     assert event["reason"] == "Long"
     assert len(event["message"]) == MAX_MESSAGE and event["message"].endswith("...")
+
+
+@pytest.mark.parametrize(
+    ("choice", "written"), [("all", ["Done", "Failed"]), ("warnings", ["Failed"]), ("none", [])]
+)
+async def test_only_the_chosen_types_are_recorded(
+    kube: KubeClient, configmap: Obj, choice: str, written: list[str]
+) -> None:
+    registry = CollectorRegistry()
+    recorder = EventRecorder(kube, COMPONENT, types=RECORDED_TYPES[choice], metrics=EventMetrics(registry))
+    recorder.record(configmap, "Normal", "Done", "routine progress")
+    recorder.record(configmap, "Warning", "Failed", "something to act on")
+    recorder.close()
+    with anyio.fail_after(DEADLINE):
+        await recorder.run()  # returns once everything queued is written
+    assert sorted(e["reason"] for e in await events_in(kube, "apps")) == written
+    assert recorder.dropped == 0  # left out by choice is not a drop
+    assert not any(s.value for m in registry.collect() for s in m.samples if "dropped" in s.name)
 
 
 async def test_close_drains_then_ends_the_writer(kube: KubeClient, configmap: Obj) -> None:
