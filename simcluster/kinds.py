@@ -184,7 +184,8 @@ def _secret_decode(obj: Obj) -> None:
     (kube-apiserver's Convert_v1_Secret_To_core_Secret)."""
     string_data = obj.pop("stringData", None)
     if isinstance(string_data, dict) and string_data:
-        data = obj.get("data") if isinstance(obj.get("data"), dict) else {}
+        current = obj.get("data")
+        data: Obj = current if isinstance(current, dict) else {}
         for key, value in string_data.items():
             data[key] = base64.b64encode(str(value).encode()).decode()
         obj["data"] = data
