@@ -23,7 +23,15 @@ from simcluster.faults import FaultRule
 from simcluster.registry import OciRegistry, running_registry
 from tests.conftest import Target
 from tests.helpers import consistently, eventually, hanging_server
-from tests.reconcilers.conftest import APP_GUID, SERVICE_ACCOUNT, Env, running_controllers, service_config
+from tests.reconcilers.conftest import (
+    APP_GUID,
+    PREFIX,
+    SERVICE_ACCOUNT,
+    Env,
+    RecordingRepositories,
+    running_controllers,
+    service_config,
+)
 from tests.reconcilers.test_buildworkload_track import running_workload, succeeded
 
 pytestmark = pytest.mark.anyio
@@ -243,6 +251,87 @@ async def test_deleting_a_space_deletes_its_droplets_with_the_root_namespace_cre
             await images.get_manifest(f"{repo}@{digest}", keychain=keychain)
         if target.emulator is None:  # another cluster outlives the test
             await client.delete(r.NAMESPACE, root)
+
+
+# ------------------------------------------------------------------------------ an Image deleted under two workloads
+async def test_an_older_workload_is_skipped_even_when_the_newer_began_again_first(target: Target) -> None:
+    """Both workloads of an app in flight when its Image is deleted; the newer one reconciles first, makes
+    the Image again and labels itself with that Image's generation, 1 — the older one's own. The older one
+    must still see that it is superseded (it began on the deleted Image, the newer on the one there now),
+    not begin again and write its source over the newer one's. The controllers are stopped in between so
+    that the order is the test's, not the scheduler's (the real control plane showed it under load)."""
+    config = service_config(
+        cluster_builder_name=f"cluster-builder-{uuid.uuid4().hex[:6]}",
+        builder_service_account=SERVICE_ACCOUNT,
+        container_repository_prefix=PREFIX,
+        cf_root_namespace=f"cf-{uuid.uuid4().hex[:6]}",
+    )
+    async with (
+        running_registry() as registry,
+        KubeClient(target.cluster, timeout=5.0) as client,
+        RegistryClient(timeout=5.0) as images,
+    ):
+        async with running_controllers(client, config, images) as manager:
+            env = Env(
+                target.emulator,
+                client,
+                registry,
+                images,
+                manager,
+                config.builder_settings(),
+                RecordingRepositories(),
+            )
+            await env.standard()
+            older = (await running_workload(env, source="OLDER_SOURCE"))["metadata"]["name"]
+            newer = (await running_workload(env, source="NEWER_SOURCE"))["metadata"]["name"]
+            assert await env.generation_label(newer) == "2"
+        # What the newer workload's beginning again does, with the controllers stopped: the Image made anew
+        # with its source, and the workload labelled with that Image's generation and UID.
+        old_image = await env.get(r.IMAGE, APP_GUID)
+        assert old_image is not None
+        await client.delete(r.IMAGE, APP_GUID, env.namespace)
+        await eventually(lambda: _gone_image(env), what="the old Image is gone")
+        remade = await env.create(
+            r.IMAGE,
+            {
+                "apiVersion": old_image["apiVersion"],
+                "kind": "Image",
+                "metadata": {
+                    "name": APP_GUID,
+                    "namespace": env.namespace,
+                    "labels": old_image["metadata"].get("labels") or {},
+                },
+                "spec": old_image["spec"],
+            },
+        )
+        await client.merge_patch(
+            r.BUILD_WORKLOAD,
+            newer,
+            {
+                "metadata": {
+                    "labels": {k.IMAGE_GENERATION_LABEL: str(remade["metadata"]["generation"])},
+                    "annotations": {k.IMAGE_UID_ANNOTATION: remade["metadata"]["uid"]},
+                }
+            },
+            env.namespace,
+        )
+        assert await env.generation_label(newer) == await env.generation_label(older) == "1"
+        async with running_controllers(client, config, images):
+            skipped = await env.wait_succeeded(older, "False")
+            assert skipped["reason"] == k.KPACK_MISSED_BUILD
+            image = await env.get(r.IMAGE, APP_GUID)
+            assert image is not None and image["metadata"]["uid"] == remade["metadata"]["uid"]
+            assert image["spec"]["source"] == remade["spec"]["source"]  # the newer one's source, untouched
+            assert image["spec"]["source"]["registry"]["image"] == "NEWER_SOURCE"
+            still = await env.succeeded(newer)
+            assert still is not None and still["status"] == "Unknown"  # it waits for its Build
+        if target.emulator is None:  # another cluster outlives the test
+            await client.delete(r.NAMESPACE, env.namespace)
+            await client.delete(r.CLUSTER_BUILDER, config.cluster_builder_name)
+
+
+async def _gone_image(env: Env) -> bool:
+    return await env.get(r.IMAGE, APP_GUID) is None
 
 
 # ------------------------------------------------------------------------------ bad input

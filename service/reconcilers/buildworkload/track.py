@@ -206,7 +206,7 @@ class Track:
         with it, so the workload begins again on the Image as it is now — never left waiting for ever."""
         if self.begin_again is None:
             raise errors.NotFound(f'failed getting kpack Image: Image.kpack.io "{attempt.name}" not found')
-        if self._newer_sibling(attempt):
+        if self._newer_sibling(attempt, image):
             # Beginning again would write this workload's source into the app's Image over a newer
             # workload's: the newer one builds, and this one is skipped as kpack skips a superseded one.
             attempt.fail(k.KPACK_MISSED_BUILD, k.KPACK_MISSED_BUILD_MESSAGE)
@@ -218,15 +218,25 @@ class Track:
         await self.begin_again(attempt)
         return None
 
-    def _newer_sibling(self, attempt: Pass) -> bool:
+    def _newer_sibling(self, attempt: Pass, image: Obj | None) -> bool:
         """Whether another workload of this one's app wrote its source into the Image after this one did:
-        a higher Image generation (one that failed before its Image, e.g. on its buildpacks, has none)."""
+        on the same Image, a higher Image generation (one that failed before its Image, e.g. on its
+        buildpacks, has none); or it began on the Image made since this one's was deleted — its generation
+        counts from 1 again there, so generations of different Images do not compare (a newer workload
+        that began again first would otherwise look older)."""
         mine = _image_generation(attempt.work)
+        began_on = _began_on(attempt.work)
+        current = image["metadata"].get("uid") if image is not None else None
         app_guid = labels(attempt.work).get(k.APP_GUID_LABEL, "")
-        return mine is not None and any(
-            is_ours(other) and not is_deleting(other) and (_image_generation(other) or 0) > mine
-            for other in self.caches.workloads_of_app(attempt.namespace, app_guid)
-        )
+        for other in self.caches.workloads_of_app(attempt.namespace, app_guid):
+            if not is_ours(other) or is_deleting(other):
+                continue
+            theirs = _began_on(other)
+            if current is not None and theirs == current and began_on != current:
+                return True
+            if mine is not None and theirs == began_on and (_image_generation(other) or 0) > mine:
+                return True
+        return False
 
     async def _request_build(self, build: Obj) -> None:
         """Ask kpack for one more build on top of its latest (the trigger annotation, kpack.md §3.6)."""
@@ -350,10 +360,17 @@ class Track:
         )
 
 
+def _began_on(work: Obj) -> str | None:
+    """The UID of the Image the workload began on (None for workloads that began before this service
+    recorded it)."""
+    uid = (work["metadata"].get("annotations") or {}).get(k.IMAGE_UID_ANNOTATION)
+    return str(uid) if uid else None
+
+
 def _recreated(work: Obj, image: Obj) -> bool:
     """The workload began on another Image of the same name (workloads that began before this service
     recorded it are taken to have begun on this one)."""
-    began_on = (work["metadata"].get("annotations") or {}).get(k.IMAGE_UID_ANNOTATION)
+    began_on = _began_on(work)
     return began_on is not None and began_on != image["metadata"].get("uid")
 
 

@@ -88,6 +88,8 @@ async def test_an_image_gets_build_1_and_its_status_walks_to_up_to_date(
     async with ready_history(client) as history:
         created = await client.create(r.IMAGE, body)
         done = await wait_image(client, up_to_date(1))
+        # The watch may deliver the last change after the GET that saw it: wait for it there too.
+        await eventually(lambda: history[-1:] == [("True", "UpToDate", "")], what="the watch sees UpToDate")
     assert history[0] == ("Unknown", "ResolverNotReady", "Error: SourceResolver 'app-source' is not ready")
     assert ("Unknown", "BuildRunning", "Build 'app-build-1' is executing") in history
     assert ("Unknown", "BuildRunning", "Container prepare waiting") in history  # the running Build's message
