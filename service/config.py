@@ -515,7 +515,7 @@ class Config:
         "registrySecretCacheTTL",
         30.0,
         non_negative_duration,
-        "how long a pull Secret read for a droplet is used again before it is read anew (0: read every time);"
+        "how long a pull Secret, once read, is used again before it is read anew (0: read for every use);"
         " a registry refusal drops it at once",
     )
 

@@ -28,7 +28,7 @@ from service.kube.client import KubeClient
 from service.runtime.builder import Builder
 from service.runtime.clock import REAL_CLOCK, Clock
 from service.runtime.controller import Controller
-from service.runtime.events import EventRecorder
+from service.runtime.events import RECORDED_TYPES, EventRecorder
 from service.runtime.informer import InformerFactory
 from service.runtime.leader import LeaderElectionConfig, LeaderElector, LeadershipLost
 from service.runtime.metrics import EventMetrics, RuntimeMetrics, new_registry
@@ -58,7 +58,7 @@ class ManagerOptions:
     reconcile_timeout: float | None = None
     sync_period: float = 0.0  # informer resync; 0: none
     instance: str = ""  # this replica's identity in Events
-    event_types: tuple[str, ...] = ("Normal", "Warning")  # the Event types recorded (runtime.events)
+    event_types: tuple[str, ...] = RECORDED_TYPES["all"]  # the Event types recorded (runtime.events)
     # Secure metrics: HTTPS with this context, every scrape authenticated and authorized by the API server
     # (service.runtime.metrics_auth).
     metrics_tls: ssl.SSLContext | None = None

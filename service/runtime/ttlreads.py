@@ -53,7 +53,6 @@ class TTLReads:
         self.max_entries = max_entries
         self._entries: dict[tuple[str | None, str], tuple[float, Obj]] = {}  # oldest read first
         self._flights: dict[tuple[str | None, str], _Flight] = {}
-        self.requests = 0  # API reads made, for tests and benchmarks
 
     async def get(self, name: str, namespace: str | None = None) -> Obj:
         """The object, from the cache while its entry is fresh; raises the client's errors
@@ -84,7 +83,6 @@ class TTLReads:
         flight = self._flights[key] = _Flight()
         namespace, name = key
         try:
-            self.requests += 1
             obj = await self.client.get(self.resource, name, namespace)
         except Exception as exc:
             flight.error = exc
