@@ -24,6 +24,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
             "informer_catch_up_events_per_s",
         ),
         ("cache_memory.py", ["--objects=300"], "rss_per_raw_json"),
+        ("client.py", ["--requests=50"], "client_get_us"),
     ],
 )
 async def test_benchmark_runs_and_prints_its_figures(script: str, args: list[str], figure: str) -> None:

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,11 +17,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from service.kube import errors
 from service.kube import resources as r
 from service.kube.client import KubeClient
-from service.kube.config import explicit
+from service.kube.config import ClusterConfig, explicit
 from service.kube.resources import Resource
 from simcluster.faults import FaultRule
 from simcluster.server import RunningApiServer, running_apiserver
 from tests import helpers
+from tests.rawhttp import Request, raw_server, read_request, wait_for_eof
 
 pytestmark = pytest.mark.anyio
 
@@ -101,7 +100,6 @@ def names(items: list[Obj]) -> list[str]:
 
 
 # ---------------------------------------------------------------------- a deliberately bad HTTP server
-Request = tuple[str, str, dict[str, str], bytes]
 WATCH_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
 OK_EMPTY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -112,48 +110,6 @@ def chunk(data: bytes) -> bytes:
 
 def event(event_type: str, name: str) -> bytes:
     return orjson.dumps({"type": event_type, "object": cm(name)}) + b"\n"
-
-
-async def read_request(stream: anyio.abc.SocketStream, buf: bytearray) -> Request | None:
-    """One HTTP/1.1 request from ``stream`` (``buf`` keeps what belongs to the next); None at EOF."""
-    try:
-        while b"\r\n\r\n" not in buf:
-            buf += await stream.receive()
-        head, _, rest = bytes(buf).partition(b"\r\n\r\n")
-        lines = head.decode().split("\r\n")
-        method, target, _ = lines[0].split(" ", 2)
-        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-        length = int(headers.get("content-length", "0"))
-        while len(rest) < length:
-            rest += await stream.receive()
-    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-        return None
-    buf[:] = rest[length:]
-    return method, target, headers, rest[:length]
-
-
-async def wait_for_eof(stream: anyio.abc.SocketStream) -> None:
-    try:
-        while True:
-            await stream.receive()
-    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-        return
-
-
-@asynccontextmanager
-async def raw_server(handler: Callable[[anyio.abc.SocketStream], Awaitable[None]]) -> AsyncIterator[str]:
-    async def guarded(stream: anyio.abc.SocketStream) -> None:
-        # The client may hang up first; that is never the server's failure.
-        async with stream:
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream):
-                await handler(stream)
-
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, guarded)
-        yield f"http://127.0.0.1:{port}"
-        tg.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------------- reads and writes
@@ -673,6 +629,46 @@ async def test_wire_format() -> None:
         "application/json",
     )
     assert orjson.loads(b7) == {"metadata": {"name": "w", "namespace": "ns1"}, "status": {}}
+
+
+async def test_a_server_url_with_a_path_prefix_keeps_it() -> None:
+    seen: list[Request] = []
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        buf = bytearray()
+        while (request := await read_request(stream, buf)) is not None:
+            seen.append(request)
+            await stream.send(OK_EMPTY)
+
+    # Rancher and other proxies serve a cluster's API under a path (kubeconfig ``server: https://h/k8s/c1``).
+    async with raw_server(handler) as url, fast_client(f"{url}/k8s/c1") as client:
+        await client.get(r.CONFIG_MAP, "a", "ns1")
+        await client.create(r.CONFIG_MAP, cm("b"))
+    assert [(m, t) for m, t, _, _ in seen] == [
+        ("GET", "/k8s/c1/api/v1/namespaces/ns1/configmaps/a"),
+        ("POST", "/k8s/c1/api/v1/namespaces/default/configmaps"),
+    ]
+
+
+async def test_a_proxy_from_the_kubeconfig_carries_every_request() -> None:
+    seen: list[Request] = []
+
+    async def proxy(stream: anyio.abc.SocketStream) -> None:
+        buf = bytearray()
+        while (request := await read_request(stream, buf)) is not None:
+            seen.append(request)
+            await stream.send(OK_EMPTY)
+
+    async with raw_server(proxy) as proxy_url:
+        # Nothing listens at the server's address: only the proxy can answer.
+        config = ClusterConfig("http://api.invalid:6443", False, proxy=proxy_url)
+        async with KubeClient(config, qps=0) as client:
+            await client.get(r.CONFIG_MAP, "a", "ns1")
+            await client.merge_patch(r.CONFIG_MAP, "a", {"data": {}}, "ns1")
+    assert [(m, t, h["host"]) for m, t, h, _ in seen] == [
+        ("GET", "http://api.invalid:6443/api/v1/namespaces/ns1/configmaps/a", "api.invalid:6443"),
+        ("PATCH", "http://api.invalid:6443/api/v1/namespaces/ns1/configmaps/a", "api.invalid:6443"),
+    ]
 
 
 async def test_raw_request(client: KubeClient) -> None:

@@ -1,4 +1,6 @@
-"""An asynchronous Kubernetes REST client: plain dicts in and out, orjson on the wire, aiohttp underneath.
+"""An asynchronous Kubernetes REST client: plain dicts in and out, orjson on the wire; unary requests over
+the lean HTTP/1.1 pool of service/http/pool.py, watches (and everything when a proxy is configured) over
+aiohttp.
 
 It speaks the API conventions directly (paths from ``Resource``, list paging, watch streams, patch
 content types, ``DeleteOptions``) rather than through generated models, which are slow and allocate
@@ -11,6 +13,7 @@ are retried.
 from __future__ import annotations
 
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -24,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from service.http import LazySession, request_body
+from service.http import pool as http_pool
 from service.kube import errors
 from service.kube.config import ClusterConfig
 from service.kube.fence import before_sending
@@ -52,6 +56,9 @@ JSON_PATCH = "application/json-patch+json"
 
 # Only these may be resent after a transport failure: the first attempt may have been processed.
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+# What goes through the lean transport (service/http/pool.py) when no proxy is configured; watches, HEAD and
+# anything else go through aiohttp.
+LEAN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 # kube-apiserver ends a watch without timeoutSeconds after min-request-timeout (1800 s) times [1, 2).
 SERVER_MAX_WATCH_SECONDS = 3600.0
 # Extra silence tolerated beyond the server-side watch timeout before the stream counts as dead.
@@ -59,7 +66,9 @@ WATCH_READ_MARGIN = 30.0
 # 2 MiB read buffer: lines up to 4 MiB, above the 1.5 MiB etcd object limit plus the event envelope.
 READ_BUFSIZE = 2**21
 
-_TLS_ERRORS = (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)
+_TLS_ERRORS = (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError)
+# A transport failure of either transport: the request may or may not have reached the server.
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 def _query(params: Params | None) -> list[tuple[str, str]]:
@@ -201,6 +210,12 @@ class KubeClient(LazySession):
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._watch_read_margin = watch_read_margin
+        # The origin (scheme://host[:port]) and the path prefix a kubeconfig's server URL may carry.
+        origin = URL(config.host)
+        self._path_prefix = origin.raw_path.rstrip("/")
+        self._pool: http_pool.Http1Pool | None = None
+        self._pool_made = False
+        self._fixed_headers = [("Accept", JSON)] + ([("User-Agent", user_agent)] if user_agent else [])
 
     # ------------------------------------------------------------------ lifecycle
     def _new_session(self) -> aiohttp.ClientSession:
@@ -214,6 +229,29 @@ class KubeClient(LazySession):
             trust_env=False,
             read_bufsize=READ_BUFSIZE,
         )
+
+    def _new_pool(self) -> http_pool.Http1Pool | None:
+        if self.config.proxy:
+            return None
+        context = self.config.ssl if isinstance(self.config.ssl, ssl.SSLContext) else None
+        return http_pool.Http1Pool(
+            self.config.host,
+            ssl_context=context,
+            server_hostname=self.config.tls_server_name,
+            limit=self._connection_limit,
+            connect_timeout=self.timeout,
+        )
+
+    def _get_pool(self) -> http_pool.Http1Pool | None:
+        if not self._pool_made:
+            self._get_session()  # raises once the client is closed
+            self._pool, self._pool_made = self._new_pool(), True
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        await super().close()
 
     # ------------------------------------------------------------------ transport
     def _backoff(self, attempt: int) -> float:
@@ -244,11 +282,16 @@ class KubeClient(LazySession):
         content_type: str | None,
         client_timeout: aiohttp.ClientTimeout,
         stream: bool,
-    ) -> tuple[aiohttp.ClientResponse, bytes]:
-        """One logical request with its retries. With ``stream`` a 2xx response comes back unread and open."""
-        session = self._get_session()
-        url = URL(self.config.host + path)
+    ) -> tuple[int, Mapping[str, str], bytes, aiohttp.ClientResponse | None]:
+        """One logical request with its retries: status, headers and body. With ``stream`` it goes through
+        aiohttp and a 2xx response comes back unread and open (the last item); otherwise that is None."""
         query = _query(params)
+        pool = None if stream or method not in LEAN_METHODS else self._get_pool()
+        if pool is None:
+            session = self._get_session()
+            url = URL(self.config.host + path)
+        else:
+            target = http_pool.request_target(self._path_prefix + path, query)
         throttled = failures = 0
         while True:
             await self.limiter.acquire()
@@ -262,20 +305,27 @@ class KubeClient(LazySession):
             started = time.perf_counter()
             response: aiohttp.ClientResponse | None = None
             try:
-                response = await session.request(
-                    method,
-                    url,
-                    params=query,
-                    data=request_body(data),
-                    headers=headers,
-                    timeout=client_timeout,
-                    allow_redirects=False,
-                    server_hostname=self.config.tls_server_name,
-                    proxy=self.config.proxy,
-                )
-                ok = 200 <= response.status < 300
-                body = b"" if stream and ok else await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                if pool is not None:
+                    headers_out = self._fixed_headers + list(headers.items())
+                    answer = await pool.request(
+                        method, target, headers_out, data, client_timeout.total or self.timeout
+                    )
+                    status, response_headers, body = answer.status, answer.headers, answer.body
+                else:
+                    response = await session.request(
+                        method,
+                        url,
+                        params=query,
+                        data=request_body(data),
+                        headers=headers,
+                        timeout=client_timeout,
+                        allow_redirects=False,
+                        server_hostname=self.config.tls_server_name,
+                        proxy=self.config.proxy,
+                    )
+                    status, response_headers = response.status, response.headers
+                    body = b"" if stream and 200 <= status < 300 else await response.read()
+            except _TRANSPORT_ERRORS as exc:
                 if response is not None:
                     response.close()
                 self._observe(method, None, None)
@@ -292,14 +342,15 @@ class KubeClient(LazySession):
                 if response is not None:
                     response.close()
                 raise
-            self._observe(method, response.status, None if stream else time.perf_counter() - started)
-            delay = self._throttle_delay(response.status, response.headers)
+            self._observe(method, status, None if stream else time.perf_counter() - started)
+            delay = self._throttle_delay(status, response_headers)
             if delay is not None and throttled < self._max_throttle_retries:
-                response.release()
+                if response is not None:
+                    response.release()
                 throttled += 1
                 await anyio.sleep(delay)
                 continue
-            return response, body
+            return status, response_headers, body, response
 
     def _transport_error(self, method: str, path: str, exc: BaseException) -> errors.ApiError:
         if isinstance(exc, TimeoutError):
@@ -322,7 +373,7 @@ class KubeClient(LazySession):
         ``application/json``). Booleans in ``params`` go out as ``true``/``false``; None values are dropped.
         """
         data = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
-        response, raw = await self._send(
+        status, headers, raw, _ = await self._send(
             method.upper(),
             path,
             params=params,
@@ -331,7 +382,7 @@ class KubeClient(LazySession):
             client_timeout=aiohttp.ClientTimeout(total=request_timeout or self.timeout),
             stream=False,
         )
-        return response.status, response.headers, raw
+        return status, headers, raw
 
     async def _call(
         self,
@@ -486,7 +537,7 @@ class KubeClient(LazySession):
         # No total: a watch lives as long as the server keeps it; a dead peer shows up as read silence.
         client_timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=silence)
         path = res.path(namespace)
-        response, raw = await self._send(
+        status, headers, raw, response = await self._send(
             "GET",
             path,
             params=params,
@@ -495,8 +546,8 @@ class KubeClient(LazySession):
             client_timeout=client_timeout,
             stream=True,
         )
-        if not 200 <= response.status < 300:
-            raise errors.error_from_response(response.status, raw, response.headers)
+        if not 200 <= status < 300 or response is None:
+            raise errors.error_from_response(status, raw, headers)
         stream = WatchStream(response, f"watch {path}")
         try:
             yield stream

@@ -32,9 +32,21 @@ class RestClientMetrics:
             buckets=REQUEST_DURATION_BUCKETS,
             registry=registry,
         )
+        # The labelled children, kept: ``labels()`` costs more than the rest of an observation, and the
+        # label sets are few (verbs, codes and hosts).
+        self._counted: dict[tuple[int | None, str, str], Counter] = {}
+        self._timed: dict[tuple[str, str], Histogram] = {}
 
     def observe(self, method: str, host: str, status: int | None, seconds: float | None = None) -> None:
         """Count one attempt; ``status`` None means no response arrived (client-go's ``<error>``)."""
-        self.requests.labels(str(status) if status is not None else "<error>", method, host).inc()
+        key = (status, method, host)
+        counter = self._counted.get(key)
+        if counter is None:
+            code = str(status) if status is not None else "<error>"
+            counter = self._counted[key] = self.requests.labels(code, method, host)
+        counter.inc()
         if seconds is not None:
-            self.duration.labels(method, host).observe(seconds)
+            histogram = self._timed.get((method, host))
+            if histogram is None:
+                histogram = self._timed[method, host] = self.duration.labels(method, host)
+            histogram.observe(seconds)

@@ -1,0 +1,270 @@
+"""The lean HTTP/1.1 pool (service/http/pool.py) against a raw socket server: what it sends, how it frames
+answers, and when it does and does not reuse a connection. KubeClient's own suite (tests/test_kube_client.py)
+runs every verb through it against the emulator, and the control-plane suites against kube-apiserver over
+TLS."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import anyio.abc
+import pytest
+
+from service.http import pool as http_pool
+from tests.rawhttp import Request, raw_server, read_request, wait_for_eof
+
+pytestmark = pytest.mark.anyio
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class Server:
+    """Answers every request with ``answer``; records requests and the connections they came on."""
+
+    def __init__(self, answer: bytes = OK) -> None:
+        self.answer = answer
+        self.seen: list[tuple[int, Request]] = []
+        self.connections = 0
+        self.open_now = 0
+        self.most_open = 0
+        self.closed = anyio.Event()
+
+    async def __call__(self, stream: anyio.abc.SocketStream) -> None:
+        self.connections += 1
+        number = self.connections
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        buf = bytearray()
+        try:
+            while (request := await read_request(stream, buf)) is not None:
+                self.seen.append((number, request))
+                await stream.send(self.answer)
+        finally:
+            self.open_now -= 1
+            self.closed.set()
+
+
+async def get(pool: http_pool.Http1Pool, target: str = "/x", time_limit: float = 5.0) -> http_pool.Response:
+    return await pool.request("GET", target, [("Accept", "application/json")], None, time_limit)
+
+
+async def test_what_goes_on_the_wire() -> None:
+    server = Server()
+    async with raw_server(server) as url:
+        pool = http_pool.Http1Pool(url)
+        try:
+            target = http_pool.request_target(
+                "/api/v1/namespaces/a b", [("labelSelector", "x in (a,b),!c"), ("n", "+1")]
+            )
+            await pool.request(
+                "PATCH", target, [("Content-Type", "application/merge-patch+json")], b'{"a":1}', 5
+            )
+            await pool.request("POST", "/empty", [], None, 5)
+        finally:
+            pool.close()
+    (_, (method, sent, headers, body)), (_, (method2, _, headers2, body2)) = server.seen
+    parts = urlsplit(sent)
+    assert (method, parts.path) == ("PATCH", "/api/v1/namespaces/a%20b")
+    assert parse_qs(parts.query) == {"labelSelector": ["x in (a,b),!c"], "n": ["+1"]}
+    assert headers["host"] == url.removeprefix("http://")
+    assert headers["content-type"] == "application/merge-patch+json"
+    assert (headers["content-length"], body) == ("7", b'{"a":1}')
+    # A write without a body still says so, as Go's client does; servers may otherwise wait for one.
+    assert (method2, headers2["content-length"], body2) == ("POST", "0", b"")
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    server = Server()
+    async with raw_server(server) as url:
+        pool = http_pool.Http1Pool(url)
+        try:
+            answers = [await get(pool) for _ in range(3)]
+        finally:
+            pool.close()
+    assert [a.body for a in answers] == [b"{}"] * 3
+    assert [number for number, _ in server.seen] == [1, 1, 1]
+
+
+async def test_a_chunked_answer_is_put_together_and_headers_are_case_insensitive() -> None:
+    answer = (
+        b"HTTP/1.1 404 Not Found\r\nX-Thing: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'3\r\n{"a\r\n5\r\n":1}\n\r\n0\r\n\r\n'
+    )
+    async with raw_server(Server(answer)) as url:
+        pool = http_pool.Http1Pool(url)
+        try:
+            response = await get(pool)
+            again = await get(pool)
+        finally:
+            pool.close()
+    assert (response.status, response.body, response.headers["x-thing"]) == (404, b'{"a":1}\n', "a")
+    assert again.body == response.body
+
+
+async def test_connection_close_is_honoured() -> None:
+    server = Server(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
+    async with raw_server(server) as url:
+        pool = http_pool.Http1Pool(url)
+        try:
+            await get(pool)
+            await get(pool)
+        finally:
+            pool.close()
+    assert [number for number, _ in server.seen] == [1, 2]
+
+
+async def test_a_connection_idle_past_keepalive_is_not_reused() -> None:
+    server = Server()
+    async with raw_server(server) as url:
+        pool = http_pool.Http1Pool(url, keepalive=0.0)
+        try:
+            await get(pool)
+            await get(pool)
+            # The stale one is closed, not left to the server.
+            with anyio.fail_after(5):
+                await server.closed.wait()
+        finally:
+            pool.close()
+    assert [number for number, _ in server.seen] == [1, 2]
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+async def test_a_request_left_mid_answer_closes_its_connection(how: str) -> None:
+    hung_up = anyio.Event()
+    answering = anyio.Event()
+    connections = 0
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        buf = bytearray()
+        if connections == 1:
+            await read_request(stream, buf)
+            answering.set()
+            await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{")  # and never the rest
+            await wait_for_eof(stream)
+            hung_up.set()
+            return
+        while await read_request(stream, buf) is not None:
+            await stream.send(OK)
+
+    async with raw_server(handler) as url:
+        pool = http_pool.Http1Pool(url)
+        try:
+            if how == "timeout":
+                with pytest.raises(TimeoutError):
+                    await get(pool, time_limit=0.2)
+            else:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(get, pool)
+                    with anyio.fail_after(5):
+                        await answering.wait()
+                    tg.cancel_scope.cancel()
+            with anyio.fail_after(5):
+                await hung_up.wait()
+                assert (await get(pool)).body == b"{}"
+        finally:
+            pool.close()
+    assert connections == 2
+
+
+async def test_a_server_that_hangs_up_before_answering() -> None:
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        await read_request(stream, bytearray())
+
+    async with raw_server(handler) as url:
+        pool = http_pool.Http1Pool(url)
+        try:
+            with pytest.raises(http_pool.ServerDisconnected), anyio.fail_after(5):
+                await get(pool)
+        finally:
+            pool.close()
+
+
+async def test_garbage_is_an_error_and_the_connection_is_dropped() -> None:
+    server = Server(b"SPDY/9 what\r\n\r\n")
+    async with raw_server(server) as url:
+        pool = http_pool.Http1Pool(url)
+        try:
+            with pytest.raises(http_pool.BadResponse), anyio.fail_after(5):
+                await get(pool)
+            server.answer = OK
+            assert (await get(pool)).status == 200
+        finally:
+            pool.close()
+    assert [number for number, _ in server.seen] == [1, 2]
+
+
+async def test_bytes_nobody_asked_for_drop_an_idle_connection() -> None:
+    dropped = anyio.Event()
+    connections = 0
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        buf = bytearray()
+        if connections == 1:
+            await read_request(stream, buf)
+            await stream.send(OK)
+            await stream.send(b"HTTP/1.1 200 OK\r\n")  # after the answer: the start of another
+            await wait_for_eof(stream)
+            dropped.set()
+            return
+        while await read_request(stream, buf) is not None:
+            await stream.send(OK)
+
+    async with raw_server(handler) as url:
+        pool = http_pool.Http1Pool(url)
+        try:
+            with anyio.fail_after(5):
+                assert (await get(pool)).body == b"{}"
+                await dropped.wait()
+                assert (await get(pool)).body == b"{}"
+        finally:
+            pool.close()
+    assert connections == 2
+
+
+async def test_the_limit_bounds_open_connections() -> None:
+    release = anyio.Event()
+    two_waiting = anyio.Event()
+    in_flight = 0
+    most = 0
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        nonlocal in_flight, most
+        buf = bytearray()
+        while await read_request(stream, buf) is not None:
+            in_flight += 1
+            most = max(most, in_flight)
+            if in_flight == 2:
+                two_waiting.set()
+            await release.wait()
+            in_flight -= 1
+            await stream.send(OK)
+
+    async with raw_server(handler) as url:
+        pool = http_pool.Http1Pool(url, limit=2)
+        try:
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(5):
+                        tg.start_soon(get, pool)
+                    await two_waiting.wait()
+                    release.set()
+        finally:
+            pool.close()
+    assert most == 2
+
+
+async def test_a_closed_pool_refuses_requests() -> None:
+    pool = http_pool.Http1Pool("http://127.0.0.1:1")
+    pool.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await get(pool)
+
+
+def test_origins_it_cannot_serve_are_refused() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        http_pool.Http1Pool("unix:///var/run/x")
