@@ -135,6 +135,11 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _expire(waiter: asyncio.Future[Response], time_limit: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError(f"no whole answer within {time_limit:g} s"))
+
+
 class Http1Pool:
     """Keep-alive connections to one ``http(s)://host[:port]`` origin; at most ``limit`` at once."""
 
@@ -163,15 +168,18 @@ class Http1Pool:
         self._connect_timeout = connect_timeout
         self._closed = False
 
-    async def _connection(self) -> _Connection:
+    def _idle_connection(self) -> _Connection | None:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()  # the most recently used: the likeliest to be alive
             if not conn.closed and now - conn.idle_since < self._keepalive:
                 return conn
             conn.close()
+        return None
+
+    async def _connect(self, deadline: float) -> _Connection:
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._connect_timeout):
+        async with asyncio.timeout_at(min(deadline, loop.time() + self._connect_timeout)):
             _, conn = await loop.create_connection(
                 _Connection, self._host, self._port, ssl=self._ssl, server_hostname=self._server_hostname
             )
@@ -198,14 +206,21 @@ class Http1Pool:
         if body:
             head.append(body)
         data = b"".join(head)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + time_limit
         async with self._slots:
             conn: _Connection | None = None
             try:
-                async with asyncio.timeout(time_limit):
-                    conn = await self._connection()
-                    waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+                conn = self._idle_connection() or await self._connect(deadline)
+                waiter: asyncio.Future[Response] = loop.create_future()
+                # A timer on the answer's future, not asyncio.timeout: this runs for every API request, and
+                # the timer costs a third of what the context manager does.
+                timer = loop.call_at(deadline, _expire, waiter, time_limit)
+                try:
                     conn.send(data, waiter)
                     response = await waiter
+                finally:
+                    timer.cancel()
             except BaseException:
                 # Cancelled, timed out or broken mid-request: the connection's state is unknown.
                 if conn is not None:

@@ -942,3 +942,15 @@ async def test_a_controller_converges_1000_objects_despite_faults(
     assert informer.relists >= 2  # the failed re-watch forced a relist
     assert informer.watches >= 4
     assert elapsed < 30
+
+
+def test_reconcile_ids_are_version_4_uuids_and_differ() -> None:
+    import uuid
+
+    from service.runtime.controller import new_reconcile_id
+
+    ids = [new_reconcile_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
