@@ -178,7 +178,7 @@ class CustomBuilders:
     # ------------------------------------------------------------------ event mapping
     def _owned_by(self, obj: Obj) -> list[Request]:
         uid = obj["metadata"].get("uid")
-        return [Request.for_object(b) for b in self.builders.by_index(BY_OWNER, uid)] if uid else []
+        return [Request(ns, name) for ns, name in self.builders.names_by_index(BY_OWNER, uid)] if uid else []
 
     def for_workload(self, work: Obj) -> list[Request]:
         name = wanted_builder(work)

@@ -360,6 +360,16 @@ class Lister:
     def by_index(self, index: str, value: str) -> list[Obj]:
         return [obj for informer in self.informers for obj in informer.store.by_index(index, value)]
 
+    def names_by_index(self, index: str, value: str) -> list[tuple[str, str]]:
+        """``(namespace, name)`` of the objects ``by_index`` would return, without decoding them: what an
+        event mapper needs, on every watch event."""
+        out: list[tuple[str, str]] = []
+        for informer in self.informers:
+            for key in informer.store.index_keys(index, value):
+                namespace, _, name = key.rpartition("/")
+                out.append((namespace, name))
+        return out
+
     def list(self) -> list[Obj]:
         """Every cached object, decoded at once: for small caches (``iterate`` scans a large one)."""
         return [obj for informer in self.informers for obj in informer.store.values()]

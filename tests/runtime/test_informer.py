@@ -214,6 +214,29 @@ async def test_lister_iterate_decodes_one_object_at_a_time(api: RunningApiServer
         tg.cancel_scope.cancel()
 
 
+async def test_lister_names_by_index_across_namespaces_and_scopes(
+    api: RunningApiServer, client: KubeClient
+) -> None:
+    for ns in ("a", "b"):
+        api.cluster.ensure_namespace(ns)
+        put(api, "x", ns)
+    put(api, "y", "b")
+    factory = InformerFactory(client, namespaces=("a", "b"))
+    lister = factory.lister(CONFIG_MAP)
+    namespaces = factory.lister(NAMESPACE)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(factory.run)
+        await eventually(lambda: factory.has_synced)
+        assert lister.names_by_index("namespace", "b") == [
+            (o["metadata"]["namespace"], o["metadata"]["name"]) for o in lister.by_index("namespace", "b")
+        ]
+        assert lister.names_by_index("namespace", "b") == [("b", "x"), ("b", "y")]
+        assert lister.names_by_index("namespace", "c") == []
+        # Cluster-scoped objects have no namespace in their keys.
+        assert ("", "a") in namespaces.names_by_index("namespace", "")
+        tg.cancel_scope.cancel()
+
+
 async def test_watch_delivers_adds_updates_and_deletes(api: RunningApiServer, client: KubeClient) -> None:
     put(api, "pre")
     informer = Informer(client, CONFIG_MAP, "default")

@@ -97,9 +97,10 @@ class Caches:
     # ------------------------------------------------------------------ event mapping
     def workloads_for_build(self, build: Obj) -> list[Request]:
         """A Build concerns the workloads of its Image generation (Korifi's Build → workload map)."""
-        keys = list(image_generation_index(build))
         return [
-            Request.for_object(w) for key in keys for w in self.workloads.by_index(BY_APP_GENERATION, key)
+            Request(namespace, name)
+            for key in image_generation_index(build)
+            for namespace, name in self.workloads.names_by_index(BY_APP_GENERATION, key)
         ]
 
     def workloads_waiting_for_account(self, account: Obj) -> list[Request]:
