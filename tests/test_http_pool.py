@@ -268,3 +268,110 @@ async def test_a_closed_pool_refuses_requests() -> None:
 def test_origins_it_cannot_serve_are_refused() -> None:
     with pytest.raises(ValueError, match="not an http"):
         http_pool.Http1Pool("unix:///var/run/x")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b'{"a":1}',
+        b"HTTP/1.0 200 OK\r\n\r\n" + b'{"a":1}',
+    ],
+)
+async def test_a_body_that_ends_with_the_connection(answer: bytes) -> None:
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        await read_request(stream, bytearray())
+        await stream.send(answer)  # and the close says where the body ends
+
+    async with raw_server(handler) as url:
+        pool = http_pool.Http1Pool(url)
+        try:
+            with anyio.fail_after(5):
+                response = await get(pool)
+        finally:
+            pool.close()
+    assert (response.status, response.body) == (200, b'{"a":1}')
+
+
+async def test_interim_answers_are_skipped() -> None:
+    server = Server(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK)
+    async with raw_server(server) as url:
+        pool = http_pool.Http1Pool(url)
+        try:
+            with anyio.fail_after(5):
+                first, second = await get(pool), await get(pool)
+        finally:
+            pool.close()
+    assert [(r.status, r.body, "link" in r.headers) for r in (first, second)] == [(200, b"{}", False)] * 2
+    assert [number for number, _ in server.seen] == [1, 1]
+
+
+@pytest.mark.parametrize(("method", "resent"), [("PUT", True), ("DELETE", True), ("POST", False)])
+async def test_a_kept_alive_connection_closed_under_a_request(method: str, resent: bool) -> None:
+    seen: list[tuple[int, str]] = []
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        number = len({n for n, _ in seen}) + 1
+        buf = bytearray()
+        while (request := await read_request(stream, buf)) is not None:
+            seen.append((number, request[0]))
+            if len(seen) == 2:
+                return  # the second request, on the kept-alive connection: hang up unanswered
+            await stream.send(OK)
+
+    async with raw_server(handler) as url:
+        pool = http_pool.Http1Pool(url)
+        try:
+            with anyio.fail_after(5):
+                await get(pool)
+                if resent:
+                    assert (await pool.request(method, "/x", [], b"{}", 5)).status == 200
+                else:
+                    with pytest.raises(http_pool.ServerDisconnected):
+                        await pool.request(method, "/x", [], b"{}", 5)
+        finally:
+            pool.close()
+    expected = [(1, "GET"), (1, method)] + ([(2, method)] if resent else [])
+    assert seen == expected
+
+
+async def test_time_spent_waiting_for_a_connection_counts_and_a_late_request_is_not_sent() -> None:
+    release = anyio.Event()
+    holding = anyio.Event()
+    seen: list[str] = []
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        buf = bytearray()
+        while (request := await read_request(stream, buf)) is not None:
+            seen.append(request[0])
+            holding.set()
+            await release.wait()
+            await stream.send(OK)
+
+    async with raw_server(handler) as url:
+        pool = http_pool.Http1Pool(url, limit=1)
+        try:
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(get, pool)  # holds the one connection until released
+                    await holding.wait()
+                    with pytest.raises(TimeoutError):
+                        await pool.request("POST", "/create", [], b"{}", 0.2)
+                    release.set()
+        finally:
+            pool.close()
+    assert seen == ["GET"]
+
+
+async def test_headers_with_line_breaks_are_refused() -> None:
+    pool = http_pool.Http1Pool("http://127.0.0.1:1")
+    try:
+        for value in ("Bearer a\r\nX-Injected: 1", "a\nb", "a\0b"):
+            with pytest.raises(ValueError, match="CR, LF or NUL"):
+                await pool.request("GET", "/", [("Authorization", value)], None, 1)
+    finally:
+        pool.close()
+
+
+def test_a_lone_percent_is_escaped_and_escapes_are_kept() -> None:
+    assert http_pool.request_target("/x/100%", []) == "/x/100%25"
+    assert http_pool.request_target("/x/a%2Fb/é", [("q", "a b")]) == "/x/a%2Fb/%C3%A9?q=a%20b"

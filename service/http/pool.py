@@ -19,6 +19,7 @@ resend is the caller's decision, since only the caller knows whether the request
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections.abc import Iterable
@@ -29,6 +30,10 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+# RFC 9110's idempotent methods: resent once when a kept-alive connection turns out closed (below).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+# A '%' not followed by two hex digits is a literal one, to be escaped (yarl's requoting does the same).
+_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # RFC 3986 pchar sub-delims, ':' and '@', and '%' so that a path already percent-encoded passes as is.
 _PATH_SAFE = "/!$&'()*+,;=:@%"
 
@@ -50,7 +55,7 @@ class Response:
 
 def request_target(path: str, query: Iterable[tuple[str, str]]) -> str:
     """The request line's target: the path percent-encoded where it must be, and the query."""
-    target = quote(path, safe=_PATH_SAFE)
+    target = quote(_LONE_PERCENT.sub("%25", path), safe=_PATH_SAFE)
     encoded = urlencode(list(query), quote_via=quote)
     return f"{target}?{encoded}" if encoded else target
 
@@ -65,7 +70,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.reusable = False
+        self.received = False  # a byte of the answer to the current request arrived
         self._in_message = False
+        self._close_delimited = False  # the answer's body ends when the server closes the connection
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
 
@@ -79,6 +86,7 @@ class _Connection(asyncio.Protocol):
             # Bytes nobody asked for: the connection's framing can no longer be trusted.
             self.close()
             return
+        self.received = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -94,6 +102,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if exc is None and self._in_message and self._close_delimited:
+            # httptools cannot be told of the end of the stream: for a body without Content-Length or
+            # chunks (HTTP/1.0, a proxy's ``Connection: close`` answer) the close is the end of the answer.
+            self._complete()
+            return
         self._fail(ServerDisconnected(f"server closed the connection{f': {exc}' if exc else ''}"))
 
     # httptools callbacks
@@ -103,15 +116,29 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        framed = any(name.lower() in ("content-length", "transfer-encoding") for name, _ in self._headers)
+        self._close_delimited = not framed and status >= 200 and status not in (204, 304)
+
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (100 Continue, 103 Early Hints): the final one follows on this connection.
+            self._in_message = False
+            self._headers, self._body = [], []
+            return
+        self.reusable = self.parser.should_keep_alive()
+        self._complete()
+
+    def _complete(self) -> None:
         self._in_message = False
         waiter, self.waiter = self.waiter, None
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         headers, self._headers, self._body = self._headers, [], []
-        self.reusable = self.parser.should_keep_alive()
         if waiter is not None and not waiter.done():
             waiter.set_result(
                 Response(self.parser.get_status_code(), CIMultiDictProxy(CIMultiDict(headers)), body)
@@ -127,6 +154,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.waiter = waiter
         self.reusable = False
+        self.received = False
         self.transport.write(data)
 
     def close(self) -> None:
@@ -172,7 +200,8 @@ class Http1Pool:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()  # the most recently used: the likeliest to be alive
-            if not conn.closed and now - conn.idle_since < self._keepalive:
+            closing = conn.transport is None or conn.transport.is_closing()  # set before connection_lost
+            if not conn.closed and not closing and now - conn.idle_since < self._keepalive:
                 return conn
             conn.close()
         return None
@@ -193,13 +222,17 @@ class Http1Pool:
         body: bytes | None,
         time_limit: float,
     ) -> Response:
-        """Send one request and read its whole response within ``time_limit`` seconds, connecting included."""
+        """Send one request and read its whole response within ``time_limit`` seconds: waiting for a free
+        connection and connecting included; a request whose time ran out before it was sent is not sent."""
         if self._closed:
             raise RuntimeError("the connection pool is closed")
         head = [f"{method} {target} HTTP/1.1\r\n".encode("ascii")]
         head.append(self._host_header)
         for name, value in headers:
-            head.append(f"{name}: {value}\r\n".encode("latin-1"))
+            line = f"{name}: {value}\r\n"
+            if "\n" in line[:-1] or "\r" in line[:-2] or "\0" in line:
+                raise ValueError(f"a header may not contain CR, LF or NUL: {name!r}")
+            head.append(line.encode("latin-1"))
         if body is not None or method in ("POST", "PUT", "PATCH"):
             head.append(b"Content-Length: %d\r\n" % len(body or b""))
         head.append(b"\r\n")
@@ -208,30 +241,57 @@ class Http1Pool:
         data = b"".join(head)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + time_limit
-        async with self._slots:
-            conn: _Connection | None = None
-            try:
-                conn = self._idle_connection() or await self._connect(deadline)
-                waiter: asyncio.Future[Response] = loop.create_future()
-                # A timer on the answer's future, not asyncio.timeout: this runs for every API request, and
-                # the timer costs a third of what the context manager does.
-                timer = loop.call_at(deadline, _expire, waiter, time_limit)
+        if self._slots.locked():
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        else:
+            await self._slots.acquire()
+        try:
+            for attempt in (1, 2):
+                conn = self._idle_connection()
+                reused = conn is not None
                 try:
-                    conn.send(data, waiter)
-                    response = await waiter
-                finally:
-                    timer.cancel()
-            except BaseException:
-                # Cancelled, timed out or broken mid-request: the connection's state is unknown.
-                if conn is not None:
+                    if conn is None:
+                        conn = await self._connect(deadline)
+                    if loop.time() >= deadline:
+                        raise TimeoutError(f"no whole answer within {time_limit:g} s")
+                    response = await self._exchange(conn, data, deadline, time_limit)
+                except ServerDisconnected:
+                    assert conn is not None
                     conn.close()
-                raise
-            if conn.reusable and not conn.closed and not self._closed:
-                conn.idle_since = time.monotonic()
-                self._idle.append(conn)
-            else:
-                conn.close()
-            return response
+                    # The server closed a kept-alive connection as this request went out: nothing of it
+                    # was read, so an idempotent request goes once more, on a new connection (as aiohttp
+                    # and browsers do; Go resends only reads: KubeClient resends those itself).
+                    if attempt == 1 and reused and not conn.received and method in IDEMPOTENT_METHODS:
+                        continue
+                    raise
+                except BaseException:
+                    # Cancelled, timed out or broken mid-request: the connection's state is unknown.
+                    if conn is not None:
+                        conn.close()
+                    raise
+                if conn.reusable and not conn.closed and not self._closed:
+                    conn.idle_since = time.monotonic()
+                    self._idle.append(conn)
+                else:
+                    conn.close()
+                return response
+            raise AssertionError("unreachable: the second attempt returns or raises")
+        finally:
+            self._slots.release()
+
+    @staticmethod
+    async def _exchange(conn: _Connection, data: bytes, deadline: float, time_limit: float) -> Response:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Response] = loop.create_future()
+        # A timer on the answer's future, not asyncio.timeout: this runs for every API request, and the
+        # timer costs a third of what the context manager does.
+        timer = loop.call_at(deadline, _expire, waiter, time_limit)
+        try:
+            conn.send(data, waiter)
+            return await waiter
+        finally:
+            timer.cancel()
 
     def close(self) -> None:
         self._closed = True
