@@ -11,6 +11,7 @@ import anyio
 import anyio.abc
 
 Request = tuple[str, str, dict[str, str], bytes]
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
 
 
 async def read_request(stream: anyio.abc.SocketStream, buf: bytearray) -> Request | None:
@@ -53,3 +54,29 @@ async def raw_server(handler: Callable[[anyio.abc.SocketStream], Awaitable[None]
         tg.start_soon(listener.serve, guarded)
         yield f"http://127.0.0.1:{port}"
         tg.cancel_scope.cancel()
+
+
+class AnsweringServer:
+    """A handler that answers every request with ``answer``; records the requests and the connections
+    they came on (numbered from 1); ``closed`` is set when a connection ends."""
+
+    def __init__(self, answer: bytes = OK) -> None:
+        self.answer = answer
+        self.seen: list[tuple[int, Request]] = []
+        self.connections = 0
+        self.closed = anyio.Event()
+
+    @property
+    def requests(self) -> list[Request]:
+        return [request for _, request in self.seen]
+
+    async def __call__(self, stream: anyio.abc.SocketStream) -> None:
+        self.connections += 1
+        number = self.connections
+        buf = bytearray()
+        try:
+            while (request := await read_request(stream, buf)) is not None:
+                self.seen.append((number, request))
+                await stream.send(self.answer)
+        finally:
+            self.closed.set()

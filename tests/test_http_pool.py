@@ -5,6 +5,9 @@ TLS."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -12,37 +15,22 @@ import anyio.abc
 import pytest
 
 from service.http import pool as http_pool
-from tests.rawhttp import Request, raw_server, read_request, wait_for_eof
+from tests.rawhttp import OK, AnsweringServer, raw_server, read_request, wait_for_eof
 
 pytestmark = pytest.mark.anyio
 
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
 
-
-class Server:
-    """Answers every request with ``answer``; records requests and the connections they came on."""
-
-    def __init__(self, answer: bytes = OK) -> None:
-        self.answer = answer
-        self.seen: list[tuple[int, Request]] = []
-        self.connections = 0
-        self.open_now = 0
-        self.most_open = 0
-        self.closed = anyio.Event()
-
-    async def __call__(self, stream: anyio.abc.SocketStream) -> None:
-        self.connections += 1
-        number = self.connections
-        self.open_now += 1
-        self.most_open = max(self.most_open, self.open_now)
-        buf = bytearray()
+@asynccontextmanager
+async def pool_for(
+    handler: Callable[[anyio.abc.SocketStream], Awaitable[None]], **options: Any
+) -> AsyncIterator[http_pool.Http1Pool]:
+    """A raw server with ``handler`` and a pool of connections to it, closed at the end."""
+    async with raw_server(handler) as url:
+        pool = http_pool.Http1Pool(url, **options)
         try:
-            while (request := await read_request(stream, buf)) is not None:
-                self.seen.append((number, request))
-                await stream.send(self.answer)
+            yield pool
         finally:
-            self.open_now -= 1
-            self.closed.set()
+            pool.close()
 
 
 async def get(pool: http_pool.Http1Pool, target: str = "/x", time_limit: float = 5.0) -> http_pool.Response:
@@ -50,7 +38,7 @@ async def get(pool: http_pool.Http1Pool, target: str = "/x", time_limit: float =
 
 
 async def test_what_goes_on_the_wire() -> None:
-    server = Server()
+    server = AnsweringServer()
     async with raw_server(server) as url:
         pool = http_pool.Http1Pool(url)
         try:
@@ -75,13 +63,9 @@ async def test_what_goes_on_the_wire() -> None:
 
 
 async def test_keep_alive_reuses_one_connection() -> None:
-    server = Server()
-    async with raw_server(server) as url:
-        pool = http_pool.Http1Pool(url)
-        try:
-            answers = [await get(pool) for _ in range(3)]
-        finally:
-            pool.close()
+    server = AnsweringServer()
+    async with pool_for(server) as pool:
+        answers = [await get(pool) for _ in range(3)]
     assert [a.body for a in answers] == [b"{}"] * 3
     assert [number for number, _ in server.seen] == [1, 1, 1]
 
@@ -91,41 +75,29 @@ async def test_a_chunked_answer_is_put_together_and_headers_are_case_insensitive
         b"HTTP/1.1 404 Not Found\r\nX-Thing: a\r\nTransfer-Encoding: chunked\r\n\r\n"
         b'3\r\n{"a\r\n5\r\n":1}\n\r\n0\r\n\r\n'
     )
-    async with raw_server(Server(answer)) as url:
-        pool = http_pool.Http1Pool(url)
-        try:
-            response = await get(pool)
-            again = await get(pool)
-        finally:
-            pool.close()
+    async with pool_for(AnsweringServer(answer)) as pool:
+        response = await get(pool)
+        again = await get(pool)
     assert (response.status, response.body, response.headers["x-thing"]) == (404, b'{"a":1}\n', "a")
     assert again.body == response.body
 
 
 async def test_connection_close_is_honoured() -> None:
-    server = Server(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
-    async with raw_server(server) as url:
-        pool = http_pool.Http1Pool(url)
-        try:
-            await get(pool)
-            await get(pool)
-        finally:
-            pool.close()
+    server = AnsweringServer(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
+    async with pool_for(server) as pool:
+        await get(pool)
+        await get(pool)
     assert [number for number, _ in server.seen] == [1, 2]
 
 
 async def test_a_connection_idle_past_keepalive_is_not_reused() -> None:
-    server = Server()
-    async with raw_server(server) as url:
-        pool = http_pool.Http1Pool(url, keepalive=0.0)
-        try:
-            await get(pool)
-            await get(pool)
-            # The stale one is closed, not left to the server.
-            with anyio.fail_after(5):
-                await server.closed.wait()
-        finally:
-            pool.close()
+    server = AnsweringServer()
+    async with pool_for(server, keepalive=0.0) as pool:
+        await get(pool)
+        await get(pool)
+        # The stale one is closed, not left to the server.
+        with anyio.fail_after(5):
+            await server.closed.wait()
     assert [number for number, _ in server.seen] == [1, 2]
 
 
@@ -149,23 +121,19 @@ async def test_a_request_left_mid_answer_closes_its_connection(how: str) -> None
         while await read_request(stream, buf) is not None:
             await stream.send(OK)
 
-    async with raw_server(handler) as url:
-        pool = http_pool.Http1Pool(url)
-        try:
-            if how == "timeout":
-                with pytest.raises(TimeoutError):
-                    await get(pool, time_limit=0.2)
-            else:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(get, pool)
-                    with anyio.fail_after(5):
-                        await answering.wait()
-                    tg.cancel_scope.cancel()
-            with anyio.fail_after(5):
-                await hung_up.wait()
-                assert (await get(pool)).body == b"{}"
-        finally:
-            pool.close()
+    async with pool_for(handler) as pool:
+        if how == "timeout":
+            with pytest.raises(TimeoutError):
+                await get(pool, time_limit=0.2)
+        else:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(get, pool)
+                with anyio.fail_after(5):
+                    await answering.wait()
+                tg.cancel_scope.cancel()
+        with anyio.fail_after(5):
+            await hung_up.wait()
+            assert (await get(pool)).body == b"{}"
     assert connections == 2
 
 
@@ -173,26 +141,18 @@ async def test_a_server_that_hangs_up_before_answering() -> None:
     async def handler(stream: anyio.abc.SocketStream) -> None:
         await read_request(stream, bytearray())
 
-    async with raw_server(handler) as url:
-        pool = http_pool.Http1Pool(url)
-        try:
-            with pytest.raises(http_pool.ServerDisconnected), anyio.fail_after(5):
-                await get(pool)
-        finally:
-            pool.close()
+    async with pool_for(handler) as pool:
+        with pytest.raises(http_pool.ServerDisconnected), anyio.fail_after(5):
+            await get(pool)
 
 
 async def test_garbage_is_an_error_and_the_connection_is_dropped() -> None:
-    server = Server(b"SPDY/9 what\r\n\r\n")
-    async with raw_server(server) as url:
-        pool = http_pool.Http1Pool(url)
-        try:
-            with pytest.raises(http_pool.BadResponse), anyio.fail_after(5):
-                await get(pool)
-            server.answer = OK
-            assert (await get(pool)).status == 200
-        finally:
-            pool.close()
+    server = AnsweringServer(b"SPDY/9 what\r\n\r\n")
+    async with pool_for(server) as pool:
+        with pytest.raises(http_pool.BadResponse), anyio.fail_after(5):
+            await get(pool)
+        server.answer = OK
+        assert (await get(pool)).status == 200
     assert [number for number, _ in server.seen] == [1, 2]
 
 
@@ -214,15 +174,11 @@ async def test_bytes_nobody_asked_for_drop_an_idle_connection() -> None:
         while await read_request(stream, buf) is not None:
             await stream.send(OK)
 
-    async with raw_server(handler) as url:
-        pool = http_pool.Http1Pool(url)
-        try:
-            with anyio.fail_after(5):
-                assert (await get(pool)).body == b"{}"
-                await dropped.wait()
-                assert (await get(pool)).body == b"{}"
-        finally:
-            pool.close()
+    async with pool_for(handler) as pool:
+        with anyio.fail_after(5):
+            assert (await get(pool)).body == b"{}"
+            await dropped.wait()
+            assert (await get(pool)).body == b"{}"
     assert connections == 2
 
 
@@ -244,17 +200,13 @@ async def test_the_limit_bounds_open_connections() -> None:
             in_flight -= 1
             await stream.send(OK)
 
-    async with raw_server(handler) as url:
-        pool = http_pool.Http1Pool(url, limit=2)
-        try:
-            with anyio.fail_after(5):
-                async with anyio.create_task_group() as tg:
-                    for _ in range(5):
-                        tg.start_soon(get, pool)
-                    await two_waiting.wait()
-                    release.set()
-        finally:
-            pool.close()
+    async with pool_for(handler, limit=2) as pool:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(get, pool)
+                await two_waiting.wait()
+                release.set()
     assert most == 2
 
 
@@ -282,25 +234,17 @@ async def test_a_body_that_ends_with_the_connection(answer: bytes) -> None:
         await read_request(stream, bytearray())
         await stream.send(answer)  # and the close says where the body ends
 
-    async with raw_server(handler) as url:
-        pool = http_pool.Http1Pool(url)
-        try:
-            with anyio.fail_after(5):
-                response = await get(pool)
-        finally:
-            pool.close()
+    async with pool_for(handler) as pool:
+        with anyio.fail_after(5):
+            response = await get(pool)
     assert (response.status, response.body) == (200, b'{"a":1}')
 
 
 async def test_interim_answers_are_skipped() -> None:
-    server = Server(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK)
-    async with raw_server(server) as url:
-        pool = http_pool.Http1Pool(url)
-        try:
-            with anyio.fail_after(5):
-                first, second = await get(pool), await get(pool)
-        finally:
-            pool.close()
+    server = AnsweringServer(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK)
+    async with pool_for(server) as pool:
+        with anyio.fail_after(5):
+            first, second = await get(pool), await get(pool)
     assert [(r.status, r.body, "link" in r.headers) for r in (first, second)] == [(200, b"{}", False)] * 2
     assert [number for number, _ in server.seen] == [1, 1]
 
@@ -318,18 +262,14 @@ async def test_a_kept_alive_connection_closed_under_a_request(method: str, resen
                 return  # the second request, on the kept-alive connection: hang up unanswered
             await stream.send(OK)
 
-    async with raw_server(handler) as url:
-        pool = http_pool.Http1Pool(url)
-        try:
-            with anyio.fail_after(5):
-                await get(pool)
-                if resent:
-                    assert (await pool.request(method, "/x", [], b"{}", 5)).status == 200
-                else:
-                    with pytest.raises(http_pool.ServerDisconnected):
-                        await pool.request(method, "/x", [], b"{}", 5)
-        finally:
-            pool.close()
+    async with pool_for(handler) as pool:
+        with anyio.fail_after(5):
+            await get(pool)
+            if resent:
+                assert (await pool.request(method, "/x", [], b"{}", 5)).status == 200
+            else:
+                with pytest.raises(http_pool.ServerDisconnected):
+                    await pool.request(method, "/x", [], b"{}", 5)
     expected = [(1, "GET"), (1, method)] + ([(2, method)] if resent else [])
     assert seen == expected
 
@@ -347,18 +287,14 @@ async def test_time_spent_waiting_for_a_connection_counts_and_a_late_request_is_
             await release.wait()
             await stream.send(OK)
 
-    async with raw_server(handler) as url:
-        pool = http_pool.Http1Pool(url, limit=1)
-        try:
-            with anyio.fail_after(5):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(get, pool)  # holds the one connection until released
-                    await holding.wait()
-                    with pytest.raises(TimeoutError):
-                        await pool.request("POST", "/create", [], b"{}", 0.2)
-                    release.set()
-        finally:
-            pool.close()
+    async with pool_for(handler, limit=1) as pool:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(get, pool)  # holds the one connection until released
+                await holding.wait()
+                with pytest.raises(TimeoutError):
+                    await pool.request("POST", "/create", [], b"{}", 0.2)
+                release.set()
     assert seen == ["GET"]
 
 

@@ -22,7 +22,7 @@ from service.kube.resources import Resource
 from simcluster.faults import FaultRule
 from simcluster.server import RunningApiServer, running_apiserver
 from tests import helpers
-from tests.rawhttp import Request, raw_server, read_request, wait_for_eof
+from tests.rawhttp import AnsweringServer, Request, raw_server, read_request, wait_for_eof
 
 pytestmark = pytest.mark.anyio
 
@@ -632,40 +632,26 @@ async def test_wire_format() -> None:
 
 
 async def test_a_server_url_with_a_path_prefix_keeps_it() -> None:
-    seen: list[Request] = []
-
-    async def handler(stream: anyio.abc.SocketStream) -> None:
-        buf = bytearray()
-        while (request := await read_request(stream, buf)) is not None:
-            seen.append(request)
-            await stream.send(OK_EMPTY)
-
+    server = AnsweringServer(OK_EMPTY)
     # Rancher and other proxies serve a cluster's API under a path (kubeconfig ``server: https://h/k8s/c1``).
-    async with raw_server(handler) as url, fast_client(f"{url}/k8s/c1") as client:
+    async with raw_server(server) as url, fast_client(f"{url}/k8s/c1") as client:
         await client.get(r.CONFIG_MAP, "a", "ns1")
         await client.create(r.CONFIG_MAP, cm("b"))
-    assert [(m, t) for m, t, _, _ in seen] == [
+    assert [(m, t) for m, t, _, _ in server.requests] == [
         ("GET", "/k8s/c1/api/v1/namespaces/ns1/configmaps/a"),
         ("POST", "/k8s/c1/api/v1/namespaces/default/configmaps"),
     ]
 
 
 async def test_a_proxy_from_the_kubeconfig_carries_every_request() -> None:
-    seen: list[Request] = []
-
-    async def proxy(stream: anyio.abc.SocketStream) -> None:
-        buf = bytearray()
-        while (request := await read_request(stream, buf)) is not None:
-            seen.append(request)
-            await stream.send(OK_EMPTY)
-
+    proxy = AnsweringServer(OK_EMPTY)
     async with raw_server(proxy) as proxy_url:
         # Nothing listens at the server's address: only the proxy can answer.
         config = ClusterConfig("http://api.invalid:6443", False, proxy=proxy_url)
         async with KubeClient(config, qps=0) as client:
             await client.get(r.CONFIG_MAP, "a", "ns1")
             await client.merge_patch(r.CONFIG_MAP, "a", {"data": {}}, "ns1")
-    assert [(m, t, h["host"]) for m, t, h, _ in seen] == [
+    assert [(m, t, h["host"]) for m, t, h, _ in proxy.requests] == [
         ("GET", "http://api.invalid:6443/api/v1/namespaces/ns1/configmaps/a", "api.invalid:6443"),
         ("PATCH", "http://api.invalid:6443/api/v1/namespaces/ns1/configmaps/a", "api.invalid:6443"),
     ]

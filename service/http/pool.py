@@ -12,8 +12,9 @@ Semantics follow Go's transport, which kube-apiserver clients expect: a connecti
 whole response was read and the server allowed keep-alive; a connection idle longer than ``keepalive`` is
 not reused (servers close idle ones, and a write racing that close is lost); a request that is cancelled
 or times out closes its connection, which can never be reused half-read. Errors are ``OSError``s
-(``ConnectionError`` when the server hung up or the connection failed) and ``TimeoutError``; whether to
-resend is the caller's decision, since only the caller knows whether the request was idempotent.
+(``ConnectionError`` when the server hung up or the connection failed) and ``TimeoutError``. The one resend
+made here is of an idempotent request that met a kept-alive connection the server had just closed, before
+any answer; any other resend is the caller's decision.
 """
 
 from __future__ import annotations
@@ -184,11 +185,11 @@ class Http1Pool:
         url = URL(origin)  # yarl: IDNA hosts, IPv6 brackets, default ports
         if url.scheme not in ("http", "https") or not url.raw_host or url.port is None:
             raise ValueError(f"not an http(s) origin: {origin!r}")
-        self.tls = url.scheme == "https"
+        tls = url.scheme == "https"
         self._host = url.raw_host
         self._port = url.port
-        self._ssl = (ssl_context or ssl.create_default_context()) if self.tls else None
-        self._server_hostname = (server_hostname or None) if self.tls else None
+        self._ssl = (ssl_context or ssl.create_default_context()) if tls else None
+        self._server_hostname = (server_hostname or None) if tls else None
         self._host_header = f"Host: {url.host_port_subcomponent}\r\n".encode("ascii")
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(limit)

@@ -244,7 +244,8 @@ class KubeClient(LazySession):
 
     def _get_pool(self) -> http_pool.Http1Pool | None:
         if not self._pool_made:
-            self._get_session()  # raises once the client is closed
+            if self._closed:
+                raise RuntimeError(f"{type(self).__name__} is closed")
             self._pool, self._pool_made = self._new_pool(), True
         return self._pool
 
