@@ -24,6 +24,7 @@ def _run(args: argparse.Namespace) -> int:
     from service import config
     from service.app import serve
     from service.kube.config import ConfigError as ClusterConfigError
+    from service.runtime import collector
     from service.runtime.logs import setup_logging
     from service.runtime.sidecar import ListenError
 
@@ -38,6 +39,7 @@ def _run(args: argparse.Namespace) -> int:
         return fail(exc)
     setup_logging(loaded.config.log_level, loaded.config.log_format)
     loaded.log_ignored()
+    collector.tune()
     try:
         code: int = anyio.run(serve, loaded.config)
     except (config.ConfigError, ClusterConfigError, ListenError, BaseExceptionGroup) as caught:
