@@ -21,6 +21,7 @@ Its rules, including the surprising ones, are kept on purpose:
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import re
 from collections.abc import Collection, Iterable
@@ -233,6 +234,9 @@ def _parse_digest(s: str, default_registry: str, default_tag: str) -> Reference:
     return Reference(parse_repository(base, default_registry=default_registry), None, digest, s, False)
 
 
+# References are immutable values, and the reconcilers parse the same few (droplet images, registry
+# prefixes) on every reconcile: a parse was 1.3 % of the service's CPU in a profile.
+@functools.lru_cache(maxsize=4096)
 def parse_reference(
     s: str, *, default_registry: str = DEFAULT_REGISTRY, default_tag: str = DEFAULT_TAG
 ) -> Reference:

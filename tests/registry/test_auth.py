@@ -357,3 +357,40 @@ def test_keys_are_parsed_once_not_per_resolve(monkeypatch: pytest.MonkeyPatch) -
         assert resolved(keychain, "other.registry.io/app") == "glob"
         assert resolved(keychain, "registry.io/app") is None
     assert calls == {"glob": 0, "url": 9}  # only each image is parsed, once per resolve
+
+
+def _versioned(secret: dict[str, Any], uid: str, version: str) -> dict[str, Any]:
+    return {**secret, "metadata": {**secret["metadata"], "uid": uid, "resourceVersion": version}}
+
+
+def test_secrets_read_from_the_api_give_the_keychain_made_from_the_same_versions() -> None:
+    first = _versioned(dockerconfigjson({"a.io": user("alice")}), "uid-kc-1", "10")
+    keychain = Keychain.from_secrets([first])
+    assert Keychain.from_secrets([dict(first)]) is keychain
+    # A write to the Secret is a new resourceVersion: its new content counts at once.
+    rewritten = _versioned(dockerconfigjson({"a.io": user("bob")}), "uid-kc-1", "11")
+    assert resolved(Keychain.from_secrets([rewritten]), "a.io/app") == "bob"
+    # The same name made again is another uid, whatever its resourceVersion.
+    recreated = _versioned(dockerconfigjson({"a.io": user("carol")}), "uid-kc-2", "10")
+    assert resolved(Keychain.from_secrets([recreated]), "a.io/app") == "carol"
+    # Another list of Secrets (one more, or another order) is another keychain.
+    other = _versioned(dockerconfigjson({"a.io": user("dave")}, name="other"), "uid-kc-3", "12")
+    assert resolved(Keychain.from_secrets([other, first]), "a.io/app") == "dave"
+    assert resolved(Keychain.from_secrets([first, other]), "a.io/app") == "alice"
+
+
+def test_secrets_without_a_resource_version_are_decoded_every_time() -> None:
+    secret = dockerconfigjson({"a.io": user("alice")})
+    assert Keychain.from_secrets([secret]) is not Keychain.from_secrets([secret])
+    unversioned = {**secret, "metadata": {**secret["metadata"], "uid": "uid-kc-4"}}
+    keychain = Keychain.from_secrets([unversioned])
+    unversioned["data"] = dockerconfigjson({"a.io": user("bob")})["data"]
+    assert resolved(Keychain.from_secrets([unversioned]), "a.io/app") == "bob"
+    assert resolved(keychain, "a.io/app") == "alice"
+
+
+def test_broken_secrets_fail_every_time_not_only_the_first() -> None:
+    broken = _versioned(dockerconfigjson({"a.io": {"auth": "%%%"}}), "uid-kc-5", "1")
+    for _ in range(2):
+        with pytest.raises(KeychainError):
+            Keychain.from_secrets([broken])

@@ -339,3 +339,11 @@ def test_any_string_parses_or_fails_cleanly(text: str) -> None:
         ref.repository,
         ref.identifier,
     )
+
+
+def test_a_string_is_parsed_once_and_a_bad_one_fails_every_time() -> None:
+    ref = parse_reference("registry.example.com/app@sha256:" + "a" * 64)
+    assert parse_reference("registry.example.com/app@sha256:" + "a" * 64) is ref
+    for _ in range(2):
+        with pytest.raises(InvalidReference):
+            parse_reference("registry.example.com/App:tag")
