@@ -206,6 +206,23 @@ async def test_json_patch(client: KubeClient, widget: Obj) -> None:
     assert status["status"] == {"y": 2}
 
 
+async def test_writes_without_an_answer_land_and_still_raise(client: KubeClient, widget: Obj) -> None:
+    assert await client.create(r.CONFIG_MAP, cm("quiet"), answer=False) == {}
+    assert await client.merge_patch(WIDGET, "w", {"spec": {"b": 2}}, "default", answer=False) == {}
+    ops = [{"op": "add", "path": "/spec/c", "value": 3}]
+    assert await client.json_patch(WIDGET, "w", ops, "default", answer=False) == {}
+    assert await client.patch_status(WIDGET, "w", {"status": {"x": 1}}, "default", answer=False) == {}
+    written = await client.get(WIDGET, "w", "default")
+    assert (written["spec"], written["status"]) == ({"a": 1, "b": 2, "c": 3}, {"x": 1})
+    assert (await client.get(r.CONFIG_MAP, "quiet", "default"))["metadata"]["name"] == "quiet"
+    with pytest.raises(errors.AlreadyExists):
+        await client.create(r.CONFIG_MAP, cm("quiet"), answer=False)
+    with pytest.raises(errors.Invalid):
+        await client.json_patch(
+            WIDGET, "w", [{"op": "test", "path": "/spec/a", "value": 2}], "default", answer=False
+        )
+
+
 async def test_delete_options(client: KubeClient) -> None:
     held = {"metadata": {"name": "f", "namespace": "default", "finalizers": ["example.com/hold"]}}
     created = await client.create(r.CONFIG_MAP, held)

@@ -393,13 +393,16 @@ class KubeClient(LazySession):
         params: Params | None = None,
         body: Any = None,
         content_type: str | None = None,
+        answer: bool = True,
     ) -> Obj:
         status, headers, raw = await self.request(
             method, path, params=params, body=body, content_type=content_type
         )
         if not 200 <= status < 300:
             raise errors.error_from_response(status, raw, headers)
-        return _decode(status, raw)
+        # A writer that reads nothing of the object written says so: decoding it was ~2 % of the
+        # service's CPU (a status patch, a finalizer patch and an Event create per workload).
+        return _decode(status, raw) if answer else {}
 
     # ------------------------------------------------------------------ reads
     async def get(self, res: Resource, name: str, namespace: str | None = None) -> Obj:
@@ -556,10 +559,14 @@ class KubeClient(LazySession):
             stream.close()
 
     # ------------------------------------------------------------------ writes
-    async def create(self, res: Resource, obj: Mapping[str, Any], namespace: str | None = None) -> Obj:
+    async def create(
+        self, res: Resource, obj: Mapping[str, Any], namespace: str | None = None, *, answer: bool = True
+    ) -> Obj:
+        """POST a new object; returns it as written, or ``{}`` with ``answer=False`` (errors still raise).
+        The other writes take ``answer`` too."""
         namespace = namespace or (obj.get("metadata") or {}).get("namespace")
         _require_namespace(res, namespace)
-        return await self._call("POST", res.path(namespace), body=obj)
+        return await self._call("POST", res.path(namespace), body=obj, answer=answer)
 
     async def update(self, res: Resource, obj: Mapping[str, Any]) -> Obj:
         """PUT the whole object; its metadata.resourceVersion makes the write conditional (409 if stale)."""
@@ -580,10 +587,15 @@ class KubeClient(LazySession):
         namespace: str | None = None,
         *,
         subresource: str | None = None,
+        answer: bool = True,
     ) -> Obj:
         _require_namespace(res, namespace)
         return await self._call(
-            "PATCH", res.path(namespace, name, subresource), body=patch, content_type=MERGE_PATCH
+            "PATCH",
+            res.path(namespace, name, subresource),
+            body=patch,
+            content_type=MERGE_PATCH,
+            answer=answer,
         )
 
     async def json_patch(
@@ -594,16 +606,27 @@ class KubeClient(LazySession):
         namespace: str | None = None,
         *,
         subresource: str | None = None,
+        answer: bool = True,
     ) -> Obj:
         _require_namespace(res, namespace)
         return await self._call(
-            "PATCH", res.path(namespace, name, subresource), body=list(ops), content_type=JSON_PATCH
+            "PATCH",
+            res.path(namespace, name, subresource),
+            body=list(ops),
+            content_type=JSON_PATCH,
+            answer=answer,
         )
 
     async def patch_status(
-        self, res: Resource, name: str, patch: Mapping[str, Any], namespace: str | None = None
+        self,
+        res: Resource,
+        name: str,
+        patch: Mapping[str, Any],
+        namespace: str | None = None,
+        *,
+        answer: bool = True,
     ) -> Obj:
-        return await self.merge_patch(res, name, patch, namespace, subresource="status")
+        return await self.merge_patch(res, name, patch, namespace, subresource="status", answer=answer)
 
     async def delete(
         self,

@@ -133,7 +133,7 @@ class KpackBuildReconciler:
         elif current is not None:
             ops.append({"op": "remove", "path": "/metadata/finalizers"})
         try:
-            await self.client.json_patch(BUILD, meta["name"], ops, meta["namespace"])
+            await self.client.json_patch(BUILD, meta["name"], ops, meta["namespace"], answer=False)
         except errors.NotFound:
             return False  # gone already: nothing to hold or release
         except errors.Invalid:

@@ -321,18 +321,22 @@ class EventRecorder:
             if s.on_server:
                 try:
                     await self.client.merge_patch(
-                        EVENT, s.name, self._patch(count, last, message), s.namespace
+                        EVENT, s.name, self._patch(count, last, message), s.namespace, answer=False
                     )
                 except errors.NotFound:
                     # Expired on the server (its TTL is an hour): client-go creates it again, same name.
-                    await self.client.create(EVENT, self._event(s, count, last, message), s.namespace)
+                    await self.client.create(
+                        EVENT, self._event(s, count, last, message), s.namespace, answer=False
+                    )
             else:
                 try:
-                    await self.client.create(EVENT, self._event(s, count, last, message), s.namespace)
+                    await self.client.create(
+                        EVENT, self._event(s, count, last, message), s.namespace, answer=False
+                    )
                 except errors.AlreadyExists:
                     # An earlier POST whose answer was lost did land: this write is a repeat of it.
                     await self.client.merge_patch(
-                        EVENT, s.name, self._patch(count, last, message), s.namespace
+                        EVENT, s.name, self._patch(count, last, message), s.namespace, answer=False
                     )
             s.on_server = True
             self.written += settles

@@ -180,7 +180,11 @@ class BuildWorkloadReconciler:
         status_patch = merge_diff(cached.get("status") or {}, work.get("status") or {})
         if status_patch:
             await self.client.patch_status(
-                BUILD_WORKLOAD, name, {"metadata": {"resourceVersion": rv}, "status": status_patch}, ns
+                BUILD_WORKLOAD,
+                name,
+                {"metadata": {"resourceVersion": rv}, "status": status_patch},
+                ns,
+                answer=False,
             )
             replaced = (*replaced, rv)
         return replaced
