@@ -311,3 +311,29 @@ async def test_headers_with_line_breaks_are_refused() -> None:
 def test_a_lone_percent_is_escaped_and_escapes_are_kept() -> None:
     assert http_pool.request_target("/x/100%", []) == "/x/100%25"
     assert http_pool.request_target("/x/a%2Fb/é", [("q", "a b")]) == "/x/a%2Fb/%C3%A9?q=a%20b"
+
+
+@pytest.mark.parametrize(
+    ("answer", "declared"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n" + b"x" * 11, 11),  # said up front
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nxxxxxx\r\n5\r\nxxxxx\r\n0\r\n\r\n",
+            None,
+        ),
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_a_body_past_max_body_is_refused_and_its_connection_dropped(
+    answer: bytes, declared: int | None
+) -> None:
+    server = AnsweringServer(answer)
+    async with pool_for(server) as pool:
+        with pytest.raises(http_pool.BodyTooLarge) as info, anyio.fail_after(5):
+            await pool.request("GET", "/big", [], None, 5, max_body=10)
+        assert (info.value.status, info.value.limit, info.value.declared) == (200, 10, declared)
+        # At the limit is fine, and the refused connection was not reused.
+        assert (await pool.request("GET", "/big", [], None, 5, max_body=11)).body == b"x" * 11
+        with anyio.fail_after(5):
+            await server.closed.wait()
+    assert [number for number, _ in server.seen] == [1, 2]

@@ -48,6 +48,16 @@ class BadResponse(ConnectionError):
     """The server's answer is not HTTP/1.1 this client can read; the connection is dropped."""
 
 
+class BodyTooLarge(Exception):
+    """The answer's body is longer than the request's ``max_body``; the connection is dropped unread.
+    ``declared`` is its Content-Length when it said so up front (else None: it grew past the limit)."""
+
+    def __init__(self, status: int, limit: int, declared: int | None) -> None:
+        size = f"{declared} bytes" if declared is not None else f"more than {limit} bytes"
+        super().__init__(f"a {status} answer of {size} (limit {limit})")
+        self.status, self.limit, self.declared = status, limit, declared
+
+
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
@@ -77,6 +87,8 @@ class _Connection(asyncio.Protocol):
         self._close_delimited = False  # the answer's body ends when the server closes the connection
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
+        self.max_body: int | None = None  # of the current request's answer
+        self._size = 0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -122,8 +134,18 @@ class _Connection(asyncio.Protocol):
         status = self.parser.get_status_code()
         framed = any(name.lower() in ("content-length", "transfer-encoding") for name, _ in self._headers)
         self._close_delimited = not framed and status >= 200 and status not in (204, 304)
+        if self.max_body is not None and status >= 200:
+            length = next((v for k, v in self._headers if k.lower() == "content-length"), "")
+            if length.strip().isdigit() and int(length) > self.max_body:
+                self._too_large(status, int(length))
 
     def on_body(self, body: bytes) -> None:
+        if self.waiter is None:
+            return  # refused as too large: the rest is not kept
+        self._size += len(body)
+        if self.max_body is not None and self._size > self.max_body:
+            self._too_large(self.parser.get_status_code(), None)
+            return
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -135,6 +157,12 @@ class _Connection(asyncio.Protocol):
             return
         self.reusable = self.parser.should_keep_alive()
         self._complete()
+
+    def _too_large(self, status: int, declared: int | None) -> None:
+        assert self.max_body is not None
+        self._fail(BodyTooLarge(status, self.max_body, declared))
+        self._body = []
+        self.close()  # the rest of the answer is still coming: the connection is useless
 
     def _complete(self) -> None:
         self._in_message = False
@@ -152,11 +180,12 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
 
-    def send(self, data: bytes, waiter: asyncio.Future[Response]) -> None:
+    def send(self, data: bytes, waiter: asyncio.Future[Response], max_body: int | None) -> None:
         assert self.transport is not None
         self.waiter = waiter
         self.reusable = False
         self.received = False
+        self.max_body, self._size = max_body, 0
         self.transport.write(data)
 
     def close(self) -> None:
@@ -223,9 +252,13 @@ class Http1Pool:
         headers: Iterable[tuple[str, str]],
         body: bytes | None,
         time_limit: float,
+        *,
+        max_body: int | None = None,
     ) -> Response:
         """Send one request and read its whole response within ``time_limit`` seconds: waiting for a free
-        connection and connecting included; a request whose time ran out before it was sent is not sent."""
+        connection and connecting included; a request whose time ran out before it was sent is not sent.
+        An answer whose body is longer than ``max_body`` raises ``BodyTooLarge`` (for a server that is
+        not trusted to keep its answers small)."""
         if self._closed:
             raise RuntimeError("the connection pool is closed")
         head = [f"{method} {target} HTTP/1.1\r\n".encode("ascii")]
@@ -257,7 +290,7 @@ class Http1Pool:
                         conn = await self._connect(deadline)
                     if loop.time() >= deadline:
                         raise TimeoutError(f"no whole answer within {time_limit:g} s")
-                    response = await self._exchange(conn, data, deadline, time_limit)
+                    response = await self._exchange(conn, data, deadline, time_limit, max_body)
                 except ServerDisconnected:
                     assert conn is not None
                     conn.close()
@@ -283,14 +316,16 @@ class Http1Pool:
             self._slots.release()
 
     @staticmethod
-    async def _exchange(conn: _Connection, data: bytes, deadline: float, time_limit: float) -> Response:
+    async def _exchange(
+        conn: _Connection, data: bytes, deadline: float, time_limit: float, max_body: int | None
+    ) -> Response:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Response] = loop.create_future()
         # A timer on the answer's future, not asyncio.timeout: this runs for every API request, and the
         # timer costs a third of what the context manager does.
         timer = loop.call_at(deadline, _expire, waiter, time_limit)
         try:
-            conn.send(data, waiter)
+            conn.send(data, waiter, max_body)
             return await waiter
         finally:
             timer.cancel()

@@ -17,13 +17,12 @@ lists follow ``Link`` pagination only to the same registry.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-import aiohttp
 import orjson
 from yarl import URL
 
@@ -132,7 +131,8 @@ class RegistryClient:
     and ``transfer_timeout`` each push; ``connect_timeout`` bounds each TCP+TLS connect (and the HTTPS
     probe of a registry that may be plain HTTP). ``cache`` is what the client remembers between
     operations; by default a ``RegistryCache`` of ``config_cache_size`` configs and ``token_cache_size``
-    tokens. ``metrics``, when given, counts every HTTP exchange (``service.registry.metrics``)."""
+    tokens. ``metrics``, when given, counts every HTTP exchange (``service.registry.metrics``);
+    ``on_request``, when given, is called with the method and path of each, as it starts."""
 
     def __init__(
         self,
@@ -150,7 +150,7 @@ class RegistryClient:
         tag_page_size: int = 1000,
         tag_lookup_concurrency: int = 4,
         user_agent: str = USER_AGENT,
-        trace_configs: Sequence[aiohttp.TraceConfig] = (),
+        on_request: Callable[[str, str], object] | None = None,
         cache: RegistryCache | None = None,
         metrics: RegistryMetrics | None = None,
     ) -> None:
@@ -169,7 +169,7 @@ class RegistryClient:
             max_connections_per_host=max_connections_per_host,
             ssl_context=ssl_context,
             user_agent=user_agent,
-            trace_configs=trace_configs,
+            on_request=on_request,
             metrics=metrics,
         )
         self._tag_lookup_concurrency = max(1, tag_lookup_concurrency)

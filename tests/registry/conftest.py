@@ -320,17 +320,8 @@ class Traced:
     def count(self, method: str, fragment: str) -> int:
         return sum(1 for m, p in self.requests if m == method and fragment in p)
 
-
-def trace(traced: Traced) -> aiohttp.TraceConfig:
-    config = aiohttp.TraceConfig()
-
-    async def on_start(
-        session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceRequestStartParams
-    ) -> None:
-        traced.requests.append((params.method, params.url.path))
-
-    config.on_request_start.append(on_start)
-    return config
+    def __call__(self, method: str, path: str) -> None:
+        self.requests.append((method, path))
 
 
 @contextmanager
@@ -345,5 +336,5 @@ async def client_for(backend: Backend, **options: Any) -> AsyncIterator[tuple[Re
     options.setdefault("keychain", backend.keychain())
     options.setdefault("timeout", DEADLINE)
     options.setdefault("connect_timeout", 2.0)
-    async with RegistryClient(trace_configs=[trace(traced)], **options) as client:
+    async with RegistryClient(on_request=traced, **options) as client:
         yield client, traced
