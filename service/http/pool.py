@@ -50,12 +50,16 @@ class BadResponse(ConnectionError):
 
 class BodyTooLarge(Exception):
     """The answer's body is longer than the request's ``max_body``; the connection is dropped unread.
-    ``declared`` is its Content-Length when it said so up front (else None: it grew past the limit)."""
+    ``declared`` is its Content-Length when it said so up front (else None: it grew past the limit);
+    ``headers`` are the answer's (a challenge or a Retry-After still counts when the body does not)."""
 
-    def __init__(self, status: int, limit: int, declared: int | None) -> None:
+    def __init__(
+        self, status: int, limit: int, declared: int | None, headers: CIMultiDictProxy[str], reason: str
+    ) -> None:
         size = f"{declared} bytes" if declared is not None else f"more than {limit} bytes"
         super().__init__(f"a {status} answer of {size} (limit {limit})")
         self.status, self.limit, self.declared = status, limit, declared
+        self.headers, self.reason = headers, reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,7 @@ class Response:
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
+    reason: str = ""  # the server's reason phrase
 
 
 def request_target(path: str, query: Iterable[tuple[str, str]]) -> str:
@@ -87,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self._close_delimited = False  # the answer's body ends when the server closes the connection
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
+        self._reason = ""
         self.max_body: int | None = None  # of the current request's answer
         self._size = 0
 
@@ -127,6 +133,9 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._in_message = True
 
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason.decode("latin-1")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
@@ -160,7 +169,8 @@ class _Connection(asyncio.Protocol):
 
     def _too_large(self, status: int, declared: int | None) -> None:
         assert self.max_body is not None
-        self._fail(BodyTooLarge(status, self.max_body, declared))
+        headers = CIMultiDictProxy(CIMultiDict(self._headers))
+        self._fail(BodyTooLarge(status, self.max_body, declared, headers, self._reason))
         self._body = []
         self.close()  # the rest of the answer is still coming: the connection is useless
 
@@ -171,7 +181,9 @@ class _Connection(asyncio.Protocol):
         headers, self._headers, self._body = self._headers, [], []
         if waiter is not None and not waiter.done():
             waiter.set_result(
-                Response(self.parser.get_status_code(), CIMultiDictProxy(CIMultiDict(headers)), body)
+                Response(
+                    self.parser.get_status_code(), CIMultiDictProxy(CIMultiDict(headers)), body, self._reason
+                )
             )
 
     # ours

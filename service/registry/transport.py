@@ -26,10 +26,10 @@ written once and holds for every operation:
 from __future__ import annotations
 
 import errno
-import http
 import socket
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 import anyio
 import orjson
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from service.http import LazySession, request_body
@@ -62,6 +62,7 @@ MAX_SMALL = 64 * 1024  # error bodies, token responses, pings
 DEFAULT_TOKEN_SECONDS = 60.0  # the token spec's default when a response has no expires_in
 NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_POOLS = 64  # origins with kept-alive GET connections (registries, probes of both schemes)
 _ERRNO_TEXT = {
     errno.ECONNREFUSED: "connection refused",
     errno.ECONNRESET: "connection reset",
@@ -192,17 +193,6 @@ def _describe_status(reply: Reply) -> str:
     return f"{head}: {text}" if text else head
 
 
-def _reason(status: int) -> str:
-    """The standard reason phrase: the lean pool does not keep the server's (HTTP/2 has none at all)."""
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return ""
-
-
-_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
-
-
 def _headers(headers: Mapping[str, str] | None, authorization: str | None) -> dict[str, str]:
     out = dict(headers or {})
     if authorization:
@@ -238,7 +228,7 @@ class Transport(LazySession):
         self._ssl = ssl_context if ssl_context is not None else True
         self._user_agent = user_agent
         self._on_request = on_request
-        self._pools: dict[str, http_pool.Http1Pool] = {}
+        self._pools: OrderedDict[str, http_pool.Http1Pool] = OrderedDict()
         self._pool_tls: ssl.SSLContext | None = None
 
     def _new_session(self) -> aiohttp.ClientSession:
@@ -258,7 +248,9 @@ class Transport(LazySession):
         """The lean pool of ``url``'s origin, made on first use."""
         origin = f"{url.scheme}://{url.host_port_subcomponent}"
         pool = self._pools.get(origin)
-        if pool is None:
+        if pool is not None:
+            self._pools.move_to_end(origin)
+        else:
             self._get_session()  # refuses, as the aiohttp path does, once the transport is closed
             pool = http_pool.Http1Pool(
                 origin,
@@ -267,6 +259,10 @@ class Transport(LazySession):
                 connect_timeout=self.connect_timeout,
             )
             self._pools[origin] = pool
+            if len(self._pools) > MAX_POOLS:
+                # The least recently used origin's idle connections go; its requests in flight finish.
+                _, oldest = self._pools.popitem(last=False)
+                oldest.close()
         return pool
 
     def _tls(self) -> ssl.SSLContext:
@@ -280,7 +276,7 @@ class Transport(LazySession):
         return self._pool_tls
 
     async def close(self) -> None:
-        pools, self._pools = self._pools, {}
+        pools, self._pools = self._pools, OrderedDict()
         for pool in pools.values():
             pool.close()
         await super().close()
@@ -430,7 +426,7 @@ class Transport(LazySession):
             )
         except http_pool.BodyTooLarge as exc:
             if exc.status >= 400:  # an error body is only for the message: none is better than a refusal
-                return Reply("GET", url, exc.status, _reason(exc.status), _NO_HEADERS, b"")
+                return Reply("GET", url, exc.status, exc.reason, exc.headers, b"")
             # The messages of the aiohttp path (_read), word for word.
             if exc.declared is not None:
                 message = f"registry {op.registry} sent {exc.declared} bytes for {op.current} (limit {limit})"
@@ -446,13 +442,23 @@ class Transport(LazySession):
                 f"registry {op.registry} sent an invalid HTTP answer to {op.current}: {exc}",
                 registry=op.registry.name,
             ) from None
+        except TimeoutError:
+            raise  # no connection or slot in time: the operation's timeout, as on the aiohttp path
         except OSError as exc:
             self.cache.bases.pop(op.registry.name)
             raise self._unreachable(op, exc) from None
         location = answer.headers.get("Location")
         if answer.status in REDIRECTS and location:
-            target = url.join(URL(location, encoded=True))
-            if target.origin() != url.origin():
+            try:
+                target = url.join(URL(location))  # requoted, as aiohttp does its own redirects
+                other_origin = target.origin() != url.origin()
+            except ValueError:
+                raise UnexpectedResponse(
+                    f"registry {op.registry} sent an invalid HTTP answer to {op.current}: "
+                    f"a redirect to {one_line(location, 120)!r}",
+                    registry=op.registry.name,
+                ) from None
+            if other_origin:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             return await self._aiohttp_exchange(op, "GET", target, headers, None, limit, None, "")
         body = answer.body
@@ -464,7 +470,7 @@ class Transport(LazySession):
                 registry=op.registry.name,
                 status=answer.status,
             )
-        return Reply("GET", url, answer.status, _reason(answer.status), answer.headers, body)
+        return Reply("GET", url, answer.status, answer.reason, answer.headers, body)
 
     async def _aiohttp_exchange(
         self,

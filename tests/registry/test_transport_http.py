@@ -19,10 +19,10 @@ import orjson
 import pytest
 from anyio.streams.tls import TLSListener
 
-from service.registry import Keychain
+from service.registry import Keychain, transport
 from service.registry.cache import RegistryCache
 from service.registry.client import MAX_MANIFEST, RegistryClient
-from service.registry.errors import NotFound, UnexpectedResponse, Unreachable
+from service.registry.errors import NotFound, RegistryTimeout, UnexpectedResponse, Unreachable
 from service.registry.media import OCI_CONFIG, OCI_MANIFEST
 from simcluster.certs import serving_certificate
 from tests.rawhttp import Request, raw_server, read_request
@@ -59,16 +59,22 @@ class Server:
     def __init__(self, routes: dict[str, Route]) -> None:
         self.routes = routes
         self.seen: list[tuple[str, dict[str, str]]] = []
+        self.connections = 0
+        self.closed = anyio.Event()  # a connection ended
 
     async def __call__(self, stream: anyio.abc.SocketStream) -> None:
+        self.connections += 1
         buf = bytearray()
-        while (request := await read_request(stream, buf)) is not None:
-            self.seen.append((request[1], request[2]))
-            route = self.routes.get(request[1])
-            reply = route(request) if route else answer("404 Not Found", b'{"errors":[]}')
-            if reply is None:
-                return
-            await stream.send(reply)
+        try:
+            while (request := await read_request(stream, buf)) is not None:
+                self.seen.append((request[1], request[2]))
+                route = self.routes.get(request[1])
+                reply = route(request) if route else answer("404 Not Found", b'{"errors":[]}')
+                if reply is None:
+                    return
+                await stream.send(reply)
+        finally:
+            self.closed.set()
 
     def authorizations(self, path: str) -> list[str | None]:
         return [headers.get("authorization") for seen, headers in self.seen if seen == path]
@@ -98,7 +104,8 @@ async def client_of(url: str, **options: Any) -> AsyncIterator[RegistryClient]:
         },
     }
     options.setdefault("keychain", Keychain.from_secrets([secret]))
-    async with RegistryClient(cache=cache, timeout=5, connect_timeout=2, **options) as client:
+    options.setdefault("connect_timeout", 2)
+    async with RegistryClient(cache=cache, timeout=5, **options) as client:
         yield client
 
 
@@ -212,3 +219,73 @@ async def test_tls_a_trusted_certificate_serves_and_an_untrusted_one_is_named() 
                 await client.get_manifest(f"{host}/app:v1")
     assert str(info.value).startswith(f"registry {host} is unreachable: its TLS certificate is not trusted (")
     assert "certificate verify failed" in str(info.value)
+
+
+async def test_a_challenge_with_a_body_past_the_limit_is_still_answered() -> None:
+    def route(request: Request) -> bytes:
+        if request[2].get("authorization") != BASIC:
+            big = b"e" * (MAX_MANIFEST + 1)
+            return answer("401 Unauthorized", big, WWW_Authenticate='Basic realm="test"')
+        return answer("200 OK", MANIFEST, Content_Type=OCI_MANIFEST)
+
+    registry = Server({"/v2/app/manifests/v1": route})
+    async with raw_server(registry) as url, client_of(url) as client:
+        host = url.split("://", 1)[1]
+        with anyio.fail_after(10):
+            manifest = await client.get_manifest(f"{host}/app:v1")
+    assert manifest.config_digest == CONFIG_DIGEST
+    assert registry.authorizations("/v2/app/manifests/v1") == [None, BASIC]
+
+
+async def test_the_servers_reason_phrase_is_kept() -> None:
+    routes: dict[str, Route] = {"/v2/app/manifests/v1": lambda _: answer("520 Origin Error")}
+    async with raw_server(Server(routes)) as url, client_of(url) as client:
+        host = url.split("://", 1)[1]
+        with anyio.fail_after(10), pytest.raises(UnexpectedResponse) as info:
+            await client.get_manifest(f"{host}/app:v1")
+    assert info.value.message == f"registry {host} answered GET /v2/app/manifests/v1 with 520 Origin Error"
+
+
+async def test_a_redirect_to_no_url_is_an_invalid_answer() -> None:
+    routes: dict[str, Route] = {
+        "/v2/app/manifests/v1": lambda _: answer("307 Temporary Redirect", Location="http://[bad")
+    }
+    async with raw_server(Server(routes)) as url, client_of(url) as client:
+        host = url.split("://", 1)[1]
+        with anyio.fail_after(10), pytest.raises(UnexpectedResponse) as info:
+            await client.get_manifest(f"{host}/app:v1")
+    assert info.value.message == (
+        f"registry {host} sent an invalid HTTP answer to GET /v2/app/manifests/v1: a redirect to 'http://[bad'"
+    )
+
+
+async def test_a_connection_that_does_not_come_up_in_time_is_the_operations_timeout() -> None:
+    silent = Server({})  # takes the TCP connection and never says a word: the TLS handshake waits
+    async with (
+        raw_server(silent) as url,
+        client_of(https := url.replace("http:", "https:"), connect_timeout=0.3) as client,
+    ):
+        host = https.split("://", 1)[1]
+        with anyio.fail_after(10), pytest.raises(RegistryTimeout) as info:
+            await client.get_manifest(f"{host}/app:v1")
+    assert info.value.message.startswith(f"registry {host} did not answer within")
+
+
+async def test_past_the_limit_of_origins_the_least_recently_used_ones_connections_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transport, "MAX_POOLS", 1)
+    routes: dict[str, Route] = {"/v2/app/manifests/v1": lambda _: answer("200 OK", MANIFEST)}
+    first, second = Server(routes), Server(routes)
+    async with raw_server(first) as url_a, raw_server(second) as url_b:
+        host_a, host_b = url_a.split("://", 1)[1], url_b.split("://", 1)[1]
+        cache = RegistryCache()
+        cache.bases.put(host_a, url_a)
+        cache.bases.put(host_b, url_b)
+        async with RegistryClient(cache=cache, timeout=5, connect_timeout=2) as client:
+            with anyio.fail_after(10):
+                await client.get_manifest(f"{host_a}/app:v1")
+                await client.get_manifest(f"{host_b}/app:v1")
+                await first.closed.wait()  # its idle connection went when the second origin came
+                await client.get_manifest(f"{host_a}/app:v1")
+    assert (first.connections, second.connections) == (2, 1)
