@@ -170,7 +170,6 @@ class Operation:
     target: str  # the image or repository, fully qualified
     timeout: float
     current: str = ""
-    current_host: str = ""
 
 
 def _error_fields(body: bytes) -> tuple[str, str]:
@@ -340,8 +339,8 @@ class Transport(LazySession):
         # Each failure as aiohttp raises it, then as the lean pool does (the plain OSError beneath).
         if isinstance(exc, aiohttp.ClientConnectorDNSError):
             why = f"DNS lookup of {exc.host} failed"
-        elif isinstance(exc, socket.gaierror):
-            why = f"DNS lookup of {op.current_host} failed"
+        elif isinstance(exc, socket.gaierror):  # only the lean pool's GETs to the registry itself raise it
+            why = f"DNS lookup of {URL('//' + op.registry.name).host} failed"
         elif isinstance(exc, aiohttp.ClientConnectorCertificateError):
             why = f"its TLS certificate is not trusted ({exc.certificate_error})"
         elif isinstance(exc, ssl.SSLCertVerificationError):
@@ -371,14 +370,23 @@ class Transport(LazySession):
         params: Mapping[str, str] | None = None,
         token_server: str = "",
     ) -> Reply:
-        """One HTTP exchange, counted in ``metrics`` (when given) by operation and outcome."""
+        """One HTTP exchange, body read (up to ``limit``; error bodies are truncated, not refused), counted
+        in ``metrics`` (when given) by operation and outcome. A GET to the registry itself goes through the
+        lean pool, anything else through aiohttp."""
+        op.current = f"{method} {url.path}"
+        if self._on_request is not None:
+            self._on_request(method, url.path)
+        if method == "GET" and params is None and not token_server:
+            exchange = self._lean_exchange(op, url, headers, limit)
+        else:
+            exchange = self._exchange(op, method, url, headers, data, limit, params, token_server)
         if self.metrics is None:
-            return await self._exchange(op, method, url, headers, data, limit, params, token_server)
+            return await exchange
         started = time.monotonic()
         # Cancelled from outside: the operation's deadline (``operation``) is what cancels in practice.
         outcome = "timeout"
         try:
-            reply = await self._exchange(op, method, url, headers, data, limit, params, token_server)
+            reply = await exchange
             outcome = outcome_of_status(reply.status)
             return reply
         except TimeoutError:
@@ -393,26 +401,6 @@ class Transport(LazySession):
             self.metrics.observe(
                 operation_of(method, url, token=bool(token_server)), outcome, time.monotonic() - started
             )
-
-    async def _exchange(
-        self,
-        op: Operation,
-        method: str,
-        url: URL,
-        headers: Mapping[str, str],
-        data: bytes | None,
-        limit: int,
-        params: Mapping[str, str] | None,
-        token_server: str,
-    ) -> Reply:
-        """One HTTP exchange, body read (up to ``limit``; error bodies are truncated, not refused)."""
-        op.current = f"{method} {url.path}"
-        op.current_host = url.host or ""
-        if self._on_request is not None:
-            self._on_request(method, url.path)
-        if method == "GET" and params is None and not token_server:
-            return await self._lean_exchange(op, url, headers, limit)
-        return await self._aiohttp_exchange(op, method, url, headers, data, limit, params, token_server)
 
     async def _lean_exchange(self, op: Operation, url: URL, headers: Mapping[str, str], limit: int) -> Reply:
         """A GET through the lean HTTP/1.1 pool (service/http/pool.py): a droplet's manifest and config
@@ -460,7 +448,7 @@ class Transport(LazySession):
                 ) from None
             if other_origin:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-            return await self._aiohttp_exchange(op, "GET", target, headers, None, limit, None, "")
+            return await self._exchange(op, "GET", target, headers, None, limit, None, "")
         body = answer.body
         if answer.status >= 400:
             body = body[:MAX_SMALL]
@@ -472,7 +460,7 @@ class Transport(LazySession):
             )
         return Reply("GET", url, answer.status, answer.reason, answer.headers, body)
 
-    async def _aiohttp_exchange(
+    async def _exchange(
         self,
         op: Operation,
         method: str,
@@ -483,6 +471,7 @@ class Transport(LazySession):
         params: Mapping[str, str] | None,
         token_server: str,
     ) -> Reply:
+        """One exchange through aiohttp (which follows redirects itself)."""
         timeout = aiohttp.ClientTimeout(total=op.timeout, sock_connect=self.connect_timeout)
         try:
             async with self._get_session().request(
