@@ -16,6 +16,7 @@ from service.runtime.controller import (
     Funcs,
     Mapper,
     Predicate,
+    changed,
     enqueue_object,
     enqueue_owner,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "TTLReads",
     "TerminalError",
     "by_labels",
+    "changed",
     "current",
     "enqueue_object",
     "enqueue_owner",

@@ -147,6 +147,19 @@ LABELS_CHANGED = Funcs(update=lambda old, new: _meta(old, "labels") != _meta(new
 ANNOTATIONS_CHANGED = Funcs(update=lambda old, new: _meta(old, "annotations") != _meta(new, "annotations"))
 
 
+def changed(view: Callable[[Obj], Any]) -> Funcs:
+    """Updates pass when ``view`` (what a reconciler reads of the object) differs between old and new, and
+    on a resync (the same resourceVersion), which must still reach the reconciler.
+
+    For a controller that acts on a few fields of an object others write often: every write it does not
+    act on would otherwise cost a reconcile that does nothing. Creates and deletes pass."""
+
+    def update(old: Obj, new: Obj) -> bool:
+        return bool(_meta(old, "resourceVersion") == _meta(new, "resourceVersion") or view(old) != view(new))
+
+    return Funcs(update=update)
+
+
 class AnyOf:
     def __init__(self, *predicates: Predicate) -> None:
         self.predicates = predicates

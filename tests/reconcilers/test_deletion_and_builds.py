@@ -70,6 +70,31 @@ async def test_a_build_written_by_kpack_at_once_gets_its_finalizer_in_one_write(
     assert reconciles.labels("kpackbuild", "error")._value.get() == 0
 
 
+async def test_status_writes_to_a_build_do_not_bring_its_controller_back(env: Env) -> None:
+    """kpack writes a running Build's status several times; the controller acts only on its finalizers,
+    labels and deletion, so those writes are not reconciles (``changed(acted_on)``), while its deletion
+    still is."""
+    await env.build("busy", "1", labels={k.BUILD_WORKLOAD_LABEL: "busy"})
+    assert await eventually(lambda: finalizers(env, r.BUILD, "busy")) == [k.KPACK_BUILD_FINALIZER]
+    builds = env.manager.informers.lister(r.BUILD)
+    adds = env.manager.metrics.adds.labels("kpackbuild", "kpackbuild")
+    before = adds._value.get()
+    for step in range(3):
+        written = await env.set_status(r.BUILD, "busy", {"podName": f"busy-pod-{step}"})
+
+        async def cached(rv: str = written["metadata"]["resourceVersion"]) -> bool:
+            build = builds.get(env.namespace, "busy")
+            return build is not None and build["metadata"]["resourceVersion"] == rv
+
+        # The informer tells its handlers in the same step that it stores the object: once the cache
+        # shows the write, the controller has been told of it (or not).
+        await eventually(cached, what="the status write in the cache")
+    assert adds._value.get() == before
+    await env.client.delete(r.BUILD, "busy", env.namespace)
+    await eventually(lambda: _gone(env, r.BUILD, "busy"), what="the Build released and gone")
+    assert adds._value.get() > before
+
+
 async def _equals(value: Any, expected: Any) -> bool:
     return bool(await value == expected)
 

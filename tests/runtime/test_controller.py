@@ -28,6 +28,7 @@ from service.runtime import (
     Requeue,
     Result,
     TerminalError,
+    changed,
     current,
     enqueue_object,
     enqueue_owner,
@@ -224,6 +225,11 @@ def test_builtin_predicates() -> None:
     assert ANNOTATIONS_CHANGED.update(base, annotated) and not ANNOTATIONS_CHANGED.update(base, relabelled)
     for predicate in (GENERATION_CHANGED, RESOURCE_VERSION_CHANGED, LABELS_CHANGED, ANNOTATIONS_CHANGED):
         assert predicate.create(base) and predicate.delete(base)  # undefined event types pass
+
+    by_labels = changed(lambda o: o["metadata"].get("labels"))
+    assert by_labels.update(base, relabelled) and not by_labels.update(base, annotated)
+    assert by_labels.update(base, base)  # a resync passes: the periodic re-look reaches the reconciler
+    assert by_labels.create(base) and by_labels.delete(base)
 
     either = AnyOf(GENERATION_CHANGED, LABELS_CHANGED)
     assert either.update(base, relabelled) and either.update(base, spec_change)
