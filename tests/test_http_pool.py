@@ -101,6 +101,47 @@ async def test_a_connection_idle_past_keepalive_is_not_reused() -> None:
     assert [number for number, _ in server.seen] == [1, 2]
 
 
+async def test_a_compressed_answer_nobody_asked_for_is_refused_by_name() -> None:
+    """A proxy that compresses anyway: the body is not passed on as if it were the JSON or blob asked for."""
+    gzipped = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n\x1f\x8b\x08\x00"
+    server = AnsweringServer(gzipped)
+    async with pool_for(server) as pool:
+        with pytest.raises(
+            http_pool.BadResponse, match="a 200 answer in Content-Encoding gzip, which was not"
+        ):
+            await get(pool)
+        with anyio.fail_after(5):
+            await server.closed.wait()  # its connection is not reused
+    assert "accept-encoding" not in server.requests[0][2]
+
+
+async def test_identity_is_no_encoding() -> None:
+    server = AnsweringServer(b"HTTP/1.1 200 OK\r\nContent-Encoding: identity\r\nContent-Length: 2\r\n\r\n{}")
+    async with pool_for(server) as pool:
+        assert (await get(pool)).body == b"{}"
+
+
+async def test_a_pool_nobody_asks_closes_its_idle_connections() -> None:
+    """A registry asked once must not keep its sockets until the next request, which may never come."""
+    server = AnsweringServer()
+    async with pool_for(server, keepalive=0.2) as pool:
+        await get(pool)
+        with anyio.fail_after(5):
+            await server.closed.wait()  # closed by the pool's own timer: no request comes after
+        await get(pool)  # and the pool still works, on a new connection
+    assert [number for number, _ in server.seen] == [1, 2]
+
+
+async def test_the_sweep_keeps_a_connection_idle_for_less_than_keepalive() -> None:
+    server = AnsweringServer()
+    async with pool_for(server, keepalive=30.0) as pool:
+        await get(pool)
+        pool._close_stale()  # what the timer does when it falls due while a connection was used lately
+        await get(pool)
+        assert pool._sweep is not None  # looked at again later
+    assert [number for number, _ in server.seen] == [1, 1]
+
+
 @pytest.mark.parametrize("how", ["cancel", "timeout"])
 async def test_a_request_left_mid_answer_closes_its_connection(how: str) -> None:
     hung_up = anyio.Event()

@@ -143,6 +143,16 @@ class _Connection(asyncio.Protocol):
         status = self.parser.get_status_code()
         framed = any(name.lower() in ("content-length", "transfer-encoding") for name, _ in self._headers)
         self._close_delimited = not framed and status >= 200 and status not in (204, 304)
+        encoding = next((v for k, v in self._headers if k.lower() == "content-encoding"), "").strip()
+        if encoding and encoding.lower() != "identity" and status >= 200:
+            # Never asked for (no Accept-Encoding), so never decoded: read as it is, a compressed body
+            # would surface later as a bad digest or bad JSON, far from its cause (a proxy that compresses).
+            self._fail(
+                BadResponse(f"a {status} answer in Content-Encoding {encoding}, which was not asked for")
+            )
+            self._body = []
+            self.close()
+            return
         if self.max_body is not None and status >= 200:
             length = next((v for k, v in self._headers if k.lower() == "content-length"), "")
             if length.strip().isdigit() and int(length) > self.max_body:
@@ -238,6 +248,7 @@ class Http1Pool:
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
         self._closed = False
+        self._sweep: asyncio.TimerHandle | None = None
 
     def _idle_connection(self) -> _Connection | None:
         now = time.monotonic()
@@ -320,6 +331,8 @@ class Http1Pool:
                 if conn.reusable and not conn.closed and not self._closed:
                     conn.idle_since = time.monotonic()
                     self._idle.append(conn)
+                    if self._sweep is None:
+                        self._sweep = loop.call_later(self._keepalive, self._close_stale)
                 else:
                     conn.close()
                 return response
@@ -342,8 +355,29 @@ class Http1Pool:
         finally:
             timer.cancel()
 
+    def _close_stale(self) -> None:
+        """Close the connections idle for ``keepalive``: a pool that is no longer asked (a registry used
+        once) would otherwise hold its sockets until the next request, half-closed once the server gives
+        up on them. One timer per pool, not per request; it runs again while any connection is idle."""
+        self._sweep = None
+        now = time.monotonic()
+        fresh = [c for c in self._idle if not c.closed and now - c.idle_since < self._keepalive]
+        for conn in self._idle:
+            if conn not in fresh:
+                conn.close()
+        self._idle = fresh
+        if fresh and not self._closed:
+            due = min(c.idle_since for c in fresh) + self._keepalive - now
+            # At least a tenth of the keepalive later: the timer never spins on a clock's rounding.
+            self._sweep = asyncio.get_running_loop().call_later(
+                max(due, self._keepalive / 10), self._close_stale
+            )
+
     def close(self) -> None:
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()

@@ -163,8 +163,9 @@ async def test_an_error_body_past_the_limit_still_says_what_the_status_says() ->
     [
         (None, Unreachable),  # hangs up without an answer
         (b"SPDY/9 what\r\n\r\n", UnexpectedResponse),
+        (answer("200 OK", b"\x1f\x8b\x08\x00", Content_Encoding="gzip"), UnexpectedResponse),
     ],
-    ids=["hang-up", "garbage"],
+    ids=["hang-up", "garbage", "compressed"],
 )
 async def test_a_server_that_does_not_answer_http(reply: bytes | None, expected: type[Exception]) -> None:
     async with raw_server(Server({"/v2/app/manifests/v1": lambda _: reply})) as url, client_of(url) as client:
@@ -174,7 +175,8 @@ async def test_a_server_that_does_not_answer_http(reply: bytes | None, expected:
     why = (
         "is unreachable: the server closed the connection"
         if reply is None
-        else "sent an invalid HTTP answer to GET /v2/app/manifests/v1: unreadable HTTP response"
+        else "sent an invalid HTTP answer to GET /v2/app/manifests/v1: "
+        + ("a 200 answer in Content-Encoding gzip" if b"gzip" in reply else "unreadable HTTP response")
     )
     assert str(info.value).startswith(f"registry {host} {why}")
     assert "\n" not in str(info.value)
