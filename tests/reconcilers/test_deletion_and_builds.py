@@ -3,13 +3,16 @@ webhook (korifi.md §4.3 G, J, K: behaviours 41-42, 56-62; untested path U5)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from service.kube import resources as r
 from service.reconcilers import korifi as k
+from service.reconcilers.kpackbuild import KpackBuildReconciler
 from service.registry.errors import NotFound as ImageNotFound
+from service.runtime.clock import FakeClock
 from tests.helpers import consistently, eventually
 from tests.reconcilers.conftest import APP_GUID, SERVICE_ACCOUNT, Env
 
@@ -70,29 +73,50 @@ async def test_a_build_written_by_kpack_at_once_gets_its_finalizer_in_one_write(
     assert reconciles.labels("kpackbuild", "error")._value.get() == 0
 
 
-async def test_status_writes_to_a_build_do_not_bring_its_controller_back(env: Env) -> None:
-    """kpack writes a running Build's status several times; the controller acts only on its finalizers,
-    labels and deletion, so those writes are not reconciles (``changed(acted_on)``), while its deletion
-    still is."""
-    await env.build("busy", "1", labels={k.BUILD_WORKLOAD_LABEL: "busy"})
-    assert await eventually(lambda: finalizers(env, r.BUILD, "busy")) == [k.KPACK_BUILD_FINALIZER]
+async def test_only_what_the_build_controller_acts_on_brings_it_back(env: Env) -> None:
+    """The Build controller acts on a Build made for a workload that lacks its finalizer, or one being
+    deleted that holds it. kpack's status writes to a running Build, and the arrival of its own finalizer
+    in the cache, are not reconciles (``wanted`` and ``changed(acted_on)``); the deletion is."""
     builds = env.manager.informers.lister(r.BUILD)
     adds = env.manager.metrics.adds.labels("kpackbuild", "kpackbuild")
+
+    def cached() -> Obj:
+        build = builds.get(env.namespace, "busy")
+        return build if build is not None else {"metadata": {}}
+
     before = adds._value.get()
+    await env.build("busy", "1", labels={k.BUILD_WORKLOAD_LABEL: "busy"})
+    # The informer tells its handlers in the same step as it stores an object: once the cache shows a
+    # write, the controller has been told of it (or not).
+    await eventually(
+        lambda: k.KPACK_BUILD_FINALIZER in (cached()["metadata"].get("finalizers") or ()),
+        what="the finalizer in the cache",
+    )
+    assert adds._value.get() == before + 1  # the Build's creation alone
     for step in range(3):
-        written = await env.set_status(r.BUILD, "busy", {"podName": f"busy-pod-{step}"})
-
-        async def cached(rv: str = written["metadata"]["resourceVersion"]) -> bool:
-            build = builds.get(env.namespace, "busy")
-            return build is not None and build["metadata"]["resourceVersion"] == rv
-
-        # The informer tells its handlers in the same step that it stores the object: once the cache
-        # shows the write, the controller has been told of it (or not).
-        await eventually(cached, what="the status write in the cache")
-    assert adds._value.get() == before
+        rv = (await env.set_status(r.BUILD, "busy", {"podName": f"pod-{step}"}))["metadata"][
+            "resourceVersion"
+        ]
+        await eventually(lambda rv=rv: cached()["metadata"].get("resourceVersion") == rv, what="the write")
+    assert adds._value.get() == before + 1
     await env.client.delete(r.BUILD, "busy", env.namespace)
     await eventually(lambda: _gone(env, r.BUILD, "busy"), what="the Build released and gone")
-    assert adds._value.get() > before
+    assert adds._value.get() > before + 1
+
+
+def test_finalizer_writes_awaited_past_their_time_are_forgotten() -> None:
+    """Their own watch event no longer brings a reconcile to pop them (the Build is not ``wanted`` once
+    it holds the finalizer): without this, one entry per Build would stay for the Build's lifetime."""
+    manager = SimpleNamespace(
+        client=None, clock=FakeClock(), informers=SimpleNamespace(lister=lambda _: None)
+    )
+    reconciler = KpackBuildReconciler(manager, None, None, None)  # type: ignore[arg-type]
+    reconciler._added = {("ns", "old"): ("uid-1", 10.0), ("ns", "also-due"): ("uid-2", 12.0)}
+    reconciler._added[("ns", "new")] = ("uid-3", 30.0)
+    reconciler._forget_expired(20.0)
+    assert list(reconciler._added) == [("ns", "new")]
+    reconciler._forget_expired(5.0)
+    assert list(reconciler._added) == [("ns", "new")]
 
 
 async def _equals(value: Any, expected: Any) -> bool:
