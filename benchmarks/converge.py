@@ -101,6 +101,14 @@ class Figures:
         return 1000 * self.cpu_seconds / self.workloads
 
     @property
+    def cpu_per_server_cpu(self) -> float | None:
+        """The controller's CPU over the API server's (the emulator's, or the control plane's) for the
+        same span: on a VM whose speed drifts from run to run, this compares two commits of the service
+        where CPU seconds do not (the server's code and the requests it serves stay the same)."""
+        server = self.others_cpu_seconds.get("emulator") or self.others_cpu_seconds.get("control plane")
+        return self.cpu_seconds / server if server else None
+
+    @property
     def requests_per_workload(self) -> float | None:
         count = self.requests if self.requests is not None else self.own_count
         return None if count is None else count / self.workloads
@@ -513,6 +521,8 @@ def table(results: list[Figures]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     for f in results:
         spent = ", ".join(f"{name} {v:.1f} s" for name, v in f.others_cpu_seconds.items())
+        if f.cpu_per_server_cpu is not None:
+            spent += f"; {f.peer}'s CPU per API server CPU second: {f.cpu_per_server_cpu:.3f}"
         lines.append(f"{f.peer} run, CPU of the other processes: {spent}")
         if f.own_by_method:
             each = ", ".join(f"{key} {v / f.workloads:.2f}" for key, v in f.own_by_method.items())
@@ -557,6 +567,9 @@ async def main(args: argparse.Namespace) -> int:
             **asdict(f),
             "workloads_per_s": round(f.per_second, 1),
             "cpu_ms_per_workload": round(f.cpu_ms_per_workload, 3),
+            "cpu_per_server_cpu": (
+                round(f.cpu_per_server_cpu, 3) if f.cpu_per_server_cpu is not None else None
+            ),
             "requests_per_workload": (
                 round(f.requests_per_workload, 2) if f.requests_per_workload is not None else None
             ),

@@ -39,6 +39,8 @@ async def test_converge_prints_the_figures_of_workloads_that_all_succeeded(tmp_p
     assert figures["requests"] >= 3 * WORKLOADS
     assert figures["own_count"] >= 3 * WORKLOADS
     assert figures["cpu_seconds"] >= 0 and figures["peak_rss_mib"] > 0
+    emulator = figures["others_cpu_seconds"]["emulator"]
+    assert emulator > 0 and figures["cpu_per_server_cpu"] == round(figures["cpu_seconds"] / emulator, 3)
 
 
 async def test_converge_runs_on_the_real_control_plane(tmp_path: Path) -> None:
