@@ -15,15 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from service.metrics import Counter, Histogram
 from service.reconcilers import korifi as k
 from service.reconcilers.buildworkload.observed import WaitingPhase
-
-prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PREFIX = "kpack_image_builder_"
 # From a workload's creation to its end: a cached rebuild takes seconds, a cold one minutes, a queue hours.

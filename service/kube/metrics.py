@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 
-# controller-runtime exports no ``*_created`` series; without this every counter and histogram here
-# would carry one. It is process-wide, so it must run before any metric is created.
-prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+from service.metrics import Counter, CounterValue, Histogram, HistogramValue
 
 REQUEST_DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 
@@ -34,8 +31,8 @@ class RestClientMetrics:
         )
         # The labelled children, kept: ``labels()`` costs more than the rest of an observation, and the
         # label sets are few (verbs, codes and hosts).
-        self._counted: dict[tuple[int | None, str, str], Counter] = {}
-        self._timed: dict[tuple[str, str], Histogram] = {}
+        self._counted: dict[tuple[int | None, str, str], CounterValue] = {}
+        self._timed: dict[tuple[str, str], HistogramValue] = {}
 
     def observe(self, method: str, host: str, status: int | None, seconds: float | None = None) -> None:
         """Count one attempt; ``status`` None means no response arrived (client-go's ``<error>``)."""

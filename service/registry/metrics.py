@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import re
 
-import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from yarl import URL
 
-prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+from service.metrics import Counter, Histogram
 
 PREFIX = "kpack_image_builder_"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

@@ -8,9 +8,9 @@ no ``_created`` series.
 from __future__ import annotations
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
-prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+from service.metrics import Counter, Gauge, Histogram
 
 WORKQUEUE_BUCKETS = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 RECONCILE_BUCKETS = (

@@ -30,8 +30,9 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.abc
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
+from service.metrics import Gauge
 from service.runtime.clock import REAL_CLOCK, Clock
 
 log = logging.getLogger("service.runtime.offload")

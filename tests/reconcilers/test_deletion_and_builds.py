@@ -64,13 +64,13 @@ async def test_a_build_written_by_kpack_at_once_gets_its_finalizer_in_one_write(
 
     async def settled() -> bool:
         held = [await finalizers(env, r.BUILD, name) for name in names]
-        depth = env.manager.metrics.depth.labels("kpackbuild", "kpackbuild", "")._value.get()
-        active = env.manager.metrics.active_workers.labels("kpackbuild")._value.get()
+        depth = env.manager.metrics.depth.labels("kpackbuild", "kpackbuild", "").value
+        active = env.manager.metrics.active_workers.labels("kpackbuild").value
         return all(h == [k.KPACK_BUILD_FINALIZER] for h in held) and depth == 0 and active == 0
 
     await eventually(settled, what="every Build holding its finalizer, the controller idle")
-    assert reconciles.labels("kpackbuild", "requeue")._value.get() == 0  # no finalizer patch refused
-    assert reconciles.labels("kpackbuild", "error")._value.get() == 0
+    assert reconciles.labels("kpackbuild", "requeue").value == 0  # no finalizer patch refused
+    assert reconciles.labels("kpackbuild", "error").value == 0
 
 
 async def test_only_what_the_build_controller_acts_on_brings_it_back(env: Env) -> None:
@@ -84,7 +84,7 @@ async def test_only_what_the_build_controller_acts_on_brings_it_back(env: Env) -
         build = builds.get(env.namespace, "busy")
         return build if build is not None else {"metadata": {}}
 
-    before = adds._value.get()
+    before = adds.value
     await env.build("busy", "1", labels={k.BUILD_WORKLOAD_LABEL: "busy"})
     # The informer tells its handlers in the same step as it stores an object: once the cache shows a
     # write, the controller has been told of it (or not).
@@ -92,16 +92,16 @@ async def test_only_what_the_build_controller_acts_on_brings_it_back(env: Env) -
         lambda: k.KPACK_BUILD_FINALIZER in (cached()["metadata"].get("finalizers") or ()),
         what="the finalizer in the cache",
     )
-    assert adds._value.get() == before + 1  # the Build's creation alone
+    assert adds.value == before + 1  # the Build's creation alone
     for step in range(3):
         rv = (await env.set_status(r.BUILD, "busy", {"podName": f"pod-{step}"}))["metadata"][
             "resourceVersion"
         ]
         await eventually(lambda rv=rv: cached()["metadata"].get("resourceVersion") == rv, what="the write")
-    assert adds._value.get() == before + 1
+    assert adds.value == before + 1
     await env.client.delete(r.BUILD, "busy", env.namespace)
     await eventually(lambda: _gone(env, r.BUILD, "busy"), what="the Build released and gone")
-    assert adds._value.get() > before + 1
+    assert adds.value > before + 1
 
 
 def test_finalizer_writes_awaited_past_their_time_are_forgotten() -> None:

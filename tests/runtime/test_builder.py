@@ -167,7 +167,7 @@ async def test_a_reconcile_that_raced_its_objects_deletion_is_not_an_error(
             await client.merge_patch(r.CONFIG_MAP, "some-other-object", {"data": {"x": "1"}}, "default")
 
     def errors() -> float:
-        return float(manager.metrics.reconcile_errors.labels(controller="toy")._value.get())
+        return float(manager.metrics.reconcile_errors.labels(controller="toy").value)
 
     def gone_logged() -> bool:
         return any("object is gone" in rec.getMessage() for rec in caplog.records)

@@ -1,0 +1,197 @@
+"""Prometheus counters, gauges and histograms for one event loop, exposed through prometheus_client.
+
+Why not prometheus_client's own classes: every update of theirs takes a lock and runs checks meant for
+threads and multiprocess mode, and this service updates its metrics some thirty times per workload (the
+work queue, each reconcile, each API and registry request) from one thread. With them, metrics took 5 % of
+the service's CPU in benchmarks/converge.py (docs/performance.md). The families here hold plain numbers and
+are prometheus_client Collectors: the library still builds the exposition when it scrapes (names, HELP,
+TYPE, label order, ``le`` values are its own), from ``collect``.
+
+Not thread-safe by design: update them from the event loop's thread. The sidecar scrapes on that thread
+too, and ``collect`` copies what it reads, so a scrape never sees a histogram's buckets out of step.
+The API is prometheus_client's subset that the service uses: ``labels`` (by position or by name; a new
+child starts at zero, so creating one is how a series is made to exist before its first event), ``inc``,
+``dec``, ``set``, ``observe``, ``clear``; a family without labels updates as its own child.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
+
+import prometheus_client
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+# controller-runtime exports no ``*_created`` series; prometheus_client's own collectors (process, GC)
+# would get none anyway, and this keeps it so should one of its metric classes be used here again.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class CounterValue:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("a counter can only be increased")
+        self.value += amount
+
+
+class GaugeValue:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+
+class HistogramValue:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds  # upper bounds, ascending, without +Inf
+        self.counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; the last is +Inf's
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        # The first bucket whose bound is >= amount: Prometheus buckets are "less than or equal".
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+V = TypeVar("V", CounterValue, GaugeValue, HistogramValue)
+
+
+class _Family(Collector, Generic[V]):
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        registry: CollectorRegistry | None,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], V] = {}
+        if not self.labelnames:
+            self._children[()] = self._new()
+        if registry is not None:
+            registry.register(self)
+
+    def _new(self) -> V:
+        raise NotImplementedError
+
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def _add(self, family: Metric, labels: tuple[str, ...], child: V) -> None:
+        family.add_metric(labels, child.value)  # type: ignore[attr-defined]
+
+    def labels(self, *values: str, **by_name: str) -> V:
+        child = self._children.get(values)
+        if child is not None:
+            return child
+        if by_name:
+            if values or set(by_name) != set(self.labelnames):
+                raise ValueError(f"{self.name}: labels {sorted(by_name)} are not {list(self.labelnames)}")
+            values = tuple(by_name[name] for name in self.labelnames)
+        elif len(values) != len(self.labelnames) or not self.labelnames:
+            raise ValueError(f"{self.name}: {len(values)} label values for labels {list(self.labelnames)}")
+        values = tuple(str(value) for value in values)
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._new()
+        return child
+
+    def clear(self) -> None:
+        """Forget every labelled series (a family without labels keeps its one, at zero)."""
+        self._children.clear()
+        if not self.labelnames:
+            self._children[()] = self._new()
+
+    def _only(self) -> V:
+        if self.labelnames:
+            raise ValueError(f"{self.name} has labels {list(self.labelnames)}: update a child of labels()")
+        return self._children[()]
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for labels, child in list(self._children.items()):
+            self._add(family, labels, child)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+
+class Counter(_Family[CounterValue]):
+    def _new(self) -> CounterValue:
+        return CounterValue()
+
+    def _family(self) -> Metric:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._only().inc(amount)
+
+
+class Gauge(_Family[GaugeValue]):
+    def _new(self) -> GaugeValue:
+        return GaugeValue()
+
+    def _family(self) -> Metric:
+        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def set(self, value: float) -> None:
+        self._only().set(value)
+
+
+class Histogram(_Family[HistogramValue]):
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        buckets: Sequence[float],
+        registry: CollectorRegistry | None,
+    ) -> None:
+        bounds = tuple(float(b) for b in buckets if not math.isinf(b))
+        if list(bounds) != sorted(set(bounds)) or not bounds:
+            raise ValueError(f"{name}: buckets must be distinct and ascending, got {list(buckets)}")
+        self.bounds = bounds
+        self._les = [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        super().__init__(name, documentation, labelnames, registry=registry)
+
+    def _new(self) -> HistogramValue:
+        return HistogramValue(self.bounds)
+
+    def _family(self) -> Metric:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def _add(self, family: Metric, labels: tuple[str, ...], child: HistogramValue) -> None:
+        counts, total = list(child.counts), child.sum  # one consistent copy (see the module's docstring)
+        cumulative, buckets = 0, []
+        for le, count in zip(self._les, counts, strict=True):
+            cumulative += count
+            buckets.append((le, float(cumulative)))
+        family.add_metric(labels, buckets, total)  # type: ignore[attr-defined]
+
+    def observe(self, amount: float) -> None:
+        self._only().observe(amount)
