@@ -44,6 +44,10 @@ class ServerDisconnected(ConnectionError):
     """The server closed the connection before the whole response arrived."""
 
 
+class ConnectTimeout(TimeoutError):
+    """No connection within the pool's ``connect_timeout`` (before the request's own time ran out)."""
+
+
 class BadResponse(ConnectionError):
     """The server's answer is not HTTP/1.1 this client can read; the connection is dropped."""
 
@@ -262,10 +266,16 @@ class Http1Pool:
 
     async def _connect(self, deadline: float) -> _Connection:
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout_at(min(deadline, loop.time() + self._connect_timeout)):
-            _, conn = await loop.create_connection(
-                _Connection, self._host, self._port, ssl=self._ssl, server_hostname=self._server_hostname
-            )
+        limit = loop.time() + self._connect_timeout
+        try:
+            async with asyncio.timeout_at(min(deadline, limit)):
+                _, conn = await loop.create_connection(
+                    _Connection, self._host, self._port, ssl=self._ssl, server_hostname=self._server_hostname
+                )
+        except TimeoutError:
+            if limit < deadline:  # the connect's own limit ran out, not the request's time
+                raise ConnectTimeout(f"no connection within {self._connect_timeout:g} s") from None
+            raise
         return conn
 
     async def request(

@@ -430,8 +430,10 @@ class Transport(LazySession):
                 f"registry {op.registry} sent an invalid HTTP answer to {op.current}: {exc}",
                 registry=op.registry.name,
             ) from None
+        except http_pool.ConnectTimeout:
+            raise self._connect_timeout(op) from None
         except TimeoutError:
-            raise  # no connection or slot in time: the operation's timeout, as on the aiohttp path
+            raise  # no slot in time, or the whole operation's time ran out: the operation's timeout
         except OSError as exc:
             self.cache.bases.pop(op.registry.name)
             raise self._unreachable(op, exc) from None
@@ -480,6 +482,8 @@ class Transport(LazySession):
                 body = b"" if method == "HEAD" else await self._read(op, resp, limit)
                 return Reply(method, resp.url, resp.status, resp.reason or "", resp.headers, body)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                raise self._connect_timeout(op) from None
             if isinstance(exc, TimeoutError):
                 raise
             if not token_server:
@@ -490,6 +494,15 @@ class Transport(LazySession):
             raise UnexpectedResponse(
                 f"{where} sent an invalid HTTP answer to {op.current}: {exc}", registry=op.registry.name
             ) from None
+
+    def _connect_timeout(self, op: Operation) -> RegistryTimeout:
+        """A connection that did not come up within ``connect_timeout``: named as such, since that limit,
+        not the operation's, is the one to look at (a firewall that drops packets, a registry overloaded)."""
+        doing = f" ({op.current})" if op.current else ""
+        return RegistryTimeout(
+            f"registry {op.registry} did not take a connection within {self.connect_timeout:g}s{doing}",
+            registry=op.registry.name,
+        )
 
     async def _read(self, op: Operation, resp: aiohttp.ClientResponse, limit: int) -> bytes:
         if resp.status >= 400:  # an error body: only for the message, so cut rather than refuse

@@ -261,16 +261,20 @@ async def test_a_redirect_to_no_url_is_an_invalid_answer() -> None:
     )
 
 
-async def test_a_connection_that_does_not_come_up_in_time_is_the_operations_timeout() -> None:
+@pytest.mark.parametrize("method", ["GET", "HEAD"])  # the lean pool's, and aiohttp's
+async def test_a_connection_that_does_not_come_up_in_time_names_the_connect_timeout(method: str) -> None:
     silent = Server({})  # takes the TCP connection and never says a word: the TLS handshake waits
     async with (
         raw_server(silent) as url,
         client_of(https := url.replace("http:", "https:"), connect_timeout=0.3) as client,
     ):
         host = https.split("://", 1)[1]
+        read = client.get_manifest if method == "GET" else client.head_manifest
         with anyio.fail_after(10), pytest.raises(RegistryTimeout) as info:
-            await client.get_manifest(f"{host}/app:v1")
-    assert info.value.message.startswith(f"registry {host} did not answer within")
+            await read(f"{host}/app:v1")
+    assert info.value.message == (
+        f"registry {host} did not take a connection within 0.3s ({method} /v2/app/manifests/v1)"
+    )
 
 
 async def test_past_the_limit_of_origins_the_least_recently_used_ones_connections_go(
