@@ -17,6 +17,7 @@ child starts at zero, so creating one is how a series is made to exist before it
 from __future__ import annotations
 
 import math
+import re
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Generic, TypeVar
@@ -68,12 +69,15 @@ class HistogramValue:
         self.sum = 0.0
 
     def observe(self, amount: float) -> None:
-        # The first bucket whose bound is >= amount: Prometheus buckets are "less than or equal".
-        self.counts[bisect_left(self.bounds, amount)] += 1
         self.sum += amount
+        if amount == amount:  # a NaN is in no bucket (nor the count), as prometheus_client has it
+            # The first bucket whose bound is >= amount: Prometheus buckets are "less than or equal".
+            self.counts[bisect_left(self.bounds, amount)] += 1
 
 
 V = TypeVar("V", CounterValue, GaugeValue, HistogramValue)
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 class _Family(Collector, Generic[V]):
@@ -88,11 +92,17 @@ class _Family(Collector, Generic[V]):
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        for label in self.labelnames:
+            if not _LABEL_NAME.fullmatch(label) or label.startswith("__") or label in self._reserved():
+                raise ValueError(f"{name}: invalid label name {label!r}")
         self._children: dict[tuple[str, ...], V] = {}
-        if not self.labelnames:
-            self._children[()] = self._new()
+        # A family without labels is its own one series (``labels`` refuses it, as prometheus_client does).
+        self._child: V | None = None if self.labelnames else self._new()
         if registry is not None:
             registry.register(self)
+
+    def _reserved(self) -> tuple[str, ...]:
+        return ()
 
     def _new(self) -> V:
         raise NotImplementedError
@@ -107,11 +117,13 @@ class _Family(Collector, Generic[V]):
         child = self._children.get(values)
         if child is not None:
             return child
+        if not self.labelnames:
+            raise ValueError(f"{self.name} has no labels: update the family itself")
         if by_name:
             if values or set(by_name) != set(self.labelnames):
                 raise ValueError(f"{self.name}: labels {sorted(by_name)} are not {list(self.labelnames)}")
             values = tuple(by_name[name] for name in self.labelnames)
-        elif len(values) != len(self.labelnames) or not self.labelnames:
+        elif len(values) != len(self.labelnames):
             raise ValueError(f"{self.name}: {len(values)} label values for labels {list(self.labelnames)}")
         values = tuple(str(value) for value in values)
         child = self._children.get(values)
@@ -120,18 +132,18 @@ class _Family(Collector, Generic[V]):
         return child
 
     def clear(self) -> None:
-        """Forget every labelled series (a family without labels keeps its one, at zero)."""
+        """Forget every labelled series (a family without labels keeps its one, as it is)."""
         self._children.clear()
-        if not self.labelnames:
-            self._children[()] = self._new()
 
     def _only(self) -> V:
-        if self.labelnames:
+        if self._child is None:
             raise ValueError(f"{self.name} has labels {list(self.labelnames)}: update a child of labels()")
-        return self._children[()]
+        return self._child
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
+        if self._child is not None:
+            self._add(family, (), self._child)
         for labels, child in list(self._children.items()):
             self._add(family, labels, child)
         yield family
@@ -158,6 +170,12 @@ class Gauge(_Family[GaugeValue]):
     def _family(self) -> Metric:
         return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
+    def inc(self, amount: float = 1.0) -> None:
+        self._only().inc(amount)
+
+    def dec(self, amount: float = 1.0) -> None:
+        self._only().dec(amount)
+
     def set(self, value: float) -> None:
         self._only().set(value)
 
@@ -178,6 +196,9 @@ class Histogram(_Family[HistogramValue]):
         self.bounds = bounds
         self._les = [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
         super().__init__(name, documentation, labelnames, registry=registry)
+
+    def _reserved(self) -> tuple[str, ...]:
+        return ("le",)
 
     def _new(self) -> HistogramValue:
         return HistogramValue(self.bounds)

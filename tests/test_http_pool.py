@@ -115,6 +115,28 @@ async def test_a_compressed_answer_nobody_asked_for_is_refused_by_name() -> None
     assert "accept-encoding" not in server.requests[0][2]
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 404 Not Found\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n\x1f\x8b\x08\x00",
+        b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm="r"\r\nContent-Encoding: gzip\r\n'
+        b"Content-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nContent-Encoding: gzip\r\n\r\n",
+    ],
+    ids=["error-with-body", "challenge", "empty-success", "no-content"],
+)
+async def test_a_compressed_answer_with_nothing_to_misread_keeps_its_status_and_headers(
+    answer: bytes,
+) -> None:
+    """An error answer's body only words its message: dropped, while its status and headers (a 401's
+    challenge) still count; an answer with no body has nothing to misread."""
+    async with pool_for(AnsweringServer(answer)) as pool:
+        response = await get(pool)
+    assert response.status == int(answer.split()[1]) and response.body == b""
+    assert response.headers["Content-Encoding"] == "gzip"
+
+
 async def test_identity_is_no_encoding() -> None:
     server = AnsweringServer(b"HTTP/1.1 200 OK\r\nContent-Encoding: identity\r\nContent-Length: 2\r\n\r\n{}")
     async with pool_for(server) as pool:

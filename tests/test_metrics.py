@@ -45,10 +45,19 @@ def test_gauges_and_unlabelled_families_expose_as_the_librarys() -> None:
     library, own, theirs, ours = both("Counter", "builds_started_total", "Builds.")
     for family in (library, own):
         family.inc()
+        family.clear()  # a family without labels keeps its one series
+    assert generate_latest(ours) == generate_latest(theirs)
+    library, own, theirs, ours = both("Gauge", "in_flight", "In flight.")
+    for family in (library, own):
+        family.set(7)
+        family.inc(3)
+        family.dec()
     assert generate_latest(ours) == generate_latest(theirs)
 
 
-@pytest.mark.parametrize("values", [[], [0.005], [0.0049, 0.1, 0.10001, 1, 2, 60, 61, 1e9, -1]])
+@pytest.mark.parametrize(
+    "values", [[], [0.005], [0.0049, 0.1, 0.10001, 1, 2, 60, 61, 1e9, -1, float("inf")], [1.0, float("nan")]]
+)
 def test_histograms_expose_as_the_librarys(values: list[float]) -> None:
     """Bucket bounds are "less than or equal", ``le`` is written as Go writes floats, +Inf takes the rest."""
     library, own, theirs, ours = both("Histogram", "latency_seconds", "Latency.", ["verb"], buckets=BUCKETS)
@@ -70,6 +79,13 @@ def test_what_the_library_refuses_is_refused() -> None:
         counter.labels(colour="red")
     with pytest.raises(ValueError, match="update a child"):
         counter.inc()
+    with pytest.raises(ValueError, match="no labels"):
+        lean.Counter("plain_total", "Plain.", registry=None).labels()
+    for name in ("__reserved", "1st", "a-b"):
+        with pytest.raises(ValueError, match="invalid label name"):
+            lean.Counter("c_total", "C.", [name], registry=None)
+    with pytest.raises(ValueError, match="invalid label name 'le'"):
+        lean.Histogram("h_seconds", "H.", ["le"], buckets=(1,), registry=None)
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         lean.Counter("things_total", "Again.", registry=registry)
     with pytest.raises(ValueError, match="ascending"):

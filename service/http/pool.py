@@ -97,6 +97,7 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
         self._reason = ""
+        self._encoding = ""  # the answer's Content-Encoding when not identity (never asked for)
         self.max_body: int | None = None  # of the current request's answer
         self._size = 0
 
@@ -148,15 +149,7 @@ class _Connection(asyncio.Protocol):
         framed = any(name.lower() in ("content-length", "transfer-encoding") for name, _ in self._headers)
         self._close_delimited = not framed and status >= 200 and status not in (204, 304)
         encoding = next((v for k, v in self._headers if k.lower() == "content-encoding"), "").strip()
-        if encoding and encoding.lower() != "identity" and status >= 200:
-            # Never asked for (no Accept-Encoding), so never decoded: read as it is, a compressed body
-            # would surface later as a bad digest or bad JSON, far from its cause (a proxy that compresses).
-            self._fail(
-                BadResponse(f"a {status} answer in Content-Encoding {encoding}, which was not asked for")
-            )
-            self._body = []
-            self.close()
-            return
+        self._encoding = "" if encoding.lower() in ("", "identity") else encoding
         if self.max_body is not None and status >= 200:
             length = next((v for k, v in self._headers if k.lower() == "content-length"), "")
             if length.strip().isdigit() and int(length) > self.max_body:
@@ -193,12 +186,22 @@ class _Connection(asyncio.Protocol):
         waiter, self.waiter = self.waiter, None
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         headers, self._headers, self._body = self._headers, [], []
-        if waiter is not None and not waiter.done():
-            waiter.set_result(
-                Response(
-                    self.parser.get_status_code(), CIMultiDictProxy(CIMultiDict(headers)), body, self._reason
+        status, encoding, self._encoding = self.parser.get_status_code(), self._encoding, ""
+        if encoding and body:
+            # Compressed though no Accept-Encoding asked for it (a proxy that compresses anyway), so never
+            # decoded here. A success's body read as it is would surface later as a bad digest or bad JSON,
+            # far from its cause: refused by name. An error's body only words its message: it is dropped,
+            # and its status and headers (a challenge, a Retry-After) still count.
+            if 200 <= status < 300:
+                exc = BadResponse(
+                    f"a {status} answer in Content-Encoding {encoding}, which was not asked for"
                 )
-            )
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(exc)
+                return
+            body = b""
+        if waiter is not None and not waiter.done():
+            waiter.set_result(Response(status, CIMultiDictProxy(CIMultiDict(headers)), body, self._reason))
 
     # ours
     def _fail(self, exc: Exception) -> None:

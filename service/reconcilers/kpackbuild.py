@@ -51,10 +51,15 @@ def acted_on(build: Obj) -> tuple[object, ...]:
     """What ``reconcile`` reads of a Build. An update brings it back only when this changed and the
     Build is ``wanted``: kpack's status writes to a running Build, and the finalizer's own arrival in the
     cache, were reconciles that did nothing (2.4 of the 3.4 per Build in benchmarks/converge.py). The image
-    and tags matter only once the Build is deleted."""
+    and tags matter only once the Build is deleted; the uid tells a Build made again under the same name.
+
+    The one gap, as with any controller-runtime predicate: after a relist the informer compares its cached
+    object with the listed one, not the states between. Should this controller's finalizer land, its event
+    be lost with a broken watch, and someone remove the finalizer before the relist, both look the same and
+    nothing comes back until the resync (``syncPeriod``, 10 hours)."""
     meta = build.get("metadata", {})
     deleting = meta.get("deletionTimestamp")
-    view: tuple[object, ...] = (for_a_workload(build), deleting, meta.get("finalizers"))
+    view: tuple[object, ...] = (meta.get("uid"), for_a_workload(build), deleting, meta.get("finalizers"))
     if deleting:
         view += ((build.get("status") or {}).get("latestImage"), (build.get("spec") or {}).get("tags"))
     return view
@@ -104,7 +109,9 @@ class KpackBuildReconciler:
 
     def _forget_expired(self, now: float) -> None:
         """Drop the writes awaited past their time: their own watch event is filtered out (the Build is no
-        longer ``wanted``), so no reconcile comes to pop them. Oldest first, as they were added."""
+        longer ``wanted``), so no reconcile comes to pop them. From the front, up to the first still awaited:
+        one put back by the requeue path keeps its older deadline behind newer ones, so an expired entry may
+        stay a little longer; there are never more than a few seconds' writes."""
         while self._added:
             key, (_, until) = next(iter(self._added.items()))
             if until > now:

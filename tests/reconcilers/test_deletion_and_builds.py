@@ -10,8 +10,9 @@ import pytest
 
 from service.kube import resources as r
 from service.reconcilers import korifi as k
-from service.reconcilers.kpackbuild import KpackBuildReconciler
+from service.reconcilers.kpackbuild import KpackBuildReconciler, acted_on
 from service.registry.errors import NotFound as ImageNotFound
+from service.runtime import changed
 from service.runtime.clock import FakeClock
 from tests.helpers import consistently, eventually
 from tests.reconcilers.conftest import APP_GUID, SERVICE_ACCOUNT, Env
@@ -102,6 +103,17 @@ async def test_only_what_the_build_controller_acts_on_brings_it_back(env: Env) -
     await env.client.delete(r.BUILD, "busy", env.namespace)
     await eventually(lambda: _gone(env, r.BUILD, "busy"), what="the Build released and gone")
     assert adds.value > before + 1
+
+
+def test_a_build_made_again_under_its_name_is_a_change() -> None:
+    """The filter's view of a Build holds its uid: a Build deleted and made again while the watch was
+    broken (the relist compares the two) is looked at, though its finalizers look the same."""
+    labels = {k.BUILD_WORKLOAD_LABEL: "w"}
+    old = {"metadata": {"name": "b", "uid": "1", "resourceVersion": "5", "labels": labels}}
+    again = {"metadata": {"name": "b", "uid": "2", "resourceVersion": "9", "labels": labels}}
+    later = {"metadata": {"name": "b", "uid": "1", "resourceVersion": "7", "labels": labels}}
+    assert changed(acted_on).update(old, again)
+    assert not changed(acted_on).update(old, later)
 
 
 def test_finalizer_writes_awaited_past_their_time_are_forgotten() -> None:
