@@ -20,7 +20,7 @@ import math
 import re
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
-from typing import Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -81,6 +81,10 @@ _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 class _Family(Collector, Generic[V]):
+    # What a family holds per series and what it is exposed as: set by each kind.
+    _value_type: ClassVar[type[Any]]
+    _metric_type: ClassVar[type[Any]]
+
     def __init__(
         self,
         name: str,
@@ -105,10 +109,12 @@ class _Family(Collector, Generic[V]):
         return ()
 
     def _new(self) -> V:
-        raise NotImplementedError
+        value: V = self._value_type()
+        return value
 
     def _family(self) -> Metric:
-        raise NotImplementedError
+        family: Metric = self._metric_type(self.name, self.documentation, labels=self.labelnames)
+        return family
 
     def _add(self, family: Metric, labels: tuple[str, ...], child: V) -> None:
         family.add_metric(labels, child.value)  # type: ignore[attr-defined]
@@ -153,22 +159,16 @@ class _Family(Collector, Generic[V]):
 
 
 class Counter(_Family[CounterValue]):
-    def _new(self) -> CounterValue:
-        return CounterValue()
-
-    def _family(self) -> Metric:
-        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+    _value_type = CounterValue
+    _metric_type = CounterMetricFamily
 
     def inc(self, amount: float = 1.0) -> None:
         self._only().inc(amount)
 
 
 class Gauge(_Family[GaugeValue]):
-    def _new(self) -> GaugeValue:
-        return GaugeValue()
-
-    def _family(self) -> Metric:
-        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+    _value_type = GaugeValue
+    _metric_type = GaugeMetricFamily
 
     def inc(self, amount: float = 1.0) -> None:
         self._only().inc(amount)
@@ -200,11 +200,10 @@ class Histogram(_Family[HistogramValue]):
     def _reserved(self) -> tuple[str, ...]:
         return ("le",)
 
+    _metric_type = HistogramMetricFamily
+
     def _new(self) -> HistogramValue:
         return HistogramValue(self.bounds)
-
-    def _family(self) -> Metric:
-        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
     def _add(self, family: Metric, labels: tuple[str, ...], child: HistogramValue) -> None:
         counts, total = list(child.counts), child.sum  # one consistent copy (see the module's docstring)

@@ -146,14 +146,20 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        framed = any(name.lower() in ("content-length", "transfer-encoding") for name, _ in self._headers)
+        length = encoding = ""
+        framed = False
+        for name, value in self._headers:  # one pass: this runs for every answer
+            name = name.lower()
+            if name == "content-length":
+                length, framed = value.strip(), True
+            elif name == "transfer-encoding":
+                framed = True
+            elif name == "content-encoding":
+                encoding = value.strip()
         self._close_delimited = not framed and status >= 200 and status not in (204, 304)
-        encoding = next((v for k, v in self._headers if k.lower() == "content-encoding"), "").strip()
         self._encoding = "" if encoding.lower() in ("", "identity") else encoding
-        if self.max_body is not None and status >= 200:
-            length = next((v for k, v in self._headers if k.lower() == "content-length"), "")
-            if length.strip().isdigit() and int(length) > self.max_body:
-                self._too_large(status, int(length))
+        if self.max_body is not None and status >= 200 and length.isdigit() and int(length) > self.max_body:
+            self._too_large(status, int(length))
 
     def on_body(self, body: bytes) -> None:
         if self.waiter is None:
@@ -374,9 +380,11 @@ class Http1Pool:
         up on them. One timer per pool, not per request; it runs again while any connection is idle."""
         self._sweep = None
         now = time.monotonic()
-        fresh = [c for c in self._idle if not c.closed and now - c.idle_since < self._keepalive]
+        fresh = []
         for conn in self._idle:
-            if conn not in fresh:
+            if not conn.closed and now - conn.idle_since < self._keepalive:
+                fresh.append(conn)
+            else:
                 conn.close()
         self._idle = fresh
         if fresh and not self._closed:

@@ -171,6 +171,11 @@ class Operation:
     timeout: float
     current: str = ""
 
+    @property
+    def doing(self) -> str:
+        """`` (GET /v2/…)``: the request in flight, for the end of a message; empty before the first."""
+        return f" ({self.current})" if self.current else ""
+
 
 def _error_fields(body: bytes) -> tuple[str, str]:
     """The first (code, message) of a distribution error body, or ("", "")."""
@@ -293,9 +298,8 @@ class Transport(LazySession):
         except TimeoutError as exc:
             if isinstance(exc, RegistryError):
                 raise
-            doing = f" ({op.current})" if op.current else ""
             raise RegistryTimeout(
-                f"registry {op.registry} did not answer within {deadline:g}s{doing}",
+                f"registry {op.registry} did not answer within {deadline:g}s{op.doing}",
                 registry=op.registry.name,
             ) from None
 
@@ -355,8 +359,7 @@ class Transport(LazySession):
             why = _ERRNO_TEXT[exc.errno]
         else:
             why = str(exc) or type(exc).__name__
-        doing = f" ({op.current})" if op.current else ""
-        return Unreachable(f"{where} is unreachable: {why}{doing}", registry=op.registry.name)
+        return Unreachable(f"{where} is unreachable: {why}{op.doing}", registry=op.registry.name)
 
     # ------------------------------------------------------------------------------------ HTTP
     async def _http(
@@ -498,9 +501,8 @@ class Transport(LazySession):
     def _connect_timeout(self, op: Operation) -> RegistryTimeout:
         """A connection that did not come up within ``connect_timeout``: named as such, since that limit,
         not the operation's, is the one to look at (a firewall that drops packets, a registry overloaded)."""
-        doing = f" ({op.current})" if op.current else ""
         return RegistryTimeout(
-            f"registry {op.registry} did not take a connection within {self.connect_timeout:g}s{doing}",
+            f"registry {op.registry} did not take a connection within {self.connect_timeout:g}s{op.doing}",
             registry=op.registry.name,
         )
 
