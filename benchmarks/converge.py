@@ -59,7 +59,7 @@ from simcluster.demo import create_space
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "benchmarks" / "peers"
 KOPF_VENV = Path.home() / ".cache" / "kpack-image-builder" / "bench-kopf-venv"
-KOPF_PACKAGES = ("kopf", "kubernetes_asyncio")
+KOPF_PACKAGES = ("kopf", "kubernetes_asyncio", "uvloop")
 CREATE_CONCURRENCY = 16
 STARTUP_TIMEOUT = 120.0
 TICKS = os.sysconf("SC_CLK_TCK")

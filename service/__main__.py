@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 
@@ -40,8 +41,14 @@ def _run(args: argparse.Namespace) -> int:
     setup_logging(loaded.config.log_level, loaded.config.log_format)
     loaded.log_ignored()
     collector.tune()
+    uvloop = loaded.config.event_loop == "uvloop"
+    if uvloop and importlib.util.find_spec("uvloop") is None:
+        return fail(
+            f"eventLoop uvloop ({loaded.sources.get('eventLoop', 'default')}): the uvloop package is not "
+            "installed; install it or set eventLoop to asyncio"
+        )
     try:
-        code: int = anyio.run(serve, loaded.config)
+        code: int = anyio.run(serve, loaded.config, backend_options={"use_uvloop": uvloop})
     except (config.ConfigError, ClusterConfigError, ListenError, BaseExceptionGroup) as caught:
         error = _sole(caught)
         if isinstance(error, ListenError):

@@ -6,6 +6,7 @@ until SIGTERM/SIGINT. A second signal exits at once with status 1, as controller
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -185,6 +186,8 @@ async def serve_cluster(
                 "identity": identity,
                 "apiServer": cluster.host,
                 "leaderElection": options.leader_election is not None,
+                # What runs, not what was asked for: "uvloop" or "asyncio".
+                "eventLoop": type(asyncio.get_running_loop()).__module__.partition(".")[0],
             },
         )
         async with anyio.create_task_group() as tg:

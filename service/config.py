@@ -38,6 +38,7 @@ log = logging.getLogger("service.config")
 
 ENV_PREFIX = "KPACK_IMAGE_BUILDER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 Parser = Callable[[Any], Any]
 
@@ -370,6 +371,12 @@ class Config:
     )
     retry_period: float = runtime("retryPeriod", 2.0, positive_duration, "how often candidates try the lease")
     workers: int = runtime("workers", 1, positive_int, "concurrent reconciles per controller")
+    event_loop: str = runtime(
+        "eventLoop",
+        "uvloop",
+        one_of(*EVENT_LOOPS),
+        "the asyncio event loop: uvloop (libuv, about a twentieth less CPU) or asyncio (the standard library's)",
+    )
     graceful_shutdown_timeout: float = runtime(
         "gracefulShutdownTimeout",
         30.0,

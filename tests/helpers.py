@@ -96,6 +96,12 @@ def fast_client(
     return cls(explicit(url, token=token), **{**options, **kwargs})  # type: ignore[arg-type]
 
 
+# anyio's pytest backends: the event loops `run` offers (eventLoop). The suite runs on uvloop, the default;
+# the modules closest to the transports run on both.
+UVLOOP = ("asyncio", {"use_uvloop": True})
+ASYNCIO = ("asyncio", {"use_uvloop": False})
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """This environment for a child process (``run``, ``devcluster``, pytest), without the service's own
     ``KPACK_IMAGE_BUILDER_*`` settings, which would leak into it; plus ``extra``."""

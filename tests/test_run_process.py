@@ -4,6 +4,7 @@ bad input."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -173,13 +174,26 @@ WORKLOAD = {
 }
 
 
+@pytest.mark.parametrize(
+    ("flags", "event_loop"),
+    [
+        pytest.param([], "uvloop", id="default-uvloop"),
+        pytest.param(["--event-loop=asyncio"], "asyncio", id="asyncio"),
+    ],
+)
 async def test_run_serves_probes_and_metrics_and_drains_on_sigterm(
-    api: RunningApiServer, kubeconfig_file: Path, http: aiohttp.ClientSession
+    api: RunningApiServer,
+    kubeconfig_file: Path,
+    http: aiohttp.ClientSession,
+    flags: list[str],
+    event_loop: str,
 ) -> None:
     # The first list of BuildWorkloads is slow, so the process is seen unready before its caches sync.
     api.faults.add(FaultRule(method="GET", path="/buildworkloads$", status=0, latency=2.0, count=1))
     async with replicas(kubeconfig_file) as start:
-        replica = await start()
+        replica = await start(*flags)
+        # The loop that runs, as the process itself reports it.
+        assert [e.get("eventLoop") for e in replica.logs if e.get("msg") == "starting"] == [event_loop]
         assert await replica.probe(http, "/healthz") == 200
         assert await replica.probe(http, "/readyz") == 500
 
@@ -402,6 +416,10 @@ SECTION_ERROR = "cfStagingResources (from config {file}): expected a mapping wit
             "renewDeadline (from flag --renew-deadline): must be more than 0, got '-1s'", id="renew-deadline--1s",
         ),
         pytest.param(
+            ["--event-loop", "tokio"], {}, None,
+            "eventLoop (from flag --event-loop): expected one of uvloop, asyncio, got 'tokio'", id="event-loop-tokio",
+        ),
+        pytest.param(
             ["--kube-api-qps", "-1x"], {}, None,
             "kubeAPIQPS (from flag --kube-api-qps): expected a number, got '-1x'", id="qps--1x",
         ),
@@ -424,6 +442,41 @@ async def test_run_exits_2_with_one_line_on_bad_input(
     result = await run_to_exit(kubeconfig_file, *flags, environ=environ)
     assert_one_line(result, expected.format(file=file))
     assert requests.hits == 0
+
+
+async def test_run_exits_2_with_one_line_when_uvloop_is_not_installed(
+    api: RunningApiServer, kubeconfig_file: Path, tmp_path: Path
+) -> None:
+    requests = count_requests(api)
+    # A None entry in sys.modules is how Python marks a module as not importable: ``import uvloop`` fails
+    # and find_spec answers None, as on an interpreter without the package.
+    (tmp_path / "sitecustomize.py").write_text('import sys\nsys.modules["uvloop"] = None\n', encoding="utf-8")
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    result = await run_to_exit(kubeconfig_file, environ={"PYTHONPATH": path})
+    assert_one_line(
+        result,
+        "eventLoop uvloop (default): the uvloop package is not installed; install it or set eventLoop to asyncio",
+    )
+    assert requests.hits == 0
+    # The way out the message names works on the same interpreter: the loop starts and the service gets as
+    # far as binding its metrics port (taken here, so that the process stops by itself).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await run_to_exit(
+            kubeconfig_file,
+            "--event-loop=asyncio",
+            f"--metrics-bind-address=127.0.0.1:{port}",
+            environ={"PYTHONPATH": path},
+        )
+    assert b'"eventLoop": "asyncio"' in result.stderr or b'"eventLoop":"asyncio"' in result.stderr, (
+        result.stderr
+    )
+    assert result.stderr.decode().splitlines()[-1] == (
+        f"kpack-image-builder: metrics server: cannot listen on 127.0.0.1:{port}: address already in use "
+        "(metricsBindAddress, flag --metrics-bind-address)"
+    )
 
 
 METRICS = ("--metrics-bind-address", "metricsBindAddress")

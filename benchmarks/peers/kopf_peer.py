@@ -14,7 +14,8 @@ another object's status), and no more:
 None of the rest of the service: no custom Builders, no cancel or timeouts, no finalizers and droplet
 deletion, no BuilderInfo, no stack updates, no event recording (kopf's own info events are turned off
 too). It is not part of the project: it runs in a venv of its own that ``converge.py`` creates, with only
-``kopf`` and ``kubernetes_asyncio`` installed, and it imports nothing from the repository.
+``kopf``, ``kubernetes_asyncio`` and ``uvloop`` installed, and it imports nothing from the repository. It
+runs on uvloop, as ``kopf run`` does wherever uvloop is installed and as the service does by default.
 
     <venv>/bin/python benchmarks/peers/kopf_peer.py --kubeconfig FILE --repository-prefix HOST/cf/
 """
@@ -31,6 +32,7 @@ from typing import Any
 
 import aiohttp
 import kopf
+import uvloop
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
@@ -273,7 +275,9 @@ def main() -> None:
     PEER.prefix = args.repository_prefix
     logging.basicConfig(level=logging.WARNING)
     kopf.configure(verbose=False, debug=False, quiet=True)
-    asyncio.run(kopf.operator(clusterwide=True, standalone=True))
+    # kopf's CLI does the same when uvloop is importable (kopf._kits.loops.proper_loop).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(kopf.operator(clusterwide=True, standalone=True))
 
 
 if __name__ == "__main__":
