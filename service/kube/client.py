@@ -281,7 +281,7 @@ class KubeClient(LazySession):
         params: Params | None,
         data: bytes | None,
         content_type: str | None,
-        client_timeout: aiohttp.ClientTimeout,
+        client_timeout: aiohttp.ClientTimeout | float,
         stream: bool,
     ) -> tuple[int, Mapping[str, str], bytes, aiohttp.ClientResponse | None]:
         """One logical request with its retries: status, headers and body. With ``stream`` it goes through
@@ -295,7 +295,8 @@ class KubeClient(LazySession):
             target = http_pool.request_target(self._path_prefix + path, query)
         throttled = failures = 0
         while True:
-            await self.limiter.acquire()
+            if self.limiter.enabled:  # off by default: then not even an await per request
+                await self.limiter.acquire()
             before_sending(method)  # after any wait: a guard closed meanwhile refuses the attempt
             headers: dict[str, str] = {}
             authorization = await self.config.authorization()
@@ -309,7 +310,13 @@ class KubeClient(LazySession):
                 if pool is not None:
                     headers_out = self._fixed_headers + list(headers.items())
                     answer = await pool.request(
-                        method, target, headers_out, data, client_timeout.total or self.timeout
+                        method,
+                        target,
+                        headers_out,
+                        data,
+                        client_timeout
+                        if isinstance(client_timeout, float)
+                        else client_timeout.total or self.timeout,
                     )
                     status, response_headers, body = answer.status, answer.headers, answer.body
                 else:
@@ -319,7 +326,11 @@ class KubeClient(LazySession):
                         params=query,
                         data=request_body(data),
                         headers=headers,
-                        timeout=client_timeout,
+                        timeout=(
+                            aiohttp.ClientTimeout(total=client_timeout)
+                            if isinstance(client_timeout, float)
+                            else client_timeout
+                        ),
                         allow_redirects=False,
                         server_hostname=self.config.tls_server_name,
                         proxy=self.config.proxy,
@@ -380,7 +391,7 @@ class KubeClient(LazySession):
             params=params,
             data=data,
             content_type=content_type,
-            client_timeout=aiohttp.ClientTimeout(total=request_timeout or self.timeout),
+            client_timeout=float(request_timeout or self.timeout),
             stream=False,
         )
         return status, headers, raw
