@@ -608,4 +608,4 @@ if __name__ == "__main__":
         help="the API server: the emulator (default) or a real kube-apiserver with etcd and "
         "kube-controller-manager (tests/controlplane; needs its binaries built, `make realcluster` once)",
     )
-    sys.exit(anyio.run(main, parser.parse_args()))
+    sys.exit(anyio.run(main, parser.parse_args(), backend_options={"use_uvloop": True}))

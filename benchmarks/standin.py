@@ -240,4 +240,4 @@ if __name__ == "__main__":
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--registry-host", default="127.0.0.1", help="address the registry listens on")
     args = parser.parse_args()
-    anyio.run(main, args.kubeconfig, args.registry_host)
+    anyio.run(main, args.kubeconfig, args.registry_host, backend_options={"use_uvloop": True})
