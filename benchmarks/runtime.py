@@ -423,13 +423,19 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs of each queue and controller figure; the best is printed"
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the loop to run on, as the service's eventLoop (default: uvloop, as `run`)",
+    )
     args = parser.parse_args()
 
     print(
         f"runtime benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()} "
-        f"({platform.python_implementation()}), anyio on asyncio, load average {os.getloadavg()[0]:.2f}"
+        f"({platform.python_implementation()}), anyio on {args.event_loop}, load average {os.getloadavg()[0]:.2f}"
     )
-    f = anyio.run(run_all, args)
+    f = anyio.run(run_all, args, backend_options={"use_uvloop": args.event_loop == "uvloop"})
     k, w = args.consumers, args.workers
     print(
         f"queue cycles/s (metrics):              {f['queue_cycles_per_s']:>10,.0f}  ({args.keys:,} keys, {k} consumers)"
