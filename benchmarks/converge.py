@@ -181,11 +181,12 @@ def controller_command(
     workers: int | None,
     metrics_port: int,
     service_args: Sequence[str] = (),
+    event_loop: str = "asyncio",
 ) -> list[str]:
     prefix = f"{registry}/cf/"
     if peer == "kopf":
         command = [str(kopf_python()), str(PEERS / "kopf_peer.py"), f"--kubeconfig={kubeconfig}"]
-        command.append(f"--repository-prefix={prefix}")
+        command += [f"--repository-prefix={prefix}", f"--event-loop={event_loop}"]
         if workers is not None:
             command.append(f"--workers={workers}")
         return command
@@ -202,6 +203,7 @@ def controller_command(
         "--kube-api-qps=100000",
         "--kube-api-burst=100000",
         "--log-level=warn",
+        f"--event-loop={event_loop}",
         *service_args,
     ]
 
@@ -379,6 +381,7 @@ async def measure(
     logs: Path,
     cluster: str,
     service_args: Sequence[str] = (),
+    event_loop: str = "asyncio",
 ) -> Figures:
     async with AsyncExitStack() as stack:
         kubeconfig = logs / f"{peer}.kubeconfig"
@@ -418,7 +421,9 @@ async def measure(
 
         metrics_port = free_port()
         log = logs / f"{peer}-controller.log"
-        command = controller_command(peer, kubeconfig, registry, workers, metrics_port, service_args)
+        command = controller_command(
+            peer, kubeconfig, registry, workers, metrics_port, service_args, event_loop
+        )
         controller = await stack.enter_async_context(process(command, log))
         pid = controller.pid
         _, _, started = await converge(
@@ -559,6 +564,7 @@ async def main(args: argparse.Namespace) -> int:
                     logs,
                     args.cluster,
                     args.service_arg,
+                    args.event_loop,
                 )
             )
     print(table(results))
@@ -599,6 +605,13 @@ if __name__ == "__main__":
         default=[],
         metavar="ARG",
         help="one more argument for the service's run (repeatable), e.g. --service-arg=--events=warnings",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="both controllers' event loop: asyncio (default, the service's) or uvloop (the service's "
+        "eventLoop; kopf's CLI picks it wherever it is installed)",
     )
     parser.add_argument("--logs", help="keep the processes' logs in this folder (default: a temporary one)")
     parser.add_argument(

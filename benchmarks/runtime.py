@@ -426,8 +426,8 @@ def main() -> None:
     parser.add_argument(
         "--event-loop",
         choices=("uvloop", "asyncio"),
-        default="uvloop",
-        help="the loop to run on, as the service's eventLoop (default: uvloop, as `run`)",
+        default="asyncio",
+        help="the loop to run on, as the service's eventLoop (default: asyncio, as `run`)",
     )
     args = parser.parse_args()
 

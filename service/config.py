@@ -38,7 +38,7 @@ log = logging.getLogger("service.config")
 
 ENV_PREFIX = "KPACK_IMAGE_BUILDER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
-EVENT_LOOPS = ("uvloop", "asyncio")
+EVENT_LOOPS = ("asyncio", "uvloop")
 
 Parser = Callable[[Any], Any]
 
@@ -373,9 +373,9 @@ class Config:
     workers: int = runtime("workers", 1, positive_int, "concurrent reconciles per controller")
     event_loop: str = runtime(
         "eventLoop",
-        "uvloop",
+        "asyncio",
         one_of(*EVENT_LOOPS),
-        "the asyncio event loop: uvloop (libuv, about a twentieth less CPU) or asyncio (the standard library's)",
+        "the event loop: asyncio (the standard library's) or uvloop (libuv's, about a twentieth less CPU)",
     )
     graceful_shutdown_timeout: float = runtime(
         "gracefulShutdownTimeout",

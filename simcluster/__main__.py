@@ -13,11 +13,6 @@ from pathlib import Path
 
 import anyio
 
-# The loop the service's `run` uses by default (its eventLoop setting); uvloop comes with the service. The
-# emulator is one process that every client of a dev cluster waits on, and its aiohttp server gets about a
-# tenth more requests per CPU second from libuv's transports.
-UVLOOP = {"use_uvloop": True}
-
 
 def _devcluster(args: argparse.Namespace) -> int:
     from simcluster.devcluster import serve
@@ -51,8 +46,7 @@ def _devcluster(args: argparse.Namespace) -> int:
                 kpack_failure_rate=args.kpack_failure_rate,
                 kpack_seed=args.kpack_seed,
                 kpack_registry=args.kpack_registry,
-            ),
-            backend_options=UVLOOP,
+            )
         )
     except OSError as exc:
         print(f"devcluster: {exc}", file=sys.stderr)
@@ -86,8 +80,7 @@ def _kpack(args: argparse.Namespace) -> int:
                 registry_url=args.registry,
                 registry_host=args.registry_host,
                 seed=args.create_defaults,
-            ),
-            backend_options=UVLOOP,
+            )
         )
     except Exception as exc:
         # Failures from inside task groups come wrapped in exception groups: these are the user's to fix.

@@ -522,7 +522,7 @@ async def _watch(
 def main(options: DemoOptions, on_error: Callable[[str], None]) -> int:
     """Run the demo; a port already taken (or any other OS error) is one line, not a traceback."""
     try:
-        return anyio.run(run_demo, options, backend_options={"use_uvloop": True})
+        return anyio.run(run_demo, options)
     except* OSError as group:
         first: BaseException = group
         while isinstance(first, BaseExceptionGroup):  # task groups nest: report the error itself

@@ -26,15 +26,15 @@ from simcluster.server import RunningApiServer, running_apiserver
 from tests.controlplane.build import ensure_built
 from tests.controlplane.cluster import ControlPlane, control_plane
 from tests.controlplane.conftest import skip_unless_available
-from tests.helpers import UVLOOP, fast_client
+from tests.helpers import ASYNCIO, fast_client
 
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> tuple[str, dict[str, bool]]:
-    # anyio's own fixture runs every test once per installed backend; this service is asyncio-only, and
-    # `run` runs it on uvloop by default (eventLoop), so that is what the tests run on. The modules closest
-    # to the loop (tests/test_http_pool.py, tests/test_kube_client.py) also run on asyncio's own loop.
-    return UVLOOP
+    # anyio's own fixture runs every test once per installed backend; this service is asyncio-only, on
+    # asyncio's own loop by default (eventLoop). The modules closest to the transports
+    # (tests/test_http_pool.py, tests/test_kube_client.py) also run on uvloop, the opt-in loop.
+    return ASYNCIO
 
 
 @pytest.fixture

@@ -96,8 +96,8 @@ def fast_client(
     return cls(explicit(url, token=token), **{**options, **kwargs})  # type: ignore[arg-type]
 
 
-# anyio's pytest backends: the event loops `run` offers (eventLoop). The suite runs on uvloop, the default;
-# the modules closest to the transports run on both.
+# anyio's pytest backends: the event loops `run` offers (eventLoop). The suite runs on asyncio's, the
+# default; the modules closest to the transports run on both.
 UVLOOP = ("asyncio", {"use_uvloop": True})
 ASYNCIO = ("asyncio", {"use_uvloop": False})
 

@@ -382,7 +382,7 @@ def test_every_setting_from_every_source(tmp_path: Path) -> None:
         "gracefulShutdownTimeout": ("1m", 60.0),
         "reconcileTimeout": ("500ms", 0.5),
         "rateLimiter": ("classic", "classic"),
-        "eventLoop": ("asyncio", "asyncio"),
+        "eventLoop": ("uvloop", "uvloop"),
         "syncPeriod": ("0", 0.0),
         "events": ("warnings", "warnings"),
         "kubeAPIQPS": ("50", 50.0),

@@ -177,8 +177,8 @@ WORKLOAD = {
 @pytest.mark.parametrize(
     ("flags", "event_loop"),
     [
-        pytest.param([], "uvloop", id="default-uvloop"),
-        pytest.param(["--event-loop=asyncio"], "asyncio", id="asyncio"),
+        pytest.param([], "asyncio", id="default-asyncio"),
+        pytest.param(["--event-loop=uvloop"], "uvloop", id="uvloop"),
     ],
 )
 async def test_run_serves_probes_and_metrics_and_drains_on_sigterm(
@@ -417,7 +417,7 @@ SECTION_ERROR = "cfStagingResources (from config {file}): expected a mapping wit
         ),
         pytest.param(
             ["--event-loop", "tokio"], {}, None,
-            "eventLoop (from flag --event-loop): expected one of uvloop, asyncio, got 'tokio'", id="event-loop-tokio",
+            "eventLoop (from flag --event-loop): expected one of asyncio, uvloop, got 'tokio'", id="event-loop-tokio",
         ),
         pytest.param(
             ["--kube-api-qps", "-1x"], {}, None,
@@ -452,21 +452,21 @@ async def test_run_exits_2_with_one_line_when_uvloop_is_not_installed(
     # and find_spec answers None, as on an interpreter without the package.
     (tmp_path / "sitecustomize.py").write_text('import sys\nsys.modules["uvloop"] = None\n', encoding="utf-8")
     path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
-    result = await run_to_exit(kubeconfig_file, environ={"PYTHONPATH": path})
+    result = await run_to_exit(kubeconfig_file, "--event-loop=uvloop", environ={"PYTHONPATH": path})
     assert_one_line(
         result,
-        "eventLoop uvloop (default): the uvloop package is not installed; install it or set eventLoop to asyncio",
+        "eventLoop uvloop (flag --event-loop): the uvloop package is not installed; install it or set "
+        "eventLoop to asyncio",
     )
     assert requests.hits == 0
-    # The way out the message names works on the same interpreter: the loop starts and the service gets as
-    # far as binding its metrics port (taken here, so that the process stops by itself).
+    # The default, the way out the message names, works on the same interpreter: the loop starts and the
+    # service gets as far as binding its metrics port (taken here, so that the process stops by itself).
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = await run_to_exit(
             kubeconfig_file,
-            "--event-loop=asyncio",
             f"--metrics-bind-address=127.0.0.1:{port}",
             environ={"PYTHONPATH": path},
         )

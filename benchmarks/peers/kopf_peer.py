@@ -14,8 +14,8 @@ another object's status), and no more:
 None of the rest of the service: no custom Builders, no cancel or timeouts, no finalizers and droplet
 deletion, no BuilderInfo, no stack updates, no event recording (kopf's own info events are turned off
 too). It is not part of the project: it runs in a venv of its own that ``converge.py`` creates, with only
-``kopf``, ``kubernetes_asyncio`` and ``uvloop`` installed, and it imports nothing from the repository. It
-runs on uvloop, as ``kopf run`` does wherever uvloop is installed and as the service does by default.
+``kopf``, ``kubernetes_asyncio`` and ``uvloop`` installed, and it imports nothing from the repository. With
+``--event-loop uvloop`` it runs on uvloop, as ``kopf run`` does wherever uvloop is installed.
 
     <venv>/bin/python benchmarks/peers/kopf_peer.py --kubeconfig FILE --repository-prefix HOST/cf/
 """
@@ -269,14 +269,16 @@ def main() -> None:
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--repository-prefix", required=True, help="e.g. 127.0.0.1:5000/cf/")
     parser.add_argument("--workers", type=int, default=0, help="kopf's worker limit (0: unlimited)")
+    parser.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="asyncio")
     args = parser.parse_args()
     os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it
     os.environ["KOPF_PEER_WORKERS"] = str(args.workers)
     PEER.prefix = args.repository_prefix
     logging.basicConfig(level=logging.WARNING)
     kopf.configure(verbose=False, debug=False, quiet=True)
-    # kopf's CLI does the same when uvloop is importable (kopf._kits.loops.proper_loop).
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    # On uvloop as kopf's CLI runs wherever uvloop is importable (kopf._kits.loops.proper_loop).
+    factory = uvloop.new_event_loop if args.event_loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(kopf.operator(clusterwide=True, standalone=True))
 
 
