@@ -97,9 +97,16 @@ def fast_client(
 
 
 # anyio's pytest backends: the event loops `run` offers (eventLoop). The suite runs on asyncio's, the
-# default; the modules closest to the transports run on both.
+# default; the modules closest to the transports run on both (``on_both_event_loops``).
 UVLOOP = ("asyncio", {"use_uvloop": True})
 ASYNCIO = ("asyncio", {"use_uvloop": False})
+
+
+@pytest.fixture(name="anyio_backend", params=[UVLOOP, ASYNCIO], ids=["uvloop", "asyncio"])
+def on_both_event_loops(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    """A module that sets ``anyio_backend = helpers.on_both_event_loops`` runs each test on both loops."""
+    param: tuple[str, dict[str, bool]] = request.param
+    return param
 
 
 def child_env(**extra: str) -> dict[str, str]:

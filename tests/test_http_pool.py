@@ -15,17 +15,14 @@ import anyio.abc
 import pytest
 
 from service.http import pool as http_pool
-from tests.helpers import ASYNCIO, UVLOOP
+from tests import helpers
 from tests.rawhttp import OK, AnsweringServer, raw_server, read_request, wait_for_eof
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=[UVLOOP, ASYNCIO], ids=["uvloop", "asyncio"])
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
-    # Both loops `run` offers (eventLoop): these tests are the closest to the transports.
-    param: tuple[str, dict[str, bool]] = request.param
-    return param
+# The closest to the transports: every test on both loops `run` offers (eventLoop).
+anyio_backend = helpers.on_both_event_loops
 
 
 @asynccontextmanager

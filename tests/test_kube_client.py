@@ -22,17 +22,13 @@ from service.kube.resources import Resource
 from simcluster.faults import FaultRule
 from simcluster.server import RunningApiServer, running_apiserver
 from tests import helpers
-from tests.helpers import ASYNCIO, UVLOOP
 from tests.rawhttp import AnsweringServer, Request, raw_server, read_request, wait_for_eof
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=[UVLOOP, ASYNCIO], ids=["uvloop", "asyncio"])
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
-    # Both loops `run` offers (eventLoop): these tests are the closest to the transports.
-    param: tuple[str, dict[str, bool]] = request.param
-    return param
+# The closest to the transports: every test on both loops `run` offers (eventLoop).
+anyio_backend = helpers.on_both_event_loops
 
 
 WIDGET = Resource("example.com", "v1", "widgets", "Widget", True, True, "widget")

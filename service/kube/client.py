@@ -288,11 +288,20 @@ class KubeClient(LazySession):
         aiohttp and a 2xx response comes back unread and open (the last item); otherwise that is None."""
         query = _query(params)
         pool = None if stream or method not in LEAN_METHODS else self._get_pool()
+        # The lean pool takes seconds; aiohttp its ClientTimeout (a watch's has a read timeout of its own).
         if pool is None:
             session = self._get_session()
             url = URL(self.config.host + path)
+            timeout = (
+                client_timeout
+                if isinstance(client_timeout, aiohttp.ClientTimeout)
+                else aiohttp.ClientTimeout(total=client_timeout)
+            )
         else:
             target = http_pool.request_target(self._path_prefix + path, query)
+            seconds = (
+                client_timeout if isinstance(client_timeout, float) else client_timeout.total or self.timeout
+            )
         throttled = failures = 0
         while True:
             if self.limiter.enabled:  # off by default: then not even an await per request
@@ -309,15 +318,7 @@ class KubeClient(LazySession):
             try:
                 if pool is not None:
                     headers_out = self._fixed_headers + list(headers.items())
-                    answer = await pool.request(
-                        method,
-                        target,
-                        headers_out,
-                        data,
-                        client_timeout
-                        if isinstance(client_timeout, float)
-                        else client_timeout.total or self.timeout,
-                    )
+                    answer = await pool.request(method, target, headers_out, data, seconds)
                     status, response_headers, body = answer.status, answer.headers, answer.body
                 else:
                     response = await session.request(
@@ -326,11 +327,7 @@ class KubeClient(LazySession):
                         params=query,
                         data=request_body(data),
                         headers=headers,
-                        timeout=(
-                            aiohttp.ClientTimeout(total=client_timeout)
-                            if isinstance(client_timeout, float)
-                            else client_timeout
-                        ),
+                        timeout=timeout,
                         allow_redirects=False,
                         server_hostname=self.config.tls_server_name,
                         proxy=self.config.proxy,
