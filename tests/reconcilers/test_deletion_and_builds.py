@@ -14,6 +14,7 @@ from service.reconcilers.kpackbuild import KpackBuildReconciler, acted_on
 from service.registry.errors import NotFound as ImageNotFound
 from service.runtime import changed
 from service.runtime.clock import FakeClock
+from simcluster.faults import FaultRule
 from tests.helpers import consistently, eventually
 from tests.reconcilers.conftest import APP_GUID, SERVICE_ACCOUNT, Env
 
@@ -188,6 +189,29 @@ async def test_finalizing_waits_for_builds_held_by_someone_else(env: Env) -> Non
     await eventually(
         lambda: _gone(env, r.BUILD_WORKLOAD, name), what="the workload goes once the Build is gone"
     )
+
+
+@pytest.mark.emulator
+async def test_finalizing_waits_until_every_build_of_the_generation_holds_its_finalizer(env: Env) -> None:
+    """A Build the kpack Build controller has not yet given its finalizer (kpack made it while no leader
+    ran; here its write is refused) would be deleted at once, and a build pushing at that moment would
+    leave its droplet with nothing to delete it: the chaos soak's leaked droplet. The workload waits."""
+    workload = await labelled_workload(env)
+    name = workload["metadata"]["name"]
+    refused = env.api.faults.add(FaultRule(method="PATCH", path="/builds/build$", status=500))
+    await env.build("build", "1", labels={k.APP_GUID_LABEL: APP_GUID, k.BUILD_WORKLOAD_LABEL: name})
+    await eventually(lambda: refused.hits > 0, what="the finalizer's write is refused")
+    await env.client.delete(r.BUILD_WORKLOAD, name, env.namespace)
+
+    async def both_there_and_the_build_untouched() -> bool:
+        build = await env.get(r.BUILD, "build")
+        live = build is not None and not build["metadata"].get("deletionTimestamp")
+        return live and await _present(env, r.BUILD_WORKLOAD, name)
+
+    await consistently(both_there_and_the_build_untouched, 1.5, "the workload waits for the finalizer")
+    refused.count = refused.hits  # the API takes the finalizer's write again
+    await eventually(lambda: _gone(env, r.BUILD, "build"), what="the Build, held, then released")
+    await eventually(lambda: _gone(env, r.BUILD_WORKLOAD, name), what="then the workload")
 
 
 # ------------------------------------------------------------------------------ J: Build deletion

@@ -6,6 +6,13 @@ Only the Builds that existed when the workload was deleted are deleted and waite
 when every Build of a live Image goes, and Korifi, deleting and waiting for those too, holds the workload
 in that loop for as long as its Image lives. A Build kpack makes later goes with the Image, which goes
 with its last owner.
+
+Before any of that, every live Build of the generation made for a workload must hold the kpackBuild
+finalizer that the kpack Build controller adds (``kpackbuild.wanted``). Korifi's webhook puts it on a Build
+as it is created; this service adds it after the fact, so a Build kpack made while no leader ran, or whose
+finalizer write is still failing, can be without it. Let go of then, the workload takes the Image with it,
+the collector the Build, and a build that pushes meanwhile leaves its droplet in the registry with nothing
+left to delete it (seen in the chaos soak). The Build's event wakes the workload once the finalizer lands.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from service.kube.resources import BUILD
 from service.reconcilers import korifi as k
 from service.reconcilers.buildworkload.attempt import Pass
 from service.reconcilers.buildworkload.caches import Caches
+from service.reconcilers.kpackbuild import wanted
 from service.runtime import Result
 
 FINALIZE_RETRY = 1.0  # seconds between checks that a finalized generation's Builds are gone
@@ -38,11 +46,12 @@ class Finalize:
         if app_guid is not None and image_generation is not None:
             same = self.caches.workloads_of_generation(namespace, app_guid, image_generation)
             if len(same) == 1:
+                generation = self.caches.builds_of(namespace, app_guid, image_generation)
+                if any(wanted(b) and not b["metadata"].get("deletionTimestamp") for b in generation):
+                    return Result(requeue_after=FINALIZE_RETRY)  # a Build without its finalizer yet
                 deleted_at = meta(work).get("deletionTimestamp") or ""
                 builds = [
-                    b
-                    for b in self.caches.builds_of(namespace, app_guid, image_generation)
-                    if (b["metadata"].get("creationTimestamp") or "") <= deleted_at
+                    b for b in generation if (b["metadata"].get("creationTimestamp") or "") <= deleted_at
                 ]
                 for build in builds:
                     if build["metadata"].get("deletionTimestamp"):
