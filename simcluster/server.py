@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -582,6 +583,9 @@ class ApiServer:
             return _json({"rules": [r.as_json() for r in self.faults.rules]})
         if path == "/__sim__/drop-watches" and request.method == "POST":
             return _json({"dropped": self.cluster.drop_watches()})
+        if path == "/__sim__/watches" and request.method == "GET":
+            open_by_kind = Counter(kind.qualified for kind, w in self.cluster.open_watches() if not w.closed)
+            return _json({"open": dict(open_by_kind)})
         if path == "/__sim__/compact" and request.method == "POST":
             return _json({"compactedResourceVersion": str(self.cluster.compact())})
         return _error(errors.NotFound("no such emulator control"))

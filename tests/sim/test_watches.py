@@ -236,7 +236,7 @@ async def test_bookmark_param_follows_the_same_rule(kube: Kube, session: aiohttp
 
 
 @pytest.mark.emulator  # compaction and dropped watches on demand
-async def test_drop_watches_ends_every_open_watch(
+async def test_drop_watches_ends_every_open_watch_and_the_count_shows_it(
     kube: Kube, session: aiohttp.ClientSession, widgets: Obj
 ) -> None:
     rv = (await kube.get(kube.path(CM))).body["metadata"]["resourceVersion"]
@@ -247,11 +247,14 @@ async def test_drop_watches_ends_every_open_watch(
     ):
         await kube.create(CM, configmap("a"))
         await one.expect("ADDED", "a")  # the watches are live
+        counted = (await kube.get("/__sim__/watches")).body["open"]
+        assert min(counted["configmaps"], counted[f"widgets.{GROUP}"], counted["namespaces"]) >= 1
         dropped = await kube.post("/__sim__/drop-watches", {})
         assert dropped.status == 200
         assert dropped.body["dropped"] >= 3
         for w in (one, two, three):
             assert await w.expect_end() == []
+        assert "configmaps" not in (await kube.get("/__sim__/watches")).body["open"]
     # New watches work afterwards.
     async with kube.watching(kube.path(CM), resourceVersion=rv) as again:
         await again.expect("ADDED", "a")

@@ -4,7 +4,7 @@ with a hanging registry, settling, the end snapshot, the replicas stopped, then 
 Design: ``Soak`` only orders the phases and owns what they share (the registry, the clients, the
 supervisor, the observers, the chaos); each part writes to the run's ``Record``. The phases after the
 chaos wait with deadlines, never forever: the late phase starts once the system is quiet (a leader, every
-replica ready, every workload finished; at most 30 s), so that it measures the hanging registry and not
+replica ready, every workload finished, every watch open again; at most 30 s), so that it measures the hanging registry and not
 the chaos's aftermath; settling lists everything twice a second until nothing is pending, or records what
 is stuck at ``settle_seconds``. The run's files (report.txt, figures.json, the logs) stay in the work
 directory.
@@ -102,10 +102,11 @@ class Soak:
                 if await self.observers.wait_for_leader(30.0) is None:
                     raise RuntimeError(f"no leader within 30 s of start; logs in {self.workdir}")
                 rec.say("replicas up, a leader elected")
+                watches_before = await self.open_watches()
                 chaos_started = rec.now()
                 await Chaos(rec, self.cluster, self.observers).run()
                 chaos_ended = rec.now()
-                await self.late_phase()
+                await self.late_phase(watches_before)
                 await self.settle()
                 snapshot = await self.snapshot()
                 await supervisor.stop_replicas()
@@ -142,10 +143,19 @@ class Soak:
             await api(lambda image=image: client.create(r.IMAGE, image))
 
     # ----------------------------------------------------------------------------- the late phase
-    async def quiesce(self, within: float = 30.0) -> None:
-        """Wait for a leader, every replica ready (caches synced again after the chaos's last 410) and the
-        chaos's workloads finished, so that the late phase measures the hanging registry, not the
-        chaos's aftermath; after ``within`` seconds it goes on anyway (the settle deadline still holds)."""
+    async def open_watches(self) -> dict[str, int]:
+        return dict((await self.cluster.sim("GET", "/__sim__/watches"))["open"])
+
+    async def quiesce(self, watches_before: dict[str, int], within: float = 30.0) -> None:
+        """Wait for a leader, every replica ready (caches synced again after the chaos's last 410), the
+        chaos's workloads finished and as many watches open as before the chaos, so that the late phase
+        measures the hanging registry, not the chaos's aftermath; after ``within`` seconds it goes on
+        anyway (the settle deadline still holds).
+
+        The watches: an informer relists after a 410 only after its backoff (0.8 s doubling, reset after two
+        calm minutes, as client-go's reflector), and the chaos's several 410s leave some of them, the kpack
+        simulator's too, unwatched for seconds after it ends while their caches still count as synced; a
+        probe created then waited for them, not for the registry."""
         rec = self.record
         deadline = time.monotonic() + within
         while True:
@@ -157,22 +167,31 @@ class Soak:
                 for w in rec.workloads
                 if w.name in rec.created and not w.deleted and w.name not in rec.first_terminal
             ]
-            if leader is not None and all(ready) and len(alive) == self.s.replicas and not busy:
-                rec.say("quiet: a leader, every replica ready, every workload finished")
+            watches = await self.open_watches()
+            unwatched = sorted(kind for kind, n in watches_before.items() if watches.get(kind, 0) < n)
+            if (
+                leader is not None
+                and all(ready)
+                and len(alive) == self.s.replicas
+                and not (busy or unwatched)
+            ):
+                rec.say(
+                    "quiet: a leader, every replica ready, every workload finished, every watch open again"
+                )
                 return
             if time.monotonic() > deadline:
                 rec.say(
                     f"not quiet after {within:g} s (leader: {leader is not None}, ready: {sum(ready)}/"
-                    f"{self.s.replicas}, busy: {len(busy)}); going on"
+                    f"{self.s.replicas}, busy: {len(busy)}, fewer watches than before on: {unwatched}); going on"
                 )
                 return
             await anyio.sleep(0.2)
 
-    async def late_phase(self) -> None:
+    async def late_phase(self, watches_before: dict[str, int]) -> None:
         """With every fault gone and the system quiet: the registry hangs for the hang namespace's droplet
         deletions while unrelated workloads are deleted and created; none of those may wait for it."""
         rec, cluster = self.record, self.cluster
-        await self.quiesce()
+        await self.quiesce(watches_before)
         if self.hang_host is not None:
             try:
                 await eventually(
