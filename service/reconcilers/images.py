@@ -17,9 +17,9 @@ from service.kube import errors
 from service.kube.client import KubeClient
 from service.registry.auth import Keychain
 from service.registry.client import RegistryClient
-from service.registry.errors import KeychainError
+from service.registry.errors import KeychainError, NotFound
 from service.registry.k8schain import service_account_secrets
-from service.registry.reference import try_parse_reference
+from service.registry.reference import parse_reference, try_parse_reference
 from service.runtime import Obj
 
 log = logging.getLogger("service.reconcilers.images")
@@ -41,6 +41,11 @@ class ImageConfigReader(Protocol):
 class ImageDeleter(Protocol):
     async def delete_image(self, image: str, tags: Sequence[str], secrets: Sequence[Obj]) -> None:
         """Delete these tags of ``image`` (a digest reference), and the manifest once no tag is left."""
+        ...
+
+    async def digest_reference(self, image: str, secrets: Sequence[Obj]) -> str | None:
+        """The digest reference (``repo@sha256:…``) of what the tag reference ``image`` names now; None
+        when the registry has no such tag."""
         ...
 
 
@@ -97,6 +102,14 @@ class RegistryImages:
     async def image_config(self, image: str, secrets: Sequence[Obj]) -> ImageConfig:
         config = await self.registry.image_config(image, keychain=Keychain.from_secrets(secrets))
         return ImageConfig(labels=dict(config.labels), ports=list(config.exposed_ports), size=config.size)
+
+    async def digest_reference(self, image: str, secrets: Sequence[Obj]) -> str | None:
+        ref = parse_reference(image)
+        try:
+            found = await self.registry.head_manifest(ref, keychain=Keychain.from_secrets(secrets))
+        except NotFound:
+            return None
+        return f"{ref.repository.name}@{found.digest}"
 
     async def delete_image(self, image: str, tags: Sequence[str], secrets: Sequence[Obj]) -> None:
         result = await self.registry.delete_image(image, tags, keychain=Keychain.from_secrets(secrets))

@@ -67,6 +67,7 @@ BUILD_CANCELED = "BuildCanceled"
 BUILD_TIMEOUT = "BuildTimeout"
 BUILD_POD_PENDING = "BuildPodPending"  # Unknown: the build pod cannot start (yet)
 BUILD_POD_PENDING_TIMEOUT = "BuildPodPendingTimeout"
+BUILD_DELETED = "BuildDeleted"  # only on a kpack Build: stopped because it is being deleted (kpackbuild)
 # Events this service adds.
 BUILD_CACHE_REPLACED = "BuildCacheReplaced"
 STACK_UPDATED = "StackUpdated"

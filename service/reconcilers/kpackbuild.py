@@ -6,6 +6,14 @@ this controller adds it to Builds carrying the ``build-workload-name`` label as 
 that kpack keeps working when this service is down. A registry failure is logged and never holds the
 deletion: a leaked image is cheaper than a Build that cannot be deleted.
 
+A Build deleted while its pod runs is stopped first (``build_stop``: ``Succeeded=False``, reason
+``BuildDeleted``, its pod deleted and confirmed gone): released at once, as Korifi does, its pod would be
+collected with it, but a pod already exporting pushes its droplet meanwhile and nothing is left to delete
+it. Once a Build this service stopped (deleted, canceled or timed out) is done, its ``latestImage`` is
+empty whatever the pod managed to push, so the droplet is looked up by the Build's own build-number tag
+(``b<N>.<date>.<time>``) and deleted from there. A pod killed between its push of the Image's tag and of
+that one leaves the Image's tag behind: nothing names it as this Build's.
+
 The registry deletion runs off the workers (``service.runtime.offload``): a registry that hangs holds the
 Builds waiting for it, never the workers that release the others. Credentials come from the namespace's
 builder service account, else from the root namespace's (``images.deletion_secrets``): when a whole space
@@ -15,15 +23,18 @@ is deleted, its Secrets go before its Builds let go.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from service.kube import errors
 from service.kube.client import KubeClient
 from service.kube.resources import BUILD
+from service.reconcilers import build_stop
 from service.reconcilers import korifi as k
 from service.reconcilers.images import ImageDeleter, deletion_secrets, registry_lane
 from service.reconcilers.settings import BuilderSettings
-from service.registry.reference import tags_of_build_tags
+from service.registry.reference import tag_of_build_tag, tags_of_build_tags, try_parse_reference
 from service.runtime import Controller, Lister, Manager, Obj, Offload, Request, Result, changed, where
 
 log = logging.getLogger("service.reconcilers.kpackbuild")
@@ -31,6 +42,20 @@ log = logging.getLogger("service.reconcilers.kpackbuild")
 CONTROLLER = "kpackbuild"
 SAFETY_REQUEUE = 60.0  # a Build whose droplet deletion runs in the background is looked at again
 CACHE_CATCH_UP = 2.0  # seconds a finalizer written is awaited in the cache before it is written again
+
+
+BUILD_NUMBER_TAG = re.compile(r"(?:^|-)b[0-9]+\.[0-9]{8}\.[0-9]{6}$")  # kpack.md §2.3
+DELETED_MESSAGE = "stopped by kpack-image-builder: the Build is being deleted"
+
+
+def build_number_tag(build: Obj) -> str | None:
+    """The entry of ``spec.tags`` that kpack generated for this Build alone (none with
+    ``imageTaggingStrategy: None``)."""
+    for entry in (build.get("spec") or {}).get("tags") or ():
+        tag = tag_of_build_tag(entry)
+        if tag is not None and BUILD_NUMBER_TAG.search(tag):
+            return str(entry)
+    return None
 
 
 def for_a_workload(build: Obj) -> bool:
@@ -102,10 +127,40 @@ class KpackBuildReconciler:
                 self._added[key] = (str(meta.get("uid")), now + CACHE_CATCH_UP)
             return None
         image = (build.get("status") or {}).get("latestImage")
+        if not image:
+            wait = await self._stopped(build)
+            if wait is not None:
+                return Result(requeue_after=wait)
+            if build_stop.stop_written_at(build, build_stop.STOPPED_BY_SERVICE) is not None:
+                image = build_number_tag(build)  # whatever the pod pushed before it was stopped
         if image and not await self._droplet_deleted(request, build, image):
             return Result(requeue_after=SAFETY_REQUEUE)  # the deletion's end wakes it sooner
         await self._set_finalizers(build, [f for f in finalizers if f != k.KPACK_BUILD_FINALIZER])
         return None
+
+    async def _stopped(self, build: Obj) -> float | None:
+        """None once nothing of the deleted Build can push any more; else how soon to look again."""
+        meta = build["metadata"]
+        written: datetime | None
+        if build_stop.is_running(build):
+            if not (build.get("status") or {}).get("podName"):
+                return None  # kpack has not made its pod: nothing runs
+            try:
+                await build_stop.write_stop(self.client, build, k.BUILD_DELETED, DELETED_MESSAGE)
+            except errors.NotFound:
+                return None
+            log.info(
+                "stopping a deleted kpack Build before its release",
+                extra={"namespace": meta["namespace"], "build": meta["name"]},
+            )
+            written = datetime.now(UTC)
+        else:
+            written = build_stop.stop_written_at(build, build_stop.STOPPED_BY_SERVICE)
+            if written is None:
+                return None  # finished by kpack: its status says what it pushed
+        return build_stop.still_to_wait(
+            written, await build_stop.pod_gone(self.client, meta["namespace"], build_stop.pod_name(build))
+        )
 
     def _forget_expired(self, now: float) -> None:
         """Drop the writes awaited past their time: their own watch event is filtered out (the Build is no
@@ -139,6 +194,12 @@ class KpackBuildReconciler:
 
     async def _delete(self, build: Obj, image: str, tags: Sequence[str], secrets: Sequence[Obj]) -> None:
         try:
+            ref = try_parse_reference(image)
+            if ref is not None and ref.digest is None:  # the Build's own tag: what it names now
+                resolved = await self.images.digest_reference(image, secrets)
+                if resolved is None:
+                    return  # the pod pushed nothing
+                image = resolved
             await self.images.delete_image(image, tags, secrets)
         except Exception as exc:  # never hold the Build: log and let go
             log.warning(

@@ -275,3 +275,54 @@ async def test_without_the_builder_service_account_the_droplet_is_still_deleted(
     await eventually(lambda: _gone(env, r.BUILD, name), what="the Build is released")
     with pytest.raises(ImageNotFound):
         await env.images.get_manifest(image)
+
+
+async def test_a_build_deleted_while_its_pod_runs_is_stopped_and_what_it_pushed_is_deleted(env: Env) -> None:
+    """Released at once (Korifi), a running Build's pod goes with it, but one already exporting pushes its
+    droplet meanwhile, with no latestImage to find it by. The Build is stopped first (Succeeded=False,
+    its pod deleted), and what the pod pushed is found by the Build's own build-number tag."""
+    repo = f"{env.registry.host}/droplets/{APP_GUID}"
+    own_tag = "b1.20261207.030411"
+    digest = await env.images.push_image(repo, {"config": {}}, [b"exported"])
+    await env.images.push_image(f"{repo}:{own_tag}", {"config": {}}, [b"exported"])
+    build = {
+        "apiVersion": k.KPACK_API_VERSION,
+        "kind": "Build",
+        "metadata": {"name": "foo", "namespace": env.namespace, "labels": {k.BUILD_WORKLOAD_LABEL: "any"}},
+        "spec": {"tags": [repo, f"{repo}:{own_tag}"]},
+    }
+    await env.create(r.BUILD, build)
+    running = {"type": k.SUCCEEDED, "status": "Unknown", "reason": "", "message": ""}
+    await env.set_status(r.BUILD, "foo", {"podName": "foo-build-pod", "conditions": [running]})
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "foo-build-pod", "namespace": env.namespace},
+        "spec": {"containers": [{"name": "export", "image": "exporter"}]},
+    }
+    await env.create(r.POD, pod)
+    await eventually(lambda: finalizers(env, r.BUILD, "foo"), what="the Build holds its finalizer")
+    await env.client.delete(r.BUILD, "foo", env.namespace)
+
+    async def stopped() -> bool:
+        build = await env.get(r.BUILD, "foo")
+        condition = next(iter(((build or {}).get("status") or {}).get("conditions") or []), {})
+        return condition.get("status") == "False" and condition.get("reason") == k.BUILD_DELETED
+
+    await eventually(stopped, what="the Build stopped, Succeeded=False with reason BuildDeleted")
+    await eventually(lambda: _gone(env, r.POD, "foo-build-pod"), what="its pod deleted")
+    await eventually(lambda: _gone(env, r.BUILD, "foo"), what="then the Build released")
+    with pytest.raises(ImageNotFound):
+        await env.images.get_manifest(f"{repo}@{digest}")
+
+
+async def test_a_build_kpack_failed_is_released_without_registry_calls(env: Env) -> None:
+    """Finished by kpack, a Build's status says what it pushed: a failed one, nothing to look for."""
+    failed = {"type": k.SUCCEEDED, "status": "False", "reason": "", "message": "failed at build"}
+    status = {"podName": "foo-build-pod", "conditions": [failed]}
+    await env.build("foo", "1", labels={k.BUILD_WORKLOAD_LABEL: "anything"}, status=status)
+    await eventually(lambda: finalizers(env, r.BUILD, "foo"), what="finalizer")
+    before = sum(env.registry.registry.requests.values())
+    await env.client.delete(r.BUILD, "foo", env.namespace)
+    await eventually(lambda: _gone(env, r.BUILD, "foo"), what="the Build is released")
+    assert sum(env.registry.registry.requests.values()) == before

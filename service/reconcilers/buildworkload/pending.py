@@ -16,7 +16,8 @@ from service.kube.client import KubeClient
 from service.kube.conditions import find
 from service.kube.resources import POD
 from service.reconcilers import korifi as k
-from service.reconcilers.buildworkload.stopping import age, pod_name
+from service.reconcilers.build_stop import pod_name
+from service.reconcilers.buildworkload.stopping import age
 from service.runtime import Obj
 
 NORMAL_WAITING = frozenset({"PodInitializing", "ContainerCreating"})  # a pod on its way

@@ -21,18 +21,17 @@ from service.kube.resources import BUILD
 from service.kube.timestamps import parse_rfc3339
 from service.reconcilers import korifi as k
 from service.reconcilers.build_steps import failed_step
+from service.reconcilers.build_stop import CONFIRM_POLL, is_running
 from service.reconcilers.buildworkload import pending
 from service.reconcilers.buildworkload.attempt import Failure, Pass, Waiting, is_ours
 from service.reconcilers.buildworkload.caches import Caches
 from service.reconcilers.buildworkload.pending import next_check
 from service.reconcilers.buildworkload.siblings import Siblings, builds_exist
 from service.reconcilers.buildworkload.stopping import (
-    CONFIRM_POLL,
     Stop,
     Stopper,
     age,
     cancel_requested,
-    is_running,
     stopped_by,
     stopped_for,
     stopping,
