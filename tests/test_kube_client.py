@@ -802,6 +802,21 @@ async def test_reads_are_retried_after_connection_failures(registry: CollectorRe
         assert posts == 1
 
 
+async def test_a_host_name_that_does_not_resolve_is_a_connection_failure(registry: CollectorRegistry) -> None:
+    """A DNS failure on the lean pool's path is retried as a refused connection is, then one line. RFC 6761
+    keeps ``.invalid`` from ever resolving, and resolvers answer for it at once, without asking upstream."""
+    host = "kpack-image-builder.invalid:6443"
+    async with fast_client(f"http://{host}", registry=registry, connection_retries=2) as client:
+        with pytest.raises(errors.ConnectionFailed) as info, anyio.fail_after(30):
+            await client.get(r.CONFIG_MAP, "a", "default")
+    message = str(info.value)
+    assert host in message and "\n" not in message
+    tries = registry.get_sample_value(
+        "rest_client_requests_total", {"code": "<error>", "method": "GET", "host": host}
+    )
+    assert tries == 3
+
+
 async def test_dropped_connections(registry: CollectorRegistry) -> None:
     hung_up: list[str] = []
 
