@@ -42,8 +42,6 @@ log = logging.getLogger("service.reconcilers.kpackbuild")
 CONTROLLER = "kpackbuild"
 SAFETY_REQUEUE = 60.0  # a Build whose droplet deletion runs in the background is looked at again
 CACHE_CATCH_UP = 2.0  # seconds a finalizer written is awaited in the cache before it is written again
-
-
 BUILD_NUMBER_TAG = re.compile(r"(?:^|-)b[0-9]+\.[0-9]{8}\.[0-9]{6}$")  # kpack.md §2.3
 DELETED_MESSAGE = "stopped by kpack-image-builder: the Build is being deleted"
 
