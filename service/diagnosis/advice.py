@@ -9,6 +9,7 @@ commands a person can paste (``kubectl ...``) or the one setting or action that 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from service.diagnosis.facts import BuilderFacts, BuildFacts, Condition, ImageFacts, WorkloadFacts
@@ -50,6 +51,7 @@ def judge(
     build: BuildFacts | None,
     earlier: BuildFacts | None = None,
     build_error: str | None = None,
+    holds: Sequence[str] = (),
 ) -> Verdict:
     v = Verdict()
     if workload.builder_name and workload.builder_name != k.BUILDER_NAME:
@@ -75,6 +77,8 @@ def judge(
         )
     if workload.deleting:
         v.note("the workload is being deleted")
+        for hold in holds:  # what its finalizer waits for, when it is the last of its Image generation
+            v.note(hold)
     return v
 
 
@@ -239,8 +243,11 @@ def _in_progress(
             )
     else:
         _judge_build(v, w, build)
+    # A Build the service stopped for its deletion is why kpack's Image says BuildFailed.
+    deleted = build is not None and build.succeeded is not None and build.succeeded.reason == k.BUILD_DELETED
     if (
         len(v.problems) == problems
+        and not deleted
         and image is not None
         and image.ready is not None
         and image.ready.status == "False"
@@ -263,6 +270,9 @@ def _judge_build(v: Verdict, w: WorkloadFacts, build: BuildFacts) -> None:
             v.note(
                 f"the service stopped Build {build.name} for workload {build.stopped_for}: {succeeded.reason}"
             )
+            return
+        if succeeded.reason == k.BUILD_DELETED:
+            v.note(f"the service stopped Build {build.name}: {succeeded.message or 'it is being deleted'}")
             return
         step = build.failed_step
         if step is not None:

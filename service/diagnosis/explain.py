@@ -198,13 +198,41 @@ async def _facts_of(client: KubeClient, build: Obj, same_generation: int) -> Bui
     return facts
 
 
+async def builds_of_image(client: KubeClient, namespace: str, app_guid: str) -> list[Obj]:
+    """Every kpack Build of the app's Image (the one LIST explain makes)."""
+    selector = format_labels({k.KPACK_IMAGE_LABEL: app_guid})
+    items: list[Obj] = (await client.list(r.BUILD, namespace, label_selector=selector))["items"]
+    return items
+
+
+def deletion_holds(builds: list[Obj], generation: str) -> list[str]:
+    """What the deletion of the last workload of an Image generation waits for, from that generation's
+    Builds (``service.reconcilers.buildworkload.finalize``): one made for a workload that has no
+    kpackBuild finalizer yet, and any being deleted."""
+    holds = []
+    for build in builds:
+        if _generation_of(build) != generation:
+            continue
+        meta = build["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if meta.get("deletionTimestamp"):
+            held_by = ", ".join(finalizers) or "nothing (going)"
+            holds.append(f"kpack Build {meta['name']} is being deleted, held by {held_by}")
+        elif (
+            k.BUILD_WORKLOAD_LABEL in (meta.get("labels") or {}) and k.KPACK_BUILD_FINALIZER not in finalizers
+        ):
+            holds.append(
+                f"kpack Build {meta['name']} has no {k.KPACK_BUILD_FINALIZER} finalizer yet; the service's "
+                "kpack Build controller adds it (its log says why it cannot)"
+            )
+    return holds
+
+
 async def build_facts(
-    client: KubeClient, namespace: str, app_guid: str, generation: str
+    client: KubeClient, namespace: str, builds: list[Obj], generation: str
 ) -> tuple[BuildFacts | None, BuildFacts | None]:
     """The newest Build of the Image's ``generation``; without one, the newest Build of another generation
     still running, which kpack finishes before it starts the next (one build at a time per Image)."""
-    selector = format_labels({k.KPACK_IMAGE_LABEL: app_guid})
-    builds = (await client.list(r.BUILD, namespace, label_selector=selector))["items"]
     mine = [b for b in builds if _generation_of(b) == generation]
     if mine:
         return await _facts_of(client, _newest(mine), len(mine)), None
@@ -227,16 +255,18 @@ async def explain(client: KubeClient, namespace: str, name: str) -> Diagnosis:
     found = _builder_ref(workload, image)
     builder = await builder_facts(client, *found) if found else None
     build, earlier, build_error = None, None, None
+    holds: list[str] = []
     if workload.app_guid and workload.image_generation:
         try:
-            build, earlier = await build_facts(
-                client, namespace, workload.app_guid, workload.image_generation
-            )
+            builds = await builds_of_image(client, namespace, workload.app_guid)
+            build, earlier = await build_facts(client, namespace, builds, workload.image_generation)
+            if workload.deleting:
+                holds = deletion_holds(builds, workload.image_generation)
         except errors.NotFound:
             pass  # kpack is not installed: no Build resource at all
         except errors.ApiError as exc:
             build_error = str(exc)
-    verdict = judge(workload, image, builder, build, earlier, build_error)
+    verdict = judge(workload, image, builder, build, earlier, build_error, holds)
     return Diagnosis(
         healthy=verdict.healthy,
         problems=verdict.problems,

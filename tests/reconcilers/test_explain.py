@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from service.diagnosis.command import Target, diagnose
+from service.diagnosis.explain import deletion_holds
 from service.diagnosis.facts import Diagnosis
 from service.diagnosis.render import render
 from service.kube import errors
@@ -390,3 +391,62 @@ async def test_a_build_waiting_behind_an_earlier_generation_names_that_build(wor
     assert f"kpack Build {space}/queued-app-build-1 (build 1 of Image generation 1, still running" in render(
         diagnosis
     )
+
+
+async def test_a_workload_being_deleted_names_the_build_that_holds_it(world: World) -> None:
+    """The last workload of an Image generation goes once that generation's Builds are gone (the service
+    deletes them): explain names the Build that still holds it, and by which finalizers."""
+    kc, space = world.kc, world.kc.space
+    await world.image("held-app", {BUILD_SECONDS: "600"})
+    await world.workload("wl-held", app="held-app")
+
+    async def running_and_finalized() -> str | None:
+        diagnosis = await world.diagnose("wl-held")
+        build = diagnosis.build
+        if build is None or not build.pod_name:
+            return None
+        obj = await kc.client.get(r.BUILD, build.name, space)
+        return build.name if k.KPACK_BUILD_FINALIZER in (obj["metadata"].get("finalizers") or ()) else None
+
+    build = await eventually(running_and_finalized, what="the build running, with its finalizer")
+    hold = {"op": "add", "path": "/metadata/finalizers/-", "value": "example.com/hold"}
+    await kc.client.json_patch(r.BUILD, build, [hold], space)
+    await kc.client.delete(r.BUILD_WORKLOAD, "wl-held", space)
+    expected = f"kpack Build {build} is being deleted, held by example.com/hold"
+
+    async def held() -> Diagnosis | None:
+        diagnosis = await world.diagnose("wl-held")
+        return diagnosis if expected in diagnosis.notes else None
+
+    # The service stops the Build and lets go of it; the foreign finalizer alone holds it then.
+    diagnosis = await eventually(held, 20, "the Build held by the foreign finalizer alone")
+    assert "the workload is being deleted" in diagnosis.notes
+    assert diagnosis.healthy, diagnosis.problems  # a Build stopped for its deletion did not fail
+    stopped = f"the service stopped Build {build}: stopped by kpack-image-builder: the Build is being deleted"
+    assert stopped in diagnosis.notes
+    await kc.client.json_patch(r.BUILD, build, [{"op": "remove", "path": "/metadata/finalizers"}], space)
+
+    async def gone() -> bool:
+        try:
+            await kc.client.get(r.BUILD_WORKLOAD, "wl-held", space)
+        except errors.NotFound:
+            return True
+        return False
+
+    await eventually(gone, what="then the workload")
+
+
+def test_a_build_of_the_generation_without_its_finalizer_is_named_as_a_hold() -> None:
+    def build(name: str, generation: str, **meta: Any) -> Obj:
+        labels = {k.KPACK_IMAGE_GENERATION_LABEL: generation, k.BUILD_WORKLOAD_LABEL: "wl"}
+        return {"metadata": {"name": name, "labels": labels, **meta}}
+
+    builds = [
+        build("app-build-1", "1"),  # another generation: not this workload's concern
+        build("app-build-2", "2"),
+        build("app-build-3", "2", finalizers=[k.KPACK_BUILD_FINALIZER]),  # held: deleted by the workload
+    ]
+    assert deletion_holds(builds, "2") == [
+        f"kpack Build app-build-2 has no {k.KPACK_BUILD_FINALIZER} finalizer yet; the service's kpack Build "
+        "controller adds it (its log says why it cannot)"
+    ]
