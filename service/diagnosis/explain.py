@@ -29,6 +29,7 @@ from service.kube.client import KubeClient
 from service.kube.selectors import format_labels
 from service.reconcilers import korifi as k
 from service.reconcilers.build_steps import failed_step
+from service.reconcilers.buildworkload.finalize import FINALIZER_WAIT_LIMIT
 
 
 async def _read(
@@ -223,7 +224,8 @@ def deletion_holds(builds: list[Obj], generation: str) -> list[str]:
         ):
             holds.append(
                 f"kpack Build {meta['name']} has no {k.KPACK_BUILD_FINALIZER} finalizer yet; the service's "
-                "kpack Build controller adds it (its log says why it cannot)"
+                "kpack Build controller adds it (its log says why it cannot), and the deletion waits for it "
+                f"at most {FINALIZER_WAIT_LIMIT:.0f} s"
             )
     return holds
 

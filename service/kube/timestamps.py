@@ -54,3 +54,9 @@ def parse_rfc3339(value: str | None) -> datetime | None:
         return datetime.strptime(value, TIME).replace(tzinfo=UTC)
     except ValueError:
         return None
+
+
+def seconds_since(value: str | None) -> float:
+    """Seconds from a ``metav1.Time`` to now by this process's clock (0 when absent or malformed)."""
+    at = parse_rfc3339(value)
+    return (datetime.now(UTC) - at).total_seconds() if at else 0.0

@@ -72,6 +72,7 @@ BUILD_DELETED = "BuildDeleted"  # only on a kpack Build: stopped because it is b
 BUILD_CACHE_REPLACED = "BuildCacheReplaced"
 STACK_UPDATED = "StackUpdated"
 IMAGE_RECREATED = "ImageRecreated"
+BUILD_FINALIZER_MISSING = "BuildFinalizerMissing"  # a deletion stopped waiting for a Build's finalizer
 
 READY_REASON = "Ready"
 READY_MESSAGE = "Ready"

@@ -10,6 +10,7 @@ import pytest
 
 from service.kube import resources as r
 from service.reconcilers import korifi as k
+from service.reconcilers.buildworkload import finalize
 from service.reconcilers.kpackbuild import KpackBuildReconciler, acted_on
 from service.registry.errors import NotFound as ImageNotFound
 from service.runtime import changed
@@ -212,6 +213,32 @@ async def test_finalizing_waits_until_every_build_of_the_generation_holds_its_fi
     refused.count = refused.hits  # the API takes the finalizer's write again
     await eventually(lambda: _gone(env, r.BUILD, "build"), what="the Build, held, then released")
     await eventually(lambda: _gone(env, r.BUILD_WORKLOAD, name), what="then the workload")
+
+
+async def test_the_wait_for_a_builds_finalizer_is_bounded(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finalizer that can never be written (the Build controller's patch refused for good) must not
+    hold the app's deletion for ever: past the bound the workload lets go, and a Warning Event names the
+    Build whose droplet may stay."""
+    monkeypatch.setattr(finalize, "FINALIZER_WAIT_LIMIT", 2.0)
+    workload = await labelled_workload(env)
+    name = workload["metadata"]["name"]
+    refused = env.api.faults.add(FaultRule(method="PATCH", path="/builds/build$", status=500))
+    await env.build("build", "1", labels={k.APP_GUID_LABEL: APP_GUID, k.BUILD_WORKLOAD_LABEL: name})
+    await eventually(lambda: refused.hits > 0, what="the finalizer's write is refused")
+    await env.client.delete(r.BUILD_WORKLOAD, name, env.namespace)
+    await consistently(
+        lambda: _present(env, r.BUILD_WORKLOAD, name), 0.8, "the workload waits for the finalizer first"
+    )
+    await eventually(lambda: _gone(env, r.BUILD_WORKLOAD, name), what="then lets go")
+    await eventually(lambda: _gone(env, r.BUILD, "build"), what="the Build, deleted without its finalizer")
+
+    async def warned() -> list[dict[str, Any]]:
+        items = (await env.client.list(r.EVENT, env.namespace))["items"]
+        return [e for e in items if e["reason"] == k.BUILD_FINALIZER_MISSING]
+
+    [event] = await eventually(warned, what="a BuildFinalizerMissing Warning")
+    assert event["type"] == "Warning" and event["involvedObject"]["name"] == name
+    assert "kpack Build build still without" in event["message"], event["message"]
 
 
 # ------------------------------------------------------------------------------ J: Build deletion

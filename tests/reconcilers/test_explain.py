@@ -448,5 +448,5 @@ def test_a_build_of_the_generation_without_its_finalizer_is_named_as_a_hold() ->
     ]
     assert deletion_holds(builds, "2") == [
         f"kpack Build app-build-2 has no {k.KPACK_BUILD_FINALIZER} finalizer yet; the service's kpack Build "
-        "controller adds it (its log says why it cannot)"
+        "controller adds it (its log says why it cannot), and the deletion waits for it at most 300 s"
     ]

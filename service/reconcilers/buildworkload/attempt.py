@@ -8,11 +8,10 @@ state, and its Events would otherwise be recorded once per try.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from service.kube.conditions import set_condition, status_of
 from service.kube.objects import generation
-from service.kube.timestamps import parse_rfc3339
+from service.kube.timestamps import seconds_since
 from service.reconcilers import korifi as k
 from service.runtime import Obj, Request, expected
 
@@ -70,8 +69,7 @@ class Pass:
 
     def age(self) -> float:
         """Seconds since the workload was created (0 if unknown)."""
-        created = parse_rfc3339(self.work["metadata"].get("creationTimestamp"))
-        return (datetime.now(UTC) - created).total_seconds() if created else 0.0
+        return seconds_since(self.work["metadata"].get("creationTimestamp"))
 
     def wait_poll(self) -> float:
         """How soon to look again at something the workload waits for: soon while it is young."""

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from service.kube.client import KubeClient
 from service.kube.conditions import find
 from service.kube.resources import BUILD
-from service.kube.timestamps import parse_rfc3339
+from service.kube.timestamps import seconds_since
 from service.reconcilers import korifi as k
 from service.reconcilers.build_stop import (
     is_running,
@@ -77,8 +77,7 @@ def stopped_by(build: Obj) -> str | None:
 
 
 def age(obj: Obj) -> float:
-    created = parse_rfc3339(obj["metadata"].get("creationTimestamp"))
-    return (datetime.now(UTC) - created).total_seconds() if created else 0.0
+    return seconds_since(obj["metadata"].get("creationTimestamp"))
 
 
 class Stopper:
