@@ -192,17 +192,24 @@ async def test_finalizing_waits_for_builds_held_by_someone_else(env: Env) -> Non
     )
 
 
-@pytest.mark.emulator
-async def test_finalizing_waits_until_every_build_of_the_generation_holds_its_finalizer(env: Env) -> None:
-    """A Build the kpack Build controller has not yet given its finalizer (kpack made it while no leader
-    ran; here its write is refused) would be deleted at once, and a build pushing at that moment would
-    leave its droplet with nothing to delete it: the chaos soak's leaked droplet. The workload waits."""
+async def deleted_with_a_build_finalizer_refused(env: Env) -> tuple[str, FaultRule]:
+    """A workload with a Build of its generation ("build") whose finalizer's write the API refuses, then
+    deleted; the workload's name and the refusing rule."""
     workload = await labelled_workload(env)
     name = workload["metadata"]["name"]
     refused = env.api.faults.add(FaultRule(method="PATCH", path="/builds/build$", status=500))
     await env.build("build", "1", labels={k.APP_GUID_LABEL: APP_GUID, k.BUILD_WORKLOAD_LABEL: name})
     await eventually(lambda: refused.hits > 0, what="the finalizer's write is refused")
     await env.client.delete(r.BUILD_WORKLOAD, name, env.namespace)
+    return name, refused
+
+
+@pytest.mark.emulator
+async def test_finalizing_waits_until_every_build_of_the_generation_holds_its_finalizer(env: Env) -> None:
+    """A Build the kpack Build controller has not yet given its finalizer (kpack made it while no leader
+    ran; here its write is refused) would be deleted at once, and a build pushing at that moment would
+    leave its droplet with nothing to delete it: the chaos soak's leaked droplet. The workload waits."""
+    name, refused = await deleted_with_a_build_finalizer_refused(env)
 
     async def both_there_and_the_build_untouched() -> bool:
         build = await env.get(r.BUILD, "build")
@@ -215,17 +222,13 @@ async def test_finalizing_waits_until_every_build_of_the_generation_holds_its_fi
     await eventually(lambda: _gone(env, r.BUILD_WORKLOAD, name), what="then the workload")
 
 
+@pytest.mark.emulator
 async def test_the_wait_for_a_builds_finalizer_is_bounded(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """A finalizer that can never be written (the Build controller's patch refused for good) must not
     hold the app's deletion for ever: past the bound the workload lets go, and a Warning Event names the
     Build whose droplet may stay."""
     monkeypatch.setattr(finalize, "FINALIZER_WAIT_LIMIT", 2.0)
-    workload = await labelled_workload(env)
-    name = workload["metadata"]["name"]
-    refused = env.api.faults.add(FaultRule(method="PATCH", path="/builds/build$", status=500))
-    await env.build("build", "1", labels={k.APP_GUID_LABEL: APP_GUID, k.BUILD_WORKLOAD_LABEL: name})
-    await eventually(lambda: refused.hits > 0, what="the finalizer's write is refused")
-    await env.client.delete(r.BUILD_WORKLOAD, name, env.namespace)
+    name, _ = await deleted_with_a_build_finalizer_refused(env)
     await consistently(
         lambda: _present(env, r.BUILD_WORKLOAD, name), 0.8, "the workload waits for the finalizer first"
     )
