@@ -1,9 +1,15 @@
 """Benchmark: the API emulator's write rate and watch fan-out rate.
 
-    python benchmarks/emulator.py [--writes N] [--watchers K] [--concurrency C]
+    python benchmarks/emulator.py [--writes N] [--watchers K] [--concurrency C] [--gc tuned|default]
+
+``--gc tuned`` (the default) sets Python's garbage collector as ``python -m simcluster devcluster`` does
+(``service.runtime.collector.tune``); ``--gc default`` leaves CPython's settings.
 
 Prints, each on one line:
 - core writes/s: creates and merge patches straight into the cluster state (no HTTP);
+- core lifecycle writes/s: each workload as the service writes it in benchmarks/converge.py (a create, a
+  status patch with a condition, a metadata patch, a status patch with the droplet), into a store that
+  keeps all of them, as the dev cluster's does over a run;
 - HTTP writes/s: creates and merge patches over HTTP from a separate load process;
 - core fan-out: watch lines queued per second for K watchers of one resource;
 - HTTP fan-out: watch events received per second by K HTTP watchers in a separate process,
@@ -33,6 +39,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from benchmarks.common import GROUP, NS, PLURAL, VERSION, join, load_writes, workload
+from service.runtime import collector
 from simcluster import watch as sim_watch
 from simcluster.crds import new_cluster
 from simcluster.server import running_apiserver
@@ -50,6 +57,61 @@ def core_writes(n: int) -> float:
     for i in range(n):
         cluster.patch(kind, VERSION, NS, f"bw-{i}", "application/merge-patch+json", patch)
     return 2 * n / (time.perf_counter() - start)
+
+
+def _condition(kind: str, status: str, reason: str) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": reason,
+        "lastTransitionTime": "2026-12-07T06:00:00Z",
+        "observedGeneration": 1,
+    }
+
+
+_BEGUN = orjson.dumps({"status": {"conditions": [_condition("Succeeded", "Unknown", "BuildRunning")]}})
+_LABELLED = orjson.dumps(
+    {
+        "metadata": {
+            "labels": {"korifi.cloudfoundry.org/build-workload-name": "bw"},
+            "annotations": {"kpack-image-builder.korifi.cloudfoundry.org/image-uid": "uid"},
+            "finalizers": ["kpack-image-builder.korifi.cloudfoundry.org/buildworkload"],
+        }
+    }
+)
+_DROPLET = orjson.dumps(
+    {
+        "status": {
+            "conditions": [
+                _condition("Succeeded", "True", "BuildSucceeded"),
+                _condition("Ready", "True", "Ready"),
+            ],
+            "droplet": {
+                "registry": {"image": "registry.example.com/droplets@sha256:" + "a" * 64},
+                "stack": "cflinuxfs4",
+                "processTypes": [{"type": "web", "command": "python app.py"}],
+                "ports": [8080],
+            },
+        }
+    }
+)
+
+
+def core_lifecycle(n: int) -> float:
+    cluster = new_cluster()
+    cluster.ensure_namespace(NS)
+    kind = cluster.lookup(GROUP, VERSION, PLURAL)
+    bodies = [workload(i) for i in range(n)]
+    merge = "application/merge-patch+json"
+    start = time.perf_counter()
+    for body in bodies:
+        name = body["metadata"]["name"]
+        cluster.create(kind, VERSION, NS, body)
+        cluster.patch(kind, VERSION, NS, name, merge, _BEGUN, subresource="status")
+        cluster.patch(kind, VERSION, NS, name, merge, _LABELLED)
+        cluster.patch(kind, VERSION, NS, name, merge, _DROPLET, subresource="status")
+    return 4 * n / (time.perf_counter() - start)
 
 
 def core_fanout(n: int, watchers: int) -> float:
@@ -136,9 +198,13 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=5000, help="objects created (each is also patched)")
     parser.add_argument("--watchers", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--gc", choices=["tuned", "default"], default="tuned")
     args = parser.parse_args()
+    if args.gc == "tuned":
+        collector.tune()
     figures = {
         "core_writes_per_s": core_writes(args.writes),
+        "core_lifecycle_writes_per_s": core_lifecycle(args.writes),
         "core_fanout_lines_per_s": core_fanout(args.writes, args.watchers),
     }
     http_writes, http_fanout, per_event = anyio.run(
@@ -148,6 +214,7 @@ def main() -> None:
     figures["http_fanout_events_per_s"] = http_fanout
     figures["serialisations_per_event"] = per_event
     print(f"core writes/s:                 {figures['core_writes_per_s']:>10,.0f}")
+    print(f"core lifecycle writes/s:       {figures['core_lifecycle_writes_per_s']:>10,.0f}  (gc {args.gc})")
     print(f"HTTP writes/s:                 {http_writes:>10,.0f}  (concurrency {args.concurrency})")
     print(
         f"core fan-out lines/s:          {figures['core_fanout_lines_per_s']:>10,.0f}  ({args.watchers} watchers)"

@@ -15,6 +15,7 @@ import anyio
 
 
 def _devcluster(args: argparse.Namespace) -> int:
+    from service.runtime import collector
     from simcluster.devcluster import serve
 
     for d in args.crds:
@@ -30,6 +31,9 @@ def _devcluster(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # The emulator keeps every object and its history (100,000 events): the collector's default settings
+    # walked them again and again, a third of a write's CPU at 6,000 workloads (benchmarks/emulator.py).
+    collector.tune()
     try:
         anyio.run(
             lambda: serve(
