@@ -382,7 +382,6 @@ async def measure(
     cluster: str,
     service_args: Sequence[str] = (),
     event_loop: str = "asyncio",
-    emulator_event_loop: str = "asyncio",
 ) -> Figures:
     async with AsyncExitStack() as stack:
         kubeconfig = logs / f"{peer}.kubeconfig"
@@ -398,7 +397,6 @@ async def measure(
         else:
             log = logs / f"{peer}-devcluster.log"
             command = [sys.executable, "-m", "simcluster", "devcluster", f"--kubeconfig-out={kubeconfig}"]
-            command.append(f"--event-loop={emulator_event_loop}")
             api_server = await stack.enter_async_context(process(command, log))
             await wait_for_file(kubeconfig, api_server, log)
             url = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
@@ -567,7 +565,6 @@ async def main(args: argparse.Namespace) -> int:
                     args.cluster,
                     args.service_arg,
                     args.event_loop,
-                    args.emulator_event_loop,
                 )
             )
     print(table(results))
@@ -615,13 +612,6 @@ if __name__ == "__main__":
         default="asyncio",
         help="both controllers' event loop: asyncio (default, the service's) or uvloop (the service's "
         "eventLoop; kopf's CLI picks it wherever it is installed)",
-    )
-    parser.add_argument(
-        "--emulator-event-loop",
-        choices=["asyncio", "uvloop"],
-        default="asyncio",
-        help="the emulator's event loop (devcluster --event-loop): asyncio (default) or uvloop; the stand-in "
-        "and the driver always run on uvloop",
     )
     parser.add_argument("--logs", help="keep the processes' logs in this folder (default: a temporary one)")
     parser.add_argument(

@@ -25,9 +25,6 @@ def _devcluster(args: argparse.Namespace) -> int:
     if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
         print("devcluster: --tls-cert-file and --tls-private-key-file go together", file=sys.stderr)
         return 2
-    if args.event_loop == "uvloop" and args.tls_cert_file:
-        print("devcluster: --event-loop uvloop serves plain HTTP only (uvloop's TLS race)", file=sys.stderr)
-        return 2
     if not 0.0 <= args.kpack_failure_rate <= 1.0 or args.kpack_build_seconds < 0:
         print(
             "devcluster: --kpack-failure-rate must be within [0, 1] and --kpack-build-seconds not negative",
@@ -53,8 +50,7 @@ def _devcluster(args: argparse.Namespace) -> int:
                 kpack_failure_rate=args.kpack_failure_rate,
                 kpack_seed=args.kpack_seed,
                 kpack_registry=args.kpack_registry,
-            ),
-            backend_options={"use_uvloop": args.event_loop == "uvloop"},
+            )
         )
     except OSError as exc:
         print(f"devcluster: {exc}", file=sys.stderr)
@@ -185,13 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--kpack-registry",
         metavar="URL",
         help="registry builds push to (http://host:port or host:port); default: an in-process registry",
-    )
-    dev.add_argument(
-        "--event-loop",
-        choices=["asyncio", "uvloop"],
-        default="asyncio",
-        help="asyncio's own loop (default) or uvloop, for plain HTTP: uvloop's TLS layer has a known race "
-        "(docs/performance.md), so it is refused with --tls-cert-file",
     )
     dev.set_defaults(func=_devcluster)
 

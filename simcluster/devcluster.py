@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import ssl
@@ -43,11 +42,6 @@ def write_kubeconfig(path: Path, config: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(yaml.safe_dump(config, sort_keys=False))
     os.replace(tmp, path)
-
-
-def _loop_name() -> str:
-    """What the event loop is, as the service's /debug says it: "uvloop" or "asyncio"."""
-    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
 
 
 async def serve(
@@ -91,7 +85,7 @@ async def serve(
                 write_kubeconfig(kubeconfig_out, kubeconfig(api.url, token, insecure=context is not None))
             where = f"; kubeconfig {kubeconfig_out}" if kubeconfig_out else ""
             print(
-                f"devcluster: serving the Kubernetes API emulator on {api.url}{where} ({_loop_name()})",
+                f"devcluster: serving the Kubernetes API emulator on {api.url}{where}",
                 file=sys.stderr,
                 flush=True,
             )
