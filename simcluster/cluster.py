@@ -23,7 +23,6 @@ after it, as in kube-apiserver's ``Store.Update``; deletes get validating hooks 
 
 from __future__ import annotations
 
-import copy
 import uuid
 from typing import Any
 
@@ -310,8 +309,9 @@ class Cluster(Reads):
             )
         has_status = kind.versions[version].status
         if subresource == "status":
-            # The status subresource changes status and nothing else.
-            new = store.fresh(old)
+            # The status subresource changes status and nothing else (``obj`` is a copy already: the old
+            # status is not copied only to be replaced).
+            new = store.fresh({key: value for key, value in old.items() if key != "status"})
             if "status" in obj:
                 new["status"] = obj["status"]
             else:
@@ -335,7 +335,7 @@ class Cluster(Reads):
             meta["name"] = name
             if has_status:
                 if "status" in old:
-                    obj["status"] = copy.deepcopy(old["status"])
+                    obj["status"] = store.fresh(old["status"])
                 else:
                     obj.pop("status", None)
         causes = validate_meta(kind, obj, old)

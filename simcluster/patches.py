@@ -9,7 +9,6 @@ with the errors kube-apiserver gives for a patch it cannot apply, and ``Cluster.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import jsonpatch
@@ -21,9 +20,10 @@ from simcluster.kinds import Kind, Obj
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
+    """RFC 7386 JSON merge patch. The result shares what it does not change with ``target`` and ``patch``:
+    both callers hand it to ``Cluster.update``, which copies its body before changing anything."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return patch
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
