@@ -89,5 +89,5 @@ def _json_patch(ops: list[Any], doc: Any) -> Any:
                 jsonpatch.JsonPointer(op.get("path", "")).resolve(doc)
             except jsonpatch.JsonPointerException:
                 continue
-        doc = jsonpatch.JsonPatch([op]).apply(doc)
+        doc = jsonpatch.JsonPatch([op]).apply(doc, in_place=True)  # ``doc`` is the caller's copy
     return doc

@@ -128,6 +128,7 @@ _DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 _TIME_OF_DAY = re.compile(r"([0-9]{2}):([0-9]{2}):([0-9]{2})(.[0-9]+)?(z|([+-][0-9]{2}:[0-9]{2}))\Z")
 
 
+@lru_cache(maxsize=4096)  # the same few timestamps (this second's, a condition's) over and over
 def _is_date_time(value: str) -> bool:
     """kube-openapi's ``strfmt.IsDateTime``: a calendar date (Go's ``2006-01-02``), ``T`` (either case), a
     time of day and a zone (``Z`` or ``±hh:mm``)."""
