@@ -56,6 +56,9 @@ class Reads(Store):
         if name is not None and namespace is not None:
             one = bucket.get((namespace if kind.namespaced else "", name))
             candidates: Iterable[tuple[tuple[str, str], Obj]] = [((namespace, name), one)] if one else []
+        elif namespace is not None and kind.namespaced:
+            # one namespace's objects, sorted (kube-apiserver lists in key order): not the whole kind's
+            candidates = sorted(item for item in bucket.items() if item[0][0] == namespace)
         else:
             candidates = sorted(bucket.items())
         out = []
