@@ -76,10 +76,10 @@ def acted_on(build: Obj) -> tuple[object, ...]:
     cache, were reconciles that did nothing (2.4 of the 3.4 per Build in benchmarks/converge.py). The image
     and tags matter only once the Build is deleted; the uid tells a Build made again under the same name.
 
-    The one gap, as with any controller-runtime predicate: after a relist the informer compares its cached
-    object with the listed one, not the states between. Should this controller's finalizer land, its event
-    be lost with a broken watch, and someone remove the finalizer before the relist, both look the same and
-    nothing comes back until the resync (``syncPeriod``, 10 hours)."""
+    After a relist the filter sees only the cached object and the listed one, not the states between:
+    should this controller's finalizer land, its event be lost with a broken watch, and someone remove the
+    finalizer before the relist, both would look the same (controller-runtime's predicates have that gap).
+    The informer therefore also delivers what a relist found changed as a resync, which ``changed`` passes."""
     meta = build.get("metadata", {})
     deleting = meta.get("deletionTimestamp")
     view: tuple[object, ...] = (meta.get("uid"), for_a_workload(build), deleting, meta.get("finalizers"))

@@ -149,7 +149,8 @@ ANNOTATIONS_CHANGED = Funcs(update=lambda old, new: _meta(old, "annotations") !=
 
 def changed(view: Callable[[Obj], Any]) -> Funcs:
     """Updates pass when ``view`` (what a reconciler reads of the object) differs between old and new, and
-    on a resync (the same resourceVersion), which must still reach the reconciler.
+    on a resync (the same resourceVersion), which must still reach the reconciler; the informer delivers an
+    object a relist found changed as a resync too, so that changes undone while the watch was away pass.
 
     For a controller that acts on a few fields of an object others write often: every write it does not
     act on would otherwise cost a reconcile that does nothing. Creates and deletes pass."""

@@ -4,6 +4,8 @@ client-go's semantics (``tools/cache``): paginated initial list, watch from its 
 bookmarks and a randomised server timeout, re-watch at once when a watch ends normally, relist on 410
 (reconciling the cache: missed adds, updates and deletes are delivered, deletes with the last known
 object), capped exponential backoff with jitter on errors, optional periodic resync from the cache.
+Beyond client-go: an object a relist finds changed is also delivered as a resync (old and new the same),
+so that an event filter that compares the two ends of what it missed cannot drop it for good.
 
 A list is taken one page at a time, each item transformed and encoded (see ``store``) before the next
 page is asked for, so that a list of N objects never holds N decoded objects at once: freed, those
@@ -225,6 +227,10 @@ class Informer:
             elif old["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
                 for h in self.handlers:
                     self._call(h.on_update, old, obj)
+                    # Events were missed between the two: a filter comparing old and new sees only their
+                    # ends, which may look alike (a finalizer added, then removed by another). The object
+                    # is also delivered as a resync, which such filters pass.
+                    self._call(h.on_update, obj, obj)
 
     def resync(self) -> None:
         """Re-deliver every cached object as an update (old and new the same object)."""

@@ -17,6 +17,7 @@ import pytest
 
 from service.kube.client import KubeClient
 from service.kube.resources import CONFIG_MAP, NAMESPACE, SECRET, Resource
+from service.runtime import Controller, Request, changed
 from service.runtime import informer as informer_mod
 from service.runtime.clock import FakeClock
 from service.runtime.informer import Backoff, FuncHandler, Informer, InformerFactory, Lister
@@ -375,18 +376,20 @@ async def test_410_relists_and_reconciles_what_changed_while_away(
         put(api, "d")
         api.cluster.compact()
 
-        await recorder.wait_for(lambda r: len(r.events) >= seen + 3)
+        await recorder.wait_for(lambda r: len(r.events) >= seen + 4)
         missed = recorder.events[seen:]
         assert [(e[0], e[1]) for e in missed] == [
             ("delete", "default/a"),  # deletions first, as client-go's atomic Replace delivers them
             ("update", "default/b"),
+            ("update", "default/b"),  # and again as a resync: events were missed in between
             ("add", "default/d"),
         ]
         _, _, last_known, state_unknown = missed[0]
         assert state_unknown is True
         assert last_known == cached_a  # the last state the cache knew
-        assert missed[1][3]["data"] == {"k": "changed"}
-        assert missed[2][3] is False  # not in the initial list
+        assert missed[1][2]["data"] != {"k": "changed"} and missed[1][3]["data"] == {"k": "changed"}
+        assert missed[2][2] is missed[2][3] and missed[2][3]["data"] == {"k": "changed"}
+        assert missed[3][3] is False  # not in the initial list
         assert informer.relists == 2
         assert len(backoff.delays) == 1  # the relist came after a backoff
         # The relist asked for "not older than" the last RV seen (from the watch), not the old list's RV,
@@ -398,6 +401,36 @@ async def test_410_relists_and_reconciles_what_changed_while_away(
         assert sorted(informer.store.list_keys()) == ["default/b", "default/c", "default/d", "default/marker"]
         await mark(spy, recorder, "after")  # and watching goes on
         assert not any(e[1] == "default/c" for e in recorder.events[seen:])  # unchanged: not redelivered
+
+
+async def test_a_change_and_its_undoing_missed_while_away_still_reach_a_changed_filter(
+    api: RunningApiServer, spy: SpyClient, backoff: type[RecordingBackoff]
+) -> None:
+    """A controller that filters updates by what it reads (``changed``) sees, after a relist, only the two
+    ends of what it missed. A label added and removed again while the watch was broken leaves ends that
+    look alike; without the resync the relist also delivers, the object would wait for the periodic resync
+    (hours): the kpack Build controller's finalizer, removed by another while away, would stay off."""
+    put(api, "a")
+    informer = Informer(spy, CONFIG_MAP, "default")
+    recorder = Recorder()
+    informer.add_handler(recorder)
+
+    async def noop(request: Request) -> None:
+        return None
+
+    controller = Controller("c", noop)
+    controller.watch(informer, predicates=[changed(lambda o: o["metadata"].get("labels"))])
+    async with running(informer):
+        await mark(spy, recorder, "marker")
+        while len(controller.queue):  # what the initial list and the marker enqueued
+            controller.queue.done(await controller.queue.get())
+        api.cluster.drop_watches()
+        patch(api, "a", {"metadata": {"labels": {"finalizer": "added"}}})
+        patch(api, "a", {"metadata": {"labels": {"finalizer": None}}})
+        api.cluster.compact()
+        await recorder.wait_for(lambda r: any(e[0] == "update" and e[2] is e[3] for e in r.events))
+        with anyio.fail_after(DEADLINE):
+            assert await controller.queue.get() == Request("default", "a")
 
 
 async def test_an_expired_relist_falls_back_to_a_consistent_read(
