@@ -32,7 +32,8 @@ def _devcluster(args: argparse.Namespace) -> int:
         )
         return 2
     # The emulator keeps every object and its history (100,000 events): the collector's default settings
-    # walked them again and again, a third of a write's CPU at 6,000 workloads (benchmarks/emulator.py).
+    # walked them again and again, a fifth to a third of a write's CPU under load (benchmarks/emulator.py,
+    # core lifecycle writes/s with --gc default against tuned).
     collector.tune()
     try:
         anyio.run(
