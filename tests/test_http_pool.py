@@ -382,6 +382,23 @@ def test_a_lone_percent_is_escaped_and_escapes_are_kept() -> None:
 
 
 @pytest.mark.parametrize(
+    ("path", "target"),
+    [
+        ("/apis/kpack.io/v1alpha2/namespaces/cf-space-1/builds/app-1.build_2~x", None),  # taken as it is
+        ("/api/v1/namespaces/ns/pods/a b", "/api/v1/namespaces/ns/pods/a%20b"),
+        ("/x/a:b@c", None),  # sub-delims are quoted by no one
+        ("/x/a?b#c", "/x/a%3Fb%23c"),
+        ("/x/\u00e9", "/x/%C3%A9"),
+    ],
+)
+def test_a_path_is_encoded_only_where_it_must_be(path: str, target: str | None) -> None:
+    assert http_pool.request_target(path, []) == (target or path)
+    assert http_pool.request_target(path, [("watch", "true"), ("labelSelector", "a=b")]) == (
+        f"{target or path}?watch=true&labelSelector=a%3Db"
+    )
+
+
+@pytest.mark.parametrize(
     ("answer", "declared"),
     [
         (b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n" + b"x" * 11, 11),  # said up front

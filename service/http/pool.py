@@ -38,6 +38,9 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRAC
 _LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # RFC 3986 pchar sub-delims, ':' and '@', and '%' so that a path already percent-encoded passes as is.
 _PATH_SAFE = "/!$&'()*+,;=:@%"
+# A path of only these (every API path the service builds: names are DNS labels) is its own encoding:
+# quote() costs some 4 us a request and would return it unchanged.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/._~-]*")
 
 
 class ServerDisconnected(ConnectionError):
@@ -76,8 +79,9 @@ class Response:
 
 def request_target(path: str, query: Iterable[tuple[str, str]]) -> str:
     """The request line's target: the path percent-encoded where it must be, and the query."""
-    target = quote(_LONE_PERCENT.sub("%25", path), safe=_PATH_SAFE)
-    encoded = urlencode(list(query), quote_via=quote)
+    target = path if _PLAIN_PATH.fullmatch(path) else quote(_LONE_PERCENT.sub("%25", path), safe=_PATH_SAFE)
+    pairs = list(query)
+    encoded = urlencode(pairs, quote_via=quote) if pairs else ""
     return f"{target}?{encoded}" if encoded else target
 
 
