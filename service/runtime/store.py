@@ -33,7 +33,7 @@ def by_namespace(obj: Obj) -> Iterable[str]:
 
 
 def by_owner_uid(obj: Obj) -> Iterable[str]:
-    return [ref["uid"] for ref in obj["metadata"].get("ownerReferences") or () if ref.get("uid")]
+    return tuple(ref["uid"] for ref in obj["metadata"].get("ownerReferences") or () if ref.get("uid"))
 
 
 def by_label(key: str) -> IndexFunc:
@@ -59,7 +59,7 @@ def by_labels(*keys: str, namespaced: bool = False) -> IndexFunc:
         values = [labels[k] for k in keys]
         if namespaced:
             values.insert(0, obj["metadata"].get("namespace", ""))
-        return ("/".join(values),)
+        return ("/".join(values),)  # a tuple, as every index function here: ``put`` compares them
 
     return index
 
@@ -135,13 +135,20 @@ class Store:
         if raw is None:
             raw = encode(obj)
         old_raw = self._items.get(key)
-        old = None
-        if old_raw is not None:
-            old = _decode(old_raw)
-            self._unindex(key, old)
         self._items[key] = raw
+        if old_raw is None:
+            for name, func in self._indexers.items():
+                self._index_one(name, func, key, obj)
+            return None
+        old = _decode(old_raw)
         for name, func in self._indexers.items():
-            self._index_one(name, func, key, obj)
+            # Most updates are status writes that change no index value: their sets are left as they are
+            # (a watch event's update costs half of what re-indexing every value cost).
+            old_values, new_values = func(old), func(obj)
+            if old_values == new_values:
+                continue
+            self._unindex_one(name, key, old_values)
+            self._index_one(name, func, key, obj, new_values)
         return old
 
     def remove(self, key: str) -> Obj | None:
@@ -152,20 +159,25 @@ class Store:
         self._unindex(key, old)
         return old
 
-    def _index_one(self, name: str, func: IndexFunc, key: str, obj: Obj) -> None:
+    def _index_one(
+        self, name: str, func: IndexFunc, key: str, obj: Obj, values: Iterable[str] | None = None
+    ) -> None:
         index = self._indices[name]
-        for value in func(obj):
+        for value in func(obj) if values is None else values:
             index.setdefault(value, set()).add(key)
+
+    def _unindex_one(self, name: str, key: str, values: Iterable[str]) -> None:
+        index = self._indices[name]
+        for value in values:
+            keys = index.get(value)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del index[value]
 
     def _unindex(self, key: str, obj: Obj) -> None:
         for name, func in self._indexers.items():
-            index = self._indices[name]
-            for value in func(obj):
-                keys = index.get(value)
-                if keys is not None:
-                    keys.discard(key)
-                    if not keys:
-                        del index[value]
+            self._unindex_one(name, key, func(obj))
 
 
 def encode(obj: Obj) -> bytes:
