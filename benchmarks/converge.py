@@ -535,25 +535,42 @@ def table(results: list[Figures]) -> str:
         if f.own_reconciles:
             each = ", ".join(f"{key} {v / f.workloads:.2f}" for key, v in f.own_reconciles.items())
             lines.append(f"{f.peer} reconciles per workload by controller and result: {each}")
-    if len(results) == 2 and all(f.seconds and f.cpu_seconds for f in results):
-        ours, theirs = results
-        line = (
-            f"service vs {theirs.peer}: {ours.per_second / theirs.per_second:.1f}x the throughput, "
-            f"{theirs.cpu_seconds / ours.cpu_seconds:.1f}x less CPU"
-        )
-        if ours.requests_per_workload is not None and theirs.requests_per_workload is not None:
-            line += f", {ours.requests_per_workload:.2f} vs {theirs.requests_per_workload:.2f} requests per workload"
-        lines.append(line)
+    ours_all = [f for f in results if f.peer == "service"]
+    theirs_all = [f for f in results if f.peer != "service"]
+    if ours_all and len(theirs_all) == len(ours_all) and all(f.seconds and f.cpu_seconds for f in results):
+        for ours, theirs in zip(ours_all, theirs_all, strict=True):
+            line = (
+                f"service vs {theirs.peer}: {ours.per_second / theirs.per_second:.1f}x the throughput, "
+                f"{theirs.cpu_seconds / ours.cpu_seconds:.1f}x less CPU"
+            )
+            if ours.requests_per_workload is not None and theirs.requests_per_workload is not None:
+                line += f", {ours.requests_per_workload:.2f} vs {theirs.requests_per_workload:.2f} requests per workload"
+            lines.append(line)
+        if len(ours_all) > 1:
+            # Summed over rounds in alternating order: a VM whose speed drifts during the runs favours
+            # neither peer (each round's own ratio above shows how much it drifted).
+            seconds = sum(f.seconds for f in ours_all), sum(f.seconds for f in theirs_all)
+            cpu = sum(f.cpu_seconds for f in ours_all), sum(f.cpu_seconds for f in theirs_all)
+            lines.append(
+                f"over {len(ours_all)} rounds: {seconds[1] / seconds[0]:.2f}x the throughput, "
+                f"{cpu[1] / cpu[0]:.2f}x less CPU"
+            )
     return "\n".join(lines)
 
 
+def run_order(peers: list[str], rounds: int) -> list[str]:
+    """Round by round in alternating order (service first, then the peer first, ...): the VM's speed
+    drifts over minutes, and a fixed order would hand the drift to one of them."""
+    return [peer for i in range(rounds) for peer in (peers if i % 2 == 0 else peers[::-1])]
+
+
 async def main(args: argparse.Namespace) -> int:
-    peers = ["service", *([args.peer] if args.peer else [])]
+    order = run_order(["service", *([args.peer] if args.peer else [])], args.rounds)
     results = []
     with tempfile.TemporaryDirectory(prefix="converge-") as tmp:
         logs = Path(args.logs) if args.logs else Path(tmp)
         logs.mkdir(parents=True, exist_ok=True)
-        for peer in peers:
+        for peer in order:
             results.append(
                 await measure(
                     peer,
@@ -592,6 +609,12 @@ if __name__ == "__main__":
     parser.add_argument("--namespaces", type=int, default=10, help="spaces they are spread over (default 10)")
     parser.add_argument("--peer", choices=["kopf"], help="also measure this implementation of the same logic")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure each this many times, in alternating order (default 1); the ratios summed over them",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         help="the service's --workers (default 8); kopf's worker limit (default: kopf's, unlimited)",
@@ -621,4 +644,7 @@ if __name__ == "__main__":
         help="the API server: the emulator (default) or a real kube-apiserver with etcd and "
         "kube-controller-manager (tests/controlplane; needs its binaries built, `make realcluster` once)",
     )
-    sys.exit(anyio.run(main, parser.parse_args(), backend_options={"use_uvloop": True}))
+    arguments = parser.parse_args()
+    if arguments.rounds < 1:
+        parser.error("--rounds: at least 1")
+    sys.exit(anyio.run(main, arguments, backend_options={"use_uvloop": True}))

@@ -43,6 +43,44 @@ async def test_converge_prints_the_figures_of_workloads_that_all_succeeded(tmp_p
     assert emulator > 0 and figures["cpu_per_server_cpu"] == round(figures["cpu_seconds"] / emulator, 3)
 
 
+# Run in a process of its own: the script imports its folder's ``requests`` module, which must not shadow
+# the PyPI one in this process.
+ROUNDS_CHECK = """
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import orjson
+import converge
+
+def figures(peer, seconds, cpu):
+    return converge.Figures(peer, 100, 1, 100, 0, seconds, cpu, 50.0, 500, 100, None, None, None, {})
+
+# The VM slowed down in the middle: each round's ratio says so, the sum over both is what is claimed.
+results = [figures("service", 1.0, 1.0), figures("kopf", 6.0, 8.0)]
+results += [figures("kopf", 3.0, 4.0), figures("service", 1.0, 1.0)]
+print(orjson.dumps({
+    "order": converge.run_order(["service", "kopf"], 3),
+    "alone": converge.run_order(["service"], 2),
+    "lines": converge.table(results).splitlines(),
+}).decode())
+"""
+
+
+async def test_rounds_alternate_their_order_and_the_ratios_are_summed_over_them() -> None:
+    folder = SCRIPT.parent
+    with anyio.fail_after(60):
+        result = await anyio.run_process(
+            [sys.executable, "-c", ROUNDS_CHECK, str(folder), str(folder.parent)], check=False
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    printed = orjson.loads(result.stdout)
+    assert printed["order"] == ["service", "kopf", "kopf", "service", "service", "kopf"]
+    assert printed["alone"] == ["service", "service"]
+    lines = printed["lines"]
+    assert "service vs kopf: 6.0x the throughput, 8.0x less CPU, 5.00 vs 5.00 requests per workload" in lines
+    assert "service vs kopf: 3.0x the throughput, 4.0x less CPU, 5.00 vs 5.00 requests per workload" in lines
+    assert lines[-1] == "over 2 rounds: 4.50x the throughput, 6.00x less CPU"
+
+
 async def test_converge_runs_on_the_real_control_plane(tmp_path: Path) -> None:
     """``--cluster real``: the same run against kube-apiserver, etcd and kube-controller-manager, which have
     no request counter: the service's own count stands in, and the control plane's CPU is reported."""
