@@ -382,20 +382,25 @@ async def measure(
     cluster: str,
     service_args: Sequence[str] = (),
     event_loop: str = "asyncio",
+    run: str | None = None,
 ) -> Figures:
+    """``run`` names this run's files in ``logs`` (default: the peer's name); a later run must not find an
+    earlier one's kubeconfig and take it for its own server's."""
+    run = run or peer
     async with AsyncExitStack() as stack:
-        kubeconfig = logs / f"{peer}.kubeconfig"
+        kubeconfig = logs / f"{run}.kubeconfig"
+        kubeconfig.unlink(missing_ok=True)
         if cluster == "real":
             # kube-apiserver, etcd and kube-controller-manager (tests/controlplane: built once with Go,
             # cached), with kpack's CRDs and the project's; the admin kubeconfig's client certificate.
-            log = logs / f"{peer}-controlplane.log"
+            log = logs / f"{run}-controlplane.log"
             command = [sys.executable, "-m", "tests.controlplane", "run", f"--kubeconfig-out={kubeconfig}"]
             api_server = await stack.enter_async_context(process([*command, "--crds"], log))
             await wait_for_file(kubeconfig, api_server, log)
             config = await load_kubeconfig(str(kubeconfig))
             ids = None
         else:
-            log = logs / f"{peer}-devcluster.log"
+            log = logs / f"{run}-devcluster.log"
             command = [sys.executable, "-m", "simcluster", "devcluster", f"--kubeconfig-out={kubeconfig}"]
             api_server = await stack.enter_async_context(process(command, log))
             await wait_for_file(kubeconfig, api_server, log)
@@ -404,7 +409,7 @@ async def measure(
         http = await stack.enter_async_context(aiohttp.ClientSession())
         if cluster != "real":
             ids = await add_counters(http, url)
-        log = logs / f"{peer}-standin.log"
+        log = logs / f"{run}-standin.log"
         standin = await stack.enter_async_context(
             process(
                 [sys.executable, str(ROOT / "benchmarks" / "standin.py"), f"--kubeconfig={kubeconfig}"],
@@ -420,7 +425,7 @@ async def measure(
             await create_space(client, space, registry)
 
         metrics_port = free_port()
-        log = logs / f"{peer}-controller.log"
+        log = logs / f"{run}-controller.log"
         command = controller_command(
             peer, kubeconfig, registry, workers, metrics_port, service_args, event_loop
         )
@@ -565,12 +570,13 @@ def run_order(peers: list[str], rounds: int) -> list[str]:
 
 
 async def main(args: argparse.Namespace) -> int:
-    order = run_order(["service", *([args.peer] if args.peer else [])], args.rounds)
+    peers = ["service", *([args.peer] if args.peer else [])]
+    order = run_order(peers, args.rounds)
     results = []
     with tempfile.TemporaryDirectory(prefix="converge-") as tmp:
         logs = Path(args.logs) if args.logs else Path(tmp)
         logs.mkdir(parents=True, exist_ok=True)
-        for peer in order:
+        for i, peer in enumerate(order):
             results.append(
                 await measure(
                     peer,
@@ -582,6 +588,7 @@ async def main(args: argparse.Namespace) -> int:
                     args.cluster,
                     args.service_arg,
                     args.event_loop,
+                    run=peer if args.rounds == 1 else f"{peer}-round{i // len(peers) + 1}",
                 )
             )
     print(table(results))
