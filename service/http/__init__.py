@@ -26,6 +26,10 @@ def request_body(data: bytes | None) -> bytes | io.BytesIO | None:
     return data
 
 
+# Seconds a closing client lets the event loop finish closing its TLS connections (see ``LazySession``).
+TLS_CLOSE_GRACE = 0.25
+
+
 class LazySession:
     """A client's one aiohttp session, made on first use (a session must be born inside the running event
     loop) and closed once; use the client as ``async with``."""

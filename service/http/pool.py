@@ -20,10 +20,11 @@ any answer; any other resend is the caller's decision.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import quote, urlencode
@@ -88,8 +89,9 @@ def request_target(path: str, query: Iterable[tuple[str, str]]) -> str:
 class _Connection(asyncio.Protocol):
     """One connection; it carries one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_lost: Callable[[_Connection], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
+        self._on_lost = on_lost
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Response] | None = None
         self.closed = False
@@ -131,6 +133,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._on_lost is not None:
+            self._on_lost(self)
         if exc is None and self._in_message and self._close_delimited:
             # httptools cannot be told of the end of the stream: for a body without Content-Length or
             # chunks (HTTP/1.0, a proxy's ``Connection: close`` answer) the close is the end of the answer.
@@ -261,6 +265,9 @@ class Http1Pool:
         self._server_hostname = (server_hostname or None) if tls else None
         self._host_header = f"Host: {url.host_port_subcomponent}\r\n".encode("ascii")
         self._idle: list[_Connection] = []
+        # Every connection not yet lost (idle or carrying a request), so that ``aclose`` can wait for them.
+        self._open: set[_Connection] = set()
+        self._all_lost: asyncio.Event | None = None
         self._slots = asyncio.Semaphore(limit)
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
@@ -283,13 +290,24 @@ class Http1Pool:
         try:
             async with asyncio.timeout_at(min(deadline, limit)):
                 _, conn = await loop.create_connection(
-                    _Connection, self._host, self._port, ssl=self._ssl, server_hostname=self._server_hostname
+                    lambda: _Connection(self._lost),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._server_hostname,
                 )
         except TimeoutError:
             if limit < deadline:  # the connect's own limit ran out, not the request's time
                 raise ConnectTimeout(f"no connection within {self._connect_timeout:g} s") from None
             raise
+        if not conn.closed:
+            self._open.add(conn)
         return conn
+
+    def _lost(self, conn: _Connection) -> None:
+        self._open.discard(conn)
+        if not self._open and self._all_lost is not None:
+            self._all_lost.set()
 
     async def request(
         self,
@@ -399,6 +417,7 @@ class Http1Pool:
             )
 
     def close(self) -> None:
+        """Close the idle connections now, and each busy one as its request ends."""
         self._closed = True
         if self._sweep is not None:
             self._sweep.cancel()
@@ -406,3 +425,14 @@ class Http1Pool:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+    async def aclose(self, grace: float = 0.25) -> None:
+        """``close``, then wait up to ``grace`` seconds until every connection is closed for good. A TLS
+        connection's close takes loop turns (its shutdown); a loop that stops first leaks the socket, a
+        ResourceWarning at best. Busy connections count too: their requests are ending."""
+        self.close()
+        if self._open:
+            self._all_lost = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._all_lost.wait()

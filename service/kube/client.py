@@ -26,7 +26,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from service.http import LazySession, request_body
+from service.http import TLS_CLOSE_GRACE, LazySession, request_body
 from service.http import pool as http_pool
 from service.kube import errors
 from service.kube.config import ClusterConfig
@@ -196,7 +196,7 @@ class KubeClient(LazySession):
         watch_read_margin: float = WATCH_READ_MARGIN,
     ) -> None:
         self.config = config
-        self._close_grace = 0.25 if config.host.startswith("https:") else 0.0
+        self._close_grace = TLS_CLOSE_GRACE if config.host.startswith("https:") else 0.0
         self.timeout = timeout
         self.limiter = TokenBucket(qps, burst)
         # Clients that share a registry share one set of metrics (a name registers once per registry).
@@ -251,7 +251,7 @@ class KubeClient(LazySession):
 
     async def close(self) -> None:
         if self._pool is not None:
-            self._pool.close()
+            await self._pool.aclose(TLS_CLOSE_GRACE)
         await super().close()
 
     # ------------------------------------------------------------------ transport

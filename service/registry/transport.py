@@ -41,7 +41,7 @@ import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from service.http import LazySession, request_body
+from service.http import TLS_CLOSE_GRACE, LazySession, request_body
 from service.http import pool as http_pool
 from service.registry.auth import Credentials
 from service.registry.cache import CachedToken, RegistryCache
@@ -283,6 +283,8 @@ class Transport(LazySession):
         pools, self._pools = self._pools, OrderedDict()
         for pool in pools.values():
             pool.close()
+        for pool in pools.values():
+            await pool.aclose(TLS_CLOSE_GRACE)
         await super().close()
 
     @asynccontextmanager
@@ -478,10 +480,14 @@ class Transport(LazySession):
     ) -> Reply:
         """One exchange through aiohttp (which follows redirects itself)."""
         timeout = aiohttp.ClientTimeout(total=op.timeout, sock_connect=self.connect_timeout)
+        if url.scheme == "https":
+            self._close_grace = TLS_CLOSE_GRACE  # the session's TLS connections, as KubeClient's
         try:
             async with self._get_session().request(
                 method, url, headers=headers, data=request_body(data), params=params, timeout=timeout
             ) as resp:
+                if resp.url.scheme == "https":  # redirected there
+                    self._close_grace = TLS_CLOSE_GRACE
                 body = b"" if method == "HEAD" else await self._read(op, resp, limit)
                 return Reply(method, resp.url, resp.status, resp.reason or "", resp.headers, body)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:

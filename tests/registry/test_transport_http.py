@@ -5,10 +5,15 @@ registry tests cover the ordinary answers."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
+import http.server
 import ssl
+import threading
+import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -221,6 +226,48 @@ async def test_tls_a_trusted_certificate_serves_and_an_untrusted_one_is_named() 
                 await client.get_manifest(f"{host}/app:v1")
     assert str(info.value).startswith(f"registry {host} is unreachable: its TLS certificate is not trusted (")
     assert "certificate verify failed" in str(info.value)
+
+
+class _ManifestHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the client's connection stays open until it closes it
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", OCI_MANIFEST)
+        self.send_header("Content-Length", str(len(MANIFEST)))
+        self.end_headers()
+        self.wfile.write(MANIFEST)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_client_closed_just_before_its_event_loop_ends_leaves_no_tls_socket_behind() -> None:
+    """Each loop here ends right after the client closes, as a CLI command's or the service's does. A
+    TLS connection's close takes loop turns (its shutdown): the transport waits for them, boundedly, or
+    the socket is leaked (``unclosed transport``; most such loops leaked one before it did)."""
+    certificate = serving_certificate(["127.0.0.1"])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ManifestHandler)
+    server.daemon_threads = True
+    server.socket = certificate.server_context().wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    trusted = ssl.create_default_context(cadata=certificate.ca.decode())
+
+    async def use_and_close() -> str:
+        async with client_of(url, ssl_context=trusted) as client:
+            return (await client.get_manifest(f"{url.split('://')[1]}/app:v1")).config_digest
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(5):
+                assert asyncio.run(use_and_close()) == CONFIG_DIGEST
+                gc.collect()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 async def test_a_challenge_with_a_body_past_the_limit_is_still_answered() -> None:
