@@ -426,7 +426,7 @@ class Http1Pool:
         for conn in idle:
             conn.close()
 
-    async def aclose(self, grace: float = 0.25) -> None:
+    async def aclose(self, grace: float) -> None:
         """``close``, then wait up to ``grace`` seconds until every connection is closed for good. A TLS
         connection's close takes loop turns (its shutdown); a loop that stops first leaks the socket, a
         ResourceWarning at best. Busy connections count too: their requests are ending."""

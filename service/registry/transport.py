@@ -282,7 +282,7 @@ class Transport(LazySession):
     async def close(self) -> None:
         pools, self._pools = self._pools, OrderedDict()
         for pool in pools.values():
-            pool.close()
+            pool.close()  # every pool's connections start closing now, so that the waits below overlap
         for pool in pools.values():
             await pool.aclose(TLS_CLOSE_GRACE)
         await super().close()
