@@ -10,10 +10,14 @@ dependency of the project). Then:
 1. a canary workload is created and waited for: the controller has started, listed and is watching;
 2. the controller's CPU time and the emulator's request count are taken;
 3. N workloads (one app each, spread over M namespaces) are created as fast as the API takes them;
-4. once the last has ``Succeeded=True`` (followed with one watch), the figures are taken again.
+4. once the last has ``Succeeded=True`` (followed with one watch) and the Events the controller records
+   about them are written (``--events``, the same for both; followed with another watch), the figures are
+   taken again.
 
 Seconds run from the first create to the last success. CPU is the controller process's user + system
-time over that span (``/proc/<pid>/stat``), start-up and imports excluded; peak RSS is its high-water mark
+time from the first create to the last of those Events (``/proc/<pid>/stat``): a controller that writes
+its Events in the background, behind its workloads (kopf does), is charged for them too; start-up and
+imports excluded; peak RSS is its high-water mark
 (``VmHWM``), start-up included. API requests are counted by the emulator (a latency-free fault rule that
 matches everything counts every request, ``/__sim__/faults``), less those of the stand-in and of this
 driver, which have rules of their own; for the service its own ``rest_client_requests_total`` is shown
@@ -91,6 +95,9 @@ class Figures:
         dict[str, int] | None
     )  # the service's controller_runtime_reconcile_total by controller, result
     others_cpu_seconds: dict[str, float]  # the emulator's, the stand-in's and this driver's, same span
+    events: int = 0  # Events about the N workloads written (as the API shows them) by the end
+    events_expected: int = 0  # those the controller was told to record (``--events``)
+    events_after: float = 0.0  # seconds from the last workload's success to the last of those Events
 
     @property
     def per_second(self) -> float:
@@ -182,11 +189,13 @@ def controller_command(
     metrics_port: int,
     service_args: Sequence[str] = (),
     event_loop: str = "asyncio",
+    events: str = "all",
 ) -> list[str]:
+    """Both controllers get the same event loop and record the same Events (``events``)."""
     prefix = f"{registry}/cf/"
     if peer == "kopf":
         command = [str(kopf_python()), str(PEERS / "kopf_peer.py"), f"--kubeconfig={kubeconfig}"]
-        command += [f"--repository-prefix={prefix}", f"--event-loop={event_loop}"]
+        command += [f"--repository-prefix={prefix}", f"--event-loop={event_loop}", f"--events={events}"]
         if workers is not None:
             command.append(f"--workers={workers}")
         return command
@@ -204,6 +213,7 @@ def controller_command(
         "--kube-api-burst=100000",
         "--log-level=warn",
         f"--event-loop={event_loop}",
+        f"--events={events}",
         *service_args,
     ]
 
@@ -299,14 +309,60 @@ async def own_counts(http: aiohttp.ClientSession, port: int) -> tuple[Counter[st
 
 
 # ------------------------------------------------------------------------------ workloads
-class Progress:
-    """The workloads' outcomes as one watch shows them."""
+# The Events both controllers record about a workload on its way (``--events``): a workload has not cost
+# its controller all it will until they are written, and kopf writes them in the background, behind.
+RECORDED = {
+    "all": (k.BUILD_RUNNING, k.BUILD_SUCCEEDED, k.BUILD_FAILED),
+    "warnings": (k.BUILD_FAILED,),
+    "none": (),
+}
 
-    def __init__(self) -> None:
+
+class Progress:
+    """The workloads' outcomes as one watch shows them, and the Events about them as another shows them."""
+
+    def __init__(self, keys: set[tuple[str, str]], events: str = "all") -> None:
+        self.keys = keys
         self.succeeded: set[tuple[str, str]] = set()
         self.failed: set[tuple[str, str]] = set()
+        self.reasons = RECORDED[events]
+        self.events: set[tuple[str, str, str]] = set()  # (namespace, workload, reason)
+        self.finished_at = 0.0  # when the last of the workloads finished (monotonic)
+        self.written_at = 0.0  # when the last of their Events was seen written
         self.changed = anyio.Event()
         self.watches = 0  # requests this driver made on the way (counted off the controller's)
+
+    def expected_events(self) -> int:
+        """A succeeded workload's BuildRunning and BuildSucceeded, a failed one's BuildRunning and
+        BuildFailed: the ones of those the controllers are told to record."""
+        running = k.BUILD_RUNNING in self.reasons
+        return (len(self.succeeded) * (running + (k.BUILD_SUCCEEDED in self.reasons))) + (
+            len(self.failed) * (running + (k.BUILD_FAILED in self.reasons))
+        )
+
+    def see_event(self, event: dict[str, Any]) -> None:
+        involved = event.get("involvedObject") or {}
+        key = (involved.get("namespace", ""), involved.get("name", ""))
+        if (
+            involved.get("kind") == "BuildWorkload"
+            and key in self.keys
+            and event.get("reason") in self.reasons
+        ):
+            self.events.add((*key, event["reason"]))
+            self.written_at = time.monotonic()
+            self.changed.set()
+
+    async def follow_events(self, client: KubeClient, version: str) -> None:
+        while True:
+            self.watches += 1
+            try:
+                async with client.watch(r.EVENT, resource_version=version) as stream:
+                    async for kind, obj in stream:
+                        version = obj["metadata"].get("resourceVersion", version)
+                        if kind == "ADDED":
+                            self.see_event(obj)
+            except errors.Expired:
+                raise SystemExit("converge: the Events watch expired") from None
 
     def see(self, obj: dict[str, Any]) -> None:
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
@@ -327,11 +383,17 @@ class Progress:
             except errors.Expired:
                 raise SystemExit("converge: the progress watch expired") from None
 
-    async def until(self, keys: set[tuple[str, str]], within: float, controller: anyio.abc.Process) -> bool:
-        """Whether every workload of ``keys`` finished within the time (False at once if the controller
-        exits: nothing would finish them)."""
+    def finished(self) -> bool:
+        done = self.keys <= self.succeeded | self.failed
+        if done and not self.finished_at:
+            self.finished_at = time.monotonic()
+        return done
+
+    async def until(self, within: float, controller: anyio.abc.Process) -> bool:
+        """Whether every workload finished, and every Event about them was written, within the time (False
+        at once if the controller exits: nothing would finish them)."""
         with anyio.move_on_after(within):
-            while not keys <= self.succeeded | self.failed:
+            while not (self.finished() and len(self.events) >= self.expected_events()):
                 if controller.returncode is not None:
                     return False
                 self.changed = anyio.Event()
@@ -346,15 +408,20 @@ async def converge(
     objects: list[tuple[str, dict[str, Any]]],
     within: float,
     controller: anyio.abc.Process,
+    events: str = "all",
 ) -> tuple[float, Progress, bool]:
-    """Create the workloads (``CREATE_CONCURRENCY`` at a time) and wait until each has finished; the
-    seconds from the first create, the progress and whether all finished in time."""
-    progress = Progress()
+    """Create the workloads (``CREATE_CONCURRENCY`` at a time) and wait until each has finished and the
+    Events about them are written; the seconds from the first create to the last workload's finish, the
+    progress and whether all finished in time."""
+    progress = Progress({(space, obj["metadata"]["name"]) for space, obj in objects}, events)
     listed = await client.list(r.BUILD_WORKLOAD, limit=1)
     progress.watches += 1
-    keys = {(space, obj["metadata"]["name"]) for space, obj in objects}
     async with anyio.create_task_group() as tg:
         tg.start_soon(progress.follow, client, listed["metadata"]["resourceVersion"])
+        if progress.reasons:
+            listed_events = await client.list(r.EVENT, limit=1)
+            progress.watches += 1
+            tg.start_soon(progress.follow_events, client, listed_events["metadata"]["resourceVersion"])
         todo = list(reversed(objects))
         start = time.monotonic()
 
@@ -366,8 +433,8 @@ async def converge(
         async with anyio.create_task_group() as creators:
             for _ in range(CREATE_CONCURRENCY):
                 creators.start_soon(creator)
-        done = await progress.until(keys, within, controller)
-        seconds = time.monotonic() - start
+        done = await progress.until(within, controller)
+        seconds = (progress.finished_at or time.monotonic()) - start
         tg.cancel_scope.cancel()
     return seconds, progress, done
 
@@ -383,6 +450,7 @@ async def measure(
     service_args: Sequence[str] = (),
     event_loop: str = "asyncio",
     run: str | None = None,
+    events: str = "all",
 ) -> Figures:
     """``run`` names this run's files in ``logs`` (default: the peer's name); a later run must not find an
     earlier one's kubeconfig and take it for its own server's."""
@@ -427,12 +495,12 @@ async def measure(
         metrics_port = free_port()
         log = logs / f"{run}-controller.log"
         command = controller_command(
-            peer, kubeconfig, registry, workers, metrics_port, service_args, event_loop
+            peer, kubeconfig, registry, workers, metrics_port, service_args, event_loop, events
         )
         controller = await stack.enter_async_context(process(command, log))
         pid = controller.pid
         _, _, started = await converge(
-            client, [(names[0], workload(n, names[0], registry))], STARTUP_TIMEOUT, controller
+            client, [(names[0], workload(n, names[0], registry))], STARTUP_TIMEOUT, controller, events
         )
         if not started:
             raise SystemExit(f"converge: {peer} did not build the canary workload:\n{tail(log)}")
@@ -447,7 +515,7 @@ async def measure(
         before = await counts(http, url, ids) if ids is not None else None
         own_before = await own_counts(http, metrics_port) if peer == "service" else None
         objects = [(names[i % spaces], workload(i, names[i % spaces], registry)) for i in range(n)]
-        seconds, progress, done = await converge(client, objects, within, controller)
+        seconds, progress, done = await converge(client, objects, within, controller, events)
         cpu = cpu_seconds(pid) - cpu_before
         others = {
             server_name: tree_cpu_seconds(api_server.pid) - others_before[server_name],
@@ -459,7 +527,9 @@ async def measure(
         own_after = await own_counts(http, metrics_port) if peer == "service" else None
         if not done:
             print(
-                f"converge: {peer}: only {len(progress.succeeded)} of {n} workloads finished in {within:g} s",
+                f"converge: {peer}: in {within:g} s only {len(progress.succeeded)} of {n} workloads "
+                f"finished, and {len(progress.events)} of {progress.expected_events()} Events about them "
+                "were written",
                 file=sys.stderr,
             )
         requests = (
@@ -489,6 +559,9 @@ async def measure(
             dict(sorted(own.items())) if own is not None else None,
             dict(sorted(passes.items())) if passes is not None else None,
             {name: round(v, 2) for name, v in others.items()},
+            len(progress.events),
+            progress.expected_events(),
+            max(0.0, progress.written_at - progress.finished_at) if progress.finished_at else 0.0,
         )
 
 
@@ -534,6 +607,11 @@ def table(results: list[Figures]) -> str:
         if f.cpu_per_server_cpu is not None:
             spent += f"; {f.peer}'s CPU per API server CPU second: {f.cpu_per_server_cpu:.3f}"
         lines.append(f"{f.peer} run, CPU of the other processes: {spent}")
+        if f.events:
+            lines.append(
+                f"{f.peer} Events about the workloads: {f.events}, the last {f.events_after:.1f} s after the "
+                "last workload's success (CPU counted until then)"
+            )
         if f.own_by_method:
             each = ", ".join(f"{key} {v / f.workloads:.2f}" for key, v in f.own_by_method.items())
             lines.append(f"{f.peer} requests per workload by method and answer: {each}")
@@ -589,6 +667,7 @@ async def main(args: argparse.Namespace) -> int:
                     args.service_arg,
                     args.event_loop,
                     run=peer if args.rounds == 1 else f"{peer}-round{i // len(peers) + 1}",
+                    events=args.events,
                 )
             )
     print(table(results))
@@ -607,7 +686,8 @@ async def main(args: argparse.Namespace) -> int:
         for f in results
     ]
     print(orjson.dumps(summary).decode())
-    return 0 if all(f.succeeded == f.droplets == f.workloads for f in results) else 1
+    whole = all(f.succeeded == f.droplets == f.workloads and f.events == f.events_expected for f in results)
+    return 0 if whole else 1
 
 
 if __name__ == "__main__":
@@ -634,7 +714,14 @@ if __name__ == "__main__":
         action="append",
         default=[],
         metavar="ARG",
-        help="one more argument for the service's run (repeatable), e.g. --service-arg=--events=warnings",
+        help="one more argument for the service's run (repeatable), e.g. --service-arg=--rate-limiter=classic",
+    )
+    parser.add_argument(
+        "--events",
+        choices=["all", "warnings", "none"],
+        default="all",
+        help="the Events both controllers record: all (default, the service's default), warnings (failures "
+        "only: two fewer writes per workload) or none",
     )
     parser.add_argument(
         "--event-loop",
@@ -654,4 +741,6 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if arguments.rounds < 1:
         parser.error("--rounds: at least 1")
+    if any(a.startswith("--events") for a in arguments.service_arg):
+        parser.error("--service-arg: the Events are chosen with --events, for both controllers")
     sys.exit(anyio.run(main, arguments, backend_options={"use_uvloop": True}))

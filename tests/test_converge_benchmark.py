@@ -34,6 +34,10 @@ async def test_converge_prints_the_figures_of_workloads_that_all_succeeded(tmp_p
     [figures] = orjson.loads(out.strip().splitlines()[-1])
     assert figures["peer"] == "service"
     assert (figures["succeeded"], figures["droplets"], figures["failed"]) == (WORKLOADS, WORKLOADS, 0)
+    # By default the service records a BuildRunning and a BuildSucceeded Event about each, and the run
+    # waited for them (their CPU is counted).
+    assert figures["events"] == figures["events_expected"] == 2 * WORKLOADS
+    assert f"service Events about the workloads: {2 * WORKLOADS}, the last" in out
     # Each workload costs the service at least its Image, its status and its droplet: requests counted
     # by the emulator, and the service's own count of them, are both there.
     assert figures["requests"] >= 3 * WORKLOADS
@@ -79,6 +83,43 @@ async def test_rounds_alternate_their_order_and_the_ratios_are_summed_over_them(
     assert "service vs kopf: 6.0x the throughput, 8.0x less CPU, 5.00 vs 5.00 requests per workload" in lines
     assert "service vs kopf: 3.0x the throughput, 4.0x less CPU, 5.00 vs 5.00 requests per workload" in lines
     assert lines[-1] == "over 2 rounds: 4.50x the throughput, 6.00x less CPU"
+
+
+COMMANDS_CHECK = """
+import sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import orjson
+import converge
+
+converge.kopf_python = lambda: Path("/kopf-venv/bin/python")  # not made here: it needs PyPI
+print(orjson.dumps({
+    peer: converge.controller_command(peer, Path("k"), "reg:5000", None, 9000, (), "asyncio", "warnings")
+    for peer in ("service", "kopf")
+}).decode())
+"""
+
+
+async def test_both_controllers_are_told_to_record_the_same_events() -> None:
+    folder = SCRIPT.parent
+    with anyio.fail_after(60):
+        result = await anyio.run_process(
+            [sys.executable, "-c", COMMANDS_CHECK, str(folder), str(folder.parent)], check=False
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    commands = orjson.loads(result.stdout)
+    assert "--events=warnings" in commands["service"]
+    assert commands["kopf"][:2] == ["/kopf-venv/bin/python", str(folder / "peers" / "kopf_peer.py")]
+    assert "--events=warnings" in commands["kopf"]
+
+
+async def test_the_events_are_not_chosen_for_the_service_alone() -> None:
+    with anyio.fail_after(60):
+        result = await anyio.run_process(
+            [sys.executable, str(SCRIPT), "--service-arg=--events=warnings"], check=False
+        )
+    assert result.returncode == 2
+    assert "the Events are chosen with --events, for both controllers" in result.stderr.decode()
 
 
 async def test_converge_runs_on_the_real_control_plane(tmp_path: Path) -> None:

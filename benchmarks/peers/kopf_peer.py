@@ -11,9 +11,13 @@ another object's status), and no more:
   digest) and the workload gets its droplet (image, stack, process types, ports, pull secrets) and
   ``Succeeded=True/BuildSucceeded``, ``Ready=True``; a failed Build gives ``BuildFailed``.
 
+The Events the service records on that path, with ``kopf.event`` (``--events``, as the service's
+``events``): with ``all`` (the service's default) a Normal ``BuildRunning`` when the Image is made and a
+Normal ``BuildSucceeded`` with the droplet, with ``all`` or ``warnings`` a Warning ``BuildFailed``. kopf's
+own Event per handler run is turned off: the service records nothing like it.
+
 None of the rest of the service: no custom Builders, no cancel or timeouts, no finalizers and droplet
-deletion, no BuilderInfo, no stack updates, no event recording (kopf's own info events are turned off
-too). It is not part of the project: it runs in a venv of its own that ``converge.py`` creates, with only
+deletion, no BuilderInfo, no stack updates. It is not part of the project: it runs in a venv of its own that ``converge.py`` creates, with only
 ``kopf``, ``kubernetes_asyncio`` and ``uvloop`` installed, and it imports nothing from the repository. With
 ``--event-loop uvloop`` it runs on uvloop, as ``kopf run`` does wherever uvloop is installed.
 
@@ -60,6 +64,7 @@ class Peer:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        self.events = "all"  # the Events recorded: all, warnings or none (the service's ``events``)
         self.api: k8s.CustomObjectsApi | None = None
         self.core: k8s.CoreV1Api | None = None
         self.http: aiohttp.ClientSession | None = None
@@ -99,6 +104,12 @@ async def login(**_: Any) -> kopf.ConnectionInfo:
     )
 
 
+def record(obj: Obj, type_: str, reason: str, message: str) -> None:
+    """An Event about ``obj``, if ``--events`` asks for its type; kopf posts it in the background."""
+    if PEER.events == "all" or (PEER.events == "warnings" and type_ == "Warning"):
+        kopf.event(obj, type=type_, reason=reason, message=message)
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # kopf posts an Event per handler run otherwise
@@ -123,7 +134,13 @@ def ours(spec: kopf.Spec, **_: Any) -> bool:
 
 @kopf.on.create(KORIFI, KORIFI_VERSION, WORKLOADS, when=ours)
 async def workload_created(
-    name: str, namespace: str, spec: kopf.Spec, labels: kopf.Labels, meta: kopf.Meta, **_: Any
+    name: str,
+    namespace: str,
+    spec: kopf.Spec,
+    labels: kopf.Labels,
+    meta: kopf.Meta,
+    body: kopf.Body,
+    **_: Any,
 ) -> None:
     """The app's Image, then BuildRunning (written first: a Build can succeed before kopf's own patch)."""
     assert PEER.api is not None
@@ -182,6 +199,7 @@ async def workload_created(
             {"metadata": image["metadata"], "spec": image["spec"]},
             _content_type=MERGE_PATCH,
         )
+    record(body, "Normal", "BuildRunning", f"kpack Image {app} ready to build")
 
 
 def finished(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
@@ -209,9 +227,12 @@ async def build_finished(
     done = next(c for c in status.get("conditions") or () if c.get("type") == "Succeeded")
     ready = condition("Ready", "True", "Ready", "Ready", generation)
     patch: Obj
+    event: tuple[str, str, str]
     if done["status"] == "False":
         failed = condition("Succeeded", "False", "BuildFailed", "Check build log output", generation)
         patch = {"status": {"conditions": [failed, ready]}}
+        why = done.get("message") or "no reason given"
+        event = ("Warning", "BuildFailed", f"kpack Build {name} failed: {why}")
     else:
         image = status.get("latestImage", "")
         config = await image_config(image)
@@ -224,9 +245,11 @@ async def build_finished(
         }
         succeeded = condition("Succeeded", "True", "BuildSucceeded", "Image built successfully", generation)
         patch = {"status": {"droplet": droplet, "conditions": [succeeded, ready]}}
-    await PEER.api.patch_namespaced_custom_object_status(
+        event = ("Normal", "BuildSucceeded", f"droplet {image}")
+    written_workload = await PEER.api.patch_namespaced_custom_object_status(
         KORIFI, KORIFI_VERSION, namespace, WORKLOADS, workload, patch, _content_type=MERGE_PATCH
     )
+    record(written_workload, *event)  # about the workload (its uid from the write's answer), as the service's
 
 
 async def pull_secrets(namespace: str) -> list[Obj]:
@@ -270,7 +293,11 @@ def main() -> None:
     parser.add_argument("--repository-prefix", required=True, help="e.g. 127.0.0.1:5000/cf/")
     parser.add_argument("--workers", type=int, default=0, help="kopf's worker limit (0: unlimited)")
     parser.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument(
+        "--events", choices=["all", "warnings", "none"], default="all", help="as the service's events"
+    )
     args = parser.parse_args()
+    PEER.events = args.events
     os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it
     os.environ["KOPF_PEER_WORKERS"] = str(args.workers)
     PEER.prefix = args.repository_prefix
