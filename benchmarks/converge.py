@@ -190,6 +190,7 @@ def controller_command(
     service_args: Sequence[str] = (),
     event_loop: str = "asyncio",
     events: str = "all",
+    peer_args: Sequence[str] = (),
 ) -> list[str]:
     """Both controllers get the same event loop and record the same Events (``events``)."""
     prefix = f"{registry}/cf/"
@@ -198,7 +199,7 @@ def controller_command(
         command += [f"--repository-prefix={prefix}", f"--event-loop={event_loop}", f"--events={events}"]
         if workers is not None:
             command.append(f"--workers={workers}")
-        return command
+        return [*command, *peer_args]
     return [
         sys.executable,
         "-m",
@@ -451,6 +452,7 @@ async def measure(
     event_loop: str = "asyncio",
     run: str | None = None,
     events: str = "all",
+    peer_args: Sequence[str] = (),
 ) -> Figures:
     """``run`` names this run's files in ``logs`` (default: the peer's name); a later run must not find an
     earlier one's kubeconfig and take it for its own server's."""
@@ -495,7 +497,7 @@ async def measure(
         metrics_port = free_port()
         log = logs / f"{run}-controller.log"
         command = controller_command(
-            peer, kubeconfig, registry, workers, metrics_port, service_args, event_loop, events
+            peer, kubeconfig, registry, workers, metrics_port, service_args, event_loop, events, peer_args
         )
         controller = await stack.enter_async_context(process(command, log))
         pid = controller.pid
@@ -668,6 +670,7 @@ async def main(args: argparse.Namespace) -> int:
                     args.event_loop,
                     run=peer if args.rounds == 1 else f"{peer}-round{i // len(peers) + 1}",
                     events=args.events,
+                    peer_args=args.peer_arg,
                 )
             )
     print(table(results))
@@ -717,6 +720,13 @@ if __name__ == "__main__":
         help="one more argument for the service's run (repeatable), e.g. --service-arg=--rate-limiter=classic",
     )
     parser.add_argument(
+        "--peer-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for the peer (repeatable), e.g. --peer-arg=--consistency-timeout=60",
+    )
+    parser.add_argument(
         "--events",
         choices=["all", "warnings", "none"],
         default="all",
@@ -741,6 +751,7 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if arguments.rounds < 1:
         parser.error("--rounds: at least 1")
-    if any(a.startswith("--events") for a in arguments.service_arg):
-        parser.error("--service-arg: the Events are chosen with --events, for both controllers")
+    for given in (arguments.service_arg, arguments.peer_arg):
+        if any(a.startswith("--events") for a in given):
+            parser.error("the Events are chosen with --events, for both controllers")
     sys.exit(anyio.run(main, arguments, backend_options={"use_uvloop": True}))

@@ -94,7 +94,9 @@ import converge
 
 converge.kopf_python = lambda: Path("/kopf-venv/bin/python")  # not made here: it needs PyPI
 print(orjson.dumps({
-    peer: converge.controller_command(peer, Path("k"), "reg:5000", None, 9000, (), "asyncio", "warnings")
+    peer: converge.controller_command(
+        peer, Path("k"), "reg:5000", None, 9000, (), "asyncio", "warnings", ("--consistency-timeout=60",)
+    )
     for peer in ("service", "kopf")
 }).decode())
 """
@@ -111,6 +113,9 @@ async def test_both_controllers_are_told_to_record_the_same_events() -> None:
     assert "--events=warnings" in commands["service"]
     assert commands["kopf"][:2] == ["/kopf-venv/bin/python", str(folder / "peers" / "kopf_peer.py")]
     assert "--events=warnings" in commands["kopf"]
+    # The peer's own arguments go to the peer alone.
+    assert commands["kopf"][-1] == "--consistency-timeout=60"
+    assert "--consistency-timeout=60" not in commands["service"]
 
 
 async def test_the_events_are_not_chosen_for_the_service_alone() -> None:

@@ -114,6 +114,8 @@ def record(obj: Obj, type_: str, reason: str, message: str) -> None:
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # kopf posts an Event per handler run otherwise
     settings.batching.worker_limit = int(os.environ.get("KOPF_PEER_WORKERS", "0")) or None
+    if os.environ.get("KOPF_PEER_CONSISTENCY"):
+        settings.persistence.consistency_timeout = float(os.environ["KOPF_PEER_CONSISTENCY"])
     await k8s_config.load_kube_config(os.environ["KUBECONFIG"])
     api_client = k8s.ApiClient()
     PEER.api, PEER.core = k8s.CustomObjectsApi(api_client), k8s.CoreV1Api(api_client)
@@ -296,7 +298,15 @@ def main() -> None:
     parser.add_argument(
         "--events", choices=["all", "warnings", "none"], default="all", help="as the service's events"
     )
+    parser.add_argument(
+        "--consistency-timeout",
+        type=float,
+        help="kopf's persistence.consistency_timeout (default kopf's, 5 s): how long it waits to see its own "
+        "handler-state patch before it handles a newer event without it, running an on.create handler again",
+    )
     args = parser.parse_args()
+    if args.consistency_timeout is not None:
+        os.environ["KOPF_PEER_CONSISTENCY"] = str(args.consistency_timeout)
     PEER.events = args.events
     os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it
     os.environ["KOPF_PEER_WORKERS"] = str(args.workers)
