@@ -354,18 +354,6 @@ class Progress:
             self.written_at = time.monotonic()
             self.changed.set()
 
-    async def follow_events(self, client: KubeClient, version: str) -> None:
-        while True:
-            self.watches += 1
-            try:
-                async with client.watch(r.EVENT, resource_version=version) as stream:
-                    async for kind, obj in stream:
-                        version = obj["metadata"].get("resourceVersion", version)
-                        if kind == "ADDED":
-                            self.see_event(obj)
-            except errors.Expired:
-                raise SystemExit("converge: the Events watch expired") from None
-
     def see(self, obj: dict[str, Any]) -> None:
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
         if key not in self.keys:
@@ -378,17 +366,23 @@ class Progress:
                     self.finished_at = time.monotonic()
                 self.changed.set()
 
-    async def follow(self, client: KubeClient, version: str) -> None:
+    async def follow(self, client: KubeClient, version: str, events: bool = False) -> None:
+        """The workloads' changes (or, with ``events``, the Events written) from ``version`` on."""
+        resource, kinds, see = (
+            (r.EVENT, ("ADDED",), self.see_event)
+            if events
+            else (r.BUILD_WORKLOAD, ("ADDED", "MODIFIED"), self.see)
+        )
         while True:
             self.watches += 1
             try:
-                async with client.watch(r.BUILD_WORKLOAD, resource_version=version) as stream:
+                async with client.watch(resource, resource_version=version) as stream:
                     async for kind, obj in stream:
                         version = obj["metadata"].get("resourceVersion", version)
-                        if kind in ("ADDED", "MODIFIED"):
-                            self.see(obj)
+                        if kind in kinds:
+                            see(obj)
             except errors.Expired:
-                raise SystemExit("converge: the progress watch expired") from None
+                raise SystemExit(f"converge: the {resource.plural} watch expired") from None
 
     async def until(self, within: float, controller: anyio.abc.Process) -> bool:
         """Whether every workload finished, and every Event about them was written, within the time (False
@@ -422,7 +416,7 @@ async def converge(
         if progress.reasons:
             listed_events = await client.list(r.EVENT, limit=1)
             progress.watches += 1
-            tg.start_soon(progress.follow_events, client, listed_events["metadata"]["resourceVersion"])
+            tg.start_soon(progress.follow, client, listed_events["metadata"]["resourceVersion"], True)
         todo = list(reversed(objects))
         start = time.monotonic()
 

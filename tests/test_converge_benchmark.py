@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import orjson
@@ -69,14 +70,19 @@ print(orjson.dumps({
 """
 
 
-async def test_rounds_alternate_their_order_and_the_ratios_are_summed_over_them() -> None:
+async def in_script(code: str) -> Any:
+    """What ``code`` prints (JSON), run in a process of its own with the script's folder on its path."""
     folder = SCRIPT.parent
     with anyio.fail_after(60):
         result = await anyio.run_process(
-            [sys.executable, "-c", ROUNDS_CHECK, str(folder), str(folder.parent)], check=False
+            [sys.executable, "-c", code, str(folder), str(folder.parent)], check=False
         )
     assert result.returncode == 0, result.stderr.decode()
-    printed = orjson.loads(result.stdout)
+    return orjson.loads(result.stdout)
+
+
+async def test_rounds_alternate_their_order_and_the_ratios_are_summed_over_them() -> None:
+    printed = await in_script(ROUNDS_CHECK)
     assert printed["order"] == ["service", "kopf", "kopf", "service", "service", "kopf"]
     assert printed["alone"] == ["service", "service"]
     lines = printed["lines"]
@@ -104,12 +110,7 @@ print(orjson.dumps({
 
 async def test_both_controllers_are_told_to_record_the_same_events() -> None:
     folder = SCRIPT.parent
-    with anyio.fail_after(60):
-        result = await anyio.run_process(
-            [sys.executable, "-c", COMMANDS_CHECK, str(folder), str(folder.parent)], check=False
-        )
-    assert result.returncode == 0, result.stderr.decode()
-    commands = orjson.loads(result.stdout)
+    commands = await in_script(COMMANDS_CHECK)
     assert "--events=warnings" in commands["service"]
     assert commands["kopf"][:2] == ["/kopf-venv/bin/python", str(folder / "peers" / "kopf_peer.py")]
     assert "--events=warnings" in commands["kopf"]
