@@ -258,8 +258,12 @@ async def test_a_deleted_pod_of_a_running_build_is_made_again(cluster: Cluster) 
     await cluster.client.delete(r.POD, first["metadata"]["name"], cluster.namespace)
     second = await cluster.pod(build, other_than=first["metadata"]["uid"])
     assert second["metadata"]["ownerReferences"] == first["metadata"]["ownerReferences"]
-    running = await cluster.client.get(r.BUILD, build["metadata"]["name"], cluster.namespace)
-    assert condition(running, "Succeeded")["status"] == "Unknown"
+    # The simulator creates a pod before it writes the Build's status from it: the Build may have none yet
+    # (a pod deleted before its first status write leaves none), so its status is awaited, not read once.
+    running = await cluster.build_when(
+        build, "a status read from a pod", lambda b: condition(b or {}, "Succeeded").get("status")
+    )
+    assert condition(running, "Succeeded")["status"] == "Unknown", running["status"]
     await cluster.unannotate(build)
     done = await cluster.finished(build)
     assert condition(done, "Succeeded")["status"] == "True", done["status"]
