@@ -17,9 +17,10 @@ Normal ``BuildSucceeded`` with the droplet, with ``all`` or ``warnings`` a Warni
 own Event per handler run is turned off: the service records nothing like it.
 
 None of the rest of the service: no custom Builders, no cancel or timeouts, no finalizers and droplet
-deletion, no BuilderInfo, no stack updates. It is not part of the project: it runs in a venv of its own that ``converge.py`` creates, with only
-``kopf``, ``kubernetes_asyncio`` and ``uvloop`` installed, and it imports nothing from the repository. With
-``--event-loop uvloop`` it runs on uvloop, as ``kopf run`` does wherever uvloop is installed.
+deletion, no BuilderInfo, no stack updates. It is not part of the project: it runs in a venv of its own
+that ``converge.py`` creates, with only ``kopf``, ``kubernetes_asyncio`` and ``uvloop`` installed, and it
+imports nothing from the repository. With ``--event-loop uvloop`` it runs on uvloop, as ``kopf run`` does
+wherever uvloop is installed; ``--consistency-timeout`` sets kopf's ``persistence.consistency_timeout``.
 
     <venv>/bin/python benchmarks/peers/kopf_peer.py --kubeconfig FILE --repository-prefix HOST/cf/
 """
