@@ -17,8 +17,7 @@ dependency of the project). Then:
 Seconds run from the first create to the last success. CPU is the controller process's user + system
 time from the first create to the last of those Events (``/proc/<pid>/stat``): a controller that writes
 its Events in the background, behind its workloads (kopf does), is charged for them too; start-up and
-imports excluded; peak RSS is its high-water mark
-(``VmHWM``), start-up included. API requests are counted by the emulator (a latency-free fault rule that
+imports excluded. Peak RSS is its high-water mark (``VmHWM``), start-up included. API requests are counted by the emulator (a latency-free fault rule that
 matches everything counts every request, ``/__sim__/faults``), less those of the stand-in and of this
 driver, which have rules of their own; for the service its own ``rest_client_requests_total`` is shown
 beside it. The service runs without its client-side rate limit (``--kube-api-qps``), as kopf has none.
@@ -337,10 +336,11 @@ class Progress:
     def expected_events(self) -> int:
         """A succeeded workload's BuildRunning and BuildSucceeded, a failed one's BuildRunning and
         BuildFailed: the ones of those the controllers are told to record."""
-        running = k.BUILD_RUNNING in self.reasons
-        return (len(self.succeeded) * (running + (k.BUILD_SUCCEEDED in self.reasons))) + (
-            len(self.failed) * (running + (k.BUILD_FAILED in self.reasons))
-        )
+
+        def each(outcome: str) -> int:
+            return sum(reason in self.reasons for reason in (k.BUILD_RUNNING, outcome))
+
+        return len(self.succeeded) * each(k.BUILD_SUCCEEDED) + len(self.failed) * each(k.BUILD_FAILED)
 
     def see_event(self, event: dict[str, Any]) -> None:
         involved = event.get("involvedObject") or {}

@@ -119,11 +119,10 @@ async def test_both_controllers_are_told_to_record_the_same_events() -> None:
     assert "--consistency-timeout=60" not in commands["service"]
 
 
-async def test_the_events_are_not_chosen_for_the_service_alone() -> None:
+@pytest.mark.parametrize("argument", ["--service-arg=--events=warnings", "--peer-arg=--events=none"])
+async def test_the_events_are_not_chosen_for_one_controller_alone(argument: str) -> None:
     with anyio.fail_after(60):
-        result = await anyio.run_process(
-            [sys.executable, str(SCRIPT), "--service-arg=--events=warnings"], check=False
-        )
+        result = await anyio.run_process([sys.executable, str(SCRIPT), argument], check=False)
     assert result.returncode == 2
     assert "the Events are chosen with --events, for both controllers" in result.stderr.decode()
 
