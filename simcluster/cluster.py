@@ -23,6 +23,7 @@ after it, as in kube-apiserver's ``Store.Update``; deletes get validating hooks 
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -97,6 +98,18 @@ class Cluster(Reads):
         super().__init__(history_limit=history_limit, watch_buffer=watch_buffer)
         self.webhooks = Webhooks()
         self.controllers = Controllers(self)
+        # Seconds this server's clock is ahead of the machine's (negative: behind). Its stamps
+        # (creation, deletion, managedFields) and its answers' Date header read this clock: a cluster
+        # whose nodes disagree on the time, on purpose.
+        self.clock_skew = 0.0
+
+    def time(self) -> float:
+        """Now by this server's clock, as a Unix time."""
+        return time.time() + self.clock_skew
+
+    def stamp(self) -> str:
+        """Now by this server's clock, as a ``metav1.Time``."""
+        return rfc3339(self.time())
 
     @property
     def admission(self) -> list[AdmissionHook]:
@@ -194,7 +207,7 @@ class Cluster(Reads):
         if causes:
             raise invalid(kind, name, causes)
         meta["uid"] = str(uuid.uuid4())
-        meta["creationTimestamp"] = rfc3339()
+        meta["creationTimestamp"] = self.stamp()
         if kind.uses_generation:
             meta["generation"] = 1
         if hooks:
@@ -214,7 +227,9 @@ class Cluster(Reads):
             raise errors.AlreadyExists(
                 f'{kind.qualified} "{name}" already exists', details=details(kind, name)
             )
-        meta["managedFields"] = managed_fields(None, manager, "Update", kind.api_version(version), None, body)
+        meta["managedFields"] = managed_fields(
+            None, manager, "Update", kind.api_version(version), None, body, self.stamp()
+        )
         obj["apiVersion"] = kind.api_version(kind.storage_version)
         if dry_run:
             meta.pop("resourceVersion", None)
@@ -361,6 +376,7 @@ class Cluster(Reads):
             kind.api_version(version),
             subresource,
             raw_body if raw_body is not None else (body if isinstance(body, dict) else {}),
+            self.stamp(),
         )
         if dry_run:
             return self.view(kind, version, obj)
@@ -466,7 +482,7 @@ class Cluster(Reads):
                 # A graceful deletion with no grace left (an unscheduled pod): the object is first marked
                 # (one MODIFIED event, the generation bumped), then removed, in the same request.
                 marked = store.fresh(old)
-                marked["metadata"]["deletionTimestamp"] = rfc3339()
+                marked["metadata"]["deletionTimestamp"] = self.stamp()
                 marked["metadata"]["deletionGracePeriodSeconds"] = 0
                 if kind.uses_generation:
                     marked["metadata"]["generation"] = meta.get("generation", 1) + 1
@@ -486,7 +502,7 @@ class Cluster(Reads):
         new_meta = new["metadata"]
         new_meta["finalizers"] = finalizers
         if not meta.get("deletionTimestamp"):
-            new_meta["deletionTimestamp"] = rfc3339()
+            new_meta["deletionTimestamp"] = self.stamp()
             new_meta["deletionGracePeriodSeconds"] = 0
             if kind.uses_generation:
                 new_meta["generation"] = meta.get("generation", 1) + 1

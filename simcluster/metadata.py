@@ -11,7 +11,6 @@ import random
 from collections.abc import Container
 from typing import Any
 
-from service.kube.timestamps import rfc3339
 from simcluster.kinds import Obj
 
 # Fields of metadata a create ignores from the client (the server sets them, or they arrive later).
@@ -42,15 +41,17 @@ def managed_fields(
     api_version: str,
     subresource: str | None,
     body: Obj,
+    at: str,
 ) -> list[Obj]:
-    """``old``'s managedFields with this request's entry: one per manager, operation and subresource."""
+    """``old``'s managedFields with this request's entry (written at ``at``): one per manager, operation
+    and subresource."""
     entries = [e for e in (old["metadata"].get("managedFields") or []) if isinstance(e, dict)] if old else []
     fields = field_set(body, subresource)
     entry: Obj = {
         "manager": manager,
         "operation": operation,
         "apiVersion": api_version,
-        "time": rfc3339(),
+        "time": at,
         "fieldsType": "FieldsV1",
         "fieldsV1": fields,
     }

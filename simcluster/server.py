@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any
 
 import anyio
@@ -152,7 +153,14 @@ class ApiServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        app.on_response_prepare.append(self._date)
         return app
+
+    async def _date(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer's ``Date`` by this server's clock (aiohttp writes the machine's when none is set),
+        as kube-apiserver's Go server writes its own."""
+        if self.cluster.clock_skew:
+            response.headers["Date"] = formatdate(self.cluster.time(), usegmt=True)
 
     # ------------------------------------------------------------------ plumbing
     @web.middleware
@@ -586,6 +594,14 @@ class ApiServer:
         if path == "/__sim__/watches" and request.method == "GET":
             open_by_kind = Counter(kind.qualified for kind, w in self.cluster.open_watches() if not w.closed)
             return _json({"open": dict(open_by_kind)})
+        if path == "/__sim__/clock":
+            if request.method == "PUT":
+                try:
+                    skew = float(orjson.loads(await request.read())["skewSeconds"])
+                except (ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
+                    return _error(errors.BadRequest(f'bad clock: {exc!r}; want {{"skewSeconds": <number>}}'))
+                self.cluster.clock_skew = skew
+            return _json({"skewSeconds": self.cluster.clock_skew, "now": self.cluster.stamp()})
         if path == "/__sim__/compact" and request.method == "POST":
             return _json({"compactedResourceVersion": str(self.cluster.compact())})
         return _error(errors.NotFound("no such emulator control"))

@@ -1,6 +1,6 @@
 """Helpers shared by the suites: waiting (poll a condition until it holds, with a deadline, never a bare
 sleep standing in for an event), a client that does not wait on retries, the environment of child
-processes, and a server that never answers."""
+processes, a server that never answers, and an emulator whose clock disagrees with the machine's."""
 
 from __future__ import annotations
 
@@ -147,3 +147,19 @@ async def hanging_server() -> AsyncIterator[Hanging]:
             yield hanging
         finally:
             tg.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def server_clock_skewed(client: KubeClient, seconds: float) -> AsyncIterator[None]:
+    """The emulator's clock ``seconds`` ahead of the machine's (negative: behind) for the block, set over
+    ``/__sim__/clock``; the service learns it from the answers' Date, as it would a real server's."""
+
+    async def skew(to: float) -> None:
+        status, _, body = await client.request("PUT", "/__sim__/clock", body={"skewSeconds": to})
+        assert status == 200, body
+
+    await skew(seconds)
+    try:
+        yield
+    finally:
+        await skew(0.0)

@@ -28,7 +28,7 @@ from yarl import URL
 
 from service.http import TLS_CLOSE_GRACE, LazySession, request_body
 from service.http import pool as http_pool
-from service.kube import errors
+from service.kube import errors, server_clock
 from service.kube.config import ClusterConfig
 from service.kube.fence import before_sending
 from service.kube.metrics import RestClientMetrics
@@ -352,6 +352,7 @@ class KubeClient(LazySession):
                     response.close()
                 raise
             self._observe(method, status, None if stream else time.perf_counter() - started)
+            server_clock.SERVER.observe(response_headers.get("Date"))
             delay = self._throttle_delay(status, response_headers)
             if delay is not None and throttled < self._max_throttle_retries:
                 if response is not None:

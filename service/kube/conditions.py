@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.kube.server_clock import server_time
 from service.kube.timestamps import rfc3339
 
 Obj = dict[str, Any]
@@ -60,7 +61,7 @@ def set_condition(
             "status": status,
             "reason": reason,
             "message": message,
-            "lastTransitionTime": now or rfc3339(),
+            "lastTransitionTime": now or rfc3339(server_time()),
         }
         if observed_generation is not None:
             condition["observedGeneration"] = observed_generation
@@ -69,7 +70,7 @@ def set_condition(
     before = dict(existing)
     if existing.get("status") != status:
         existing["status"] = status
-        existing["lastTransitionTime"] = now or rfc3339()
+        existing["lastTransitionTime"] = now or rfc3339(server_time())
     existing["reason"] = reason
     existing["message"] = message
     if observed_generation is not None:

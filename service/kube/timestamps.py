@@ -7,6 +7,8 @@ import math
 import time
 from datetime import UTC, datetime
 
+from service.kube.server_clock import server_now
+
 TIME = "%Y-%m-%dT%H:%M:%SZ"
 MICRO_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -57,6 +59,7 @@ def parse_rfc3339(value: str | None) -> datetime | None:
 
 
 def seconds_since(value: str | None) -> float:
-    """Seconds from a ``metav1.Time`` to now by this process's clock (0 when absent or malformed)."""
+    """Seconds from a ``metav1.Time`` the API server wrote to now by the server's clock (0 when absent or
+    malformed)."""
     at = parse_rfc3339(value)
-    return (datetime.now(UTC) - at).total_seconds() if at else 0.0
+    return (server_now() - at).total_seconds() if at else 0.0

@@ -14,12 +14,13 @@ deleted again), and a push the pod had on the wire when it was killed has landed
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import UTC, datetime
+from datetime import datetime
 
 from service.kube import errors
 from service.kube.client import KubeClient
 from service.kube.conditions import find, status_of
 from service.kube.resources import BUILD, POD
+from service.kube.server_clock import server_now, server_time
 from service.kube.timestamps import parse_rfc3339, rfc3339
 from service.reconcilers import korifi as k
 from service.runtime import Obj
@@ -55,7 +56,7 @@ async def write_stop(client: KubeClient, build: Obj, reason: str, message: str) 
         "status": "False",
         "reason": reason,
         "message": message,
-        "lastTransitionTime": rfc3339(datetime.now(UTC)),
+        "lastTransitionTime": rfc3339(server_time()),
     }
     await client.patch_status(
         BUILD,
@@ -85,7 +86,7 @@ def still_to_wait(written: datetime | None, gone: bool) -> float | None:
     """How long to wait before the stop written at ``written`` counts as done, the pod being ``gone`` or
     not; None when it is done."""
     # The timestamp has whole seconds: count from the end of that second, so the look is never early.
-    since = (datetime.now(UTC) - written).total_seconds() - 1.0 if written else 0.0
+    since = (server_now() - written).total_seconds() - 1.0 if written else 0.0
     if gone and since >= CONFIRM_POLL:
         return None
     return max(0.5, CONFIRM_POLL - since) if gone else CONFIRM_POLL

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import semver
 
 from service.kube.client import KubeClient
 from service.kube.conditions import find
 from service.kube.resources import BUILDPACK, CLUSTER_BUILDPACK
+from service.kube.server_clock import server_now
 from service.kube.timestamps import parse_rfc3339
 from service.runtime import Lister, Obj
 from service.runtime.store import NAMESPACE_INDEX
@@ -221,7 +221,7 @@ async def resolve_confirmed(
     workload that names buildpacks."""
     namespace = work["metadata"]["namespace"]
     created = parse_rfc3339(work["metadata"].get("creationTimestamp"))
-    young = created is not None and (datetime.now(UTC) - created).total_seconds() < patience
+    young = created is not None and (server_now() - created).total_seconds() < patience
     cached = Sources(
         buildpacks.by_index(NAMESPACE_INDEX, namespace), cluster_buildpacks.list(), cluster_builder
     )

@@ -39,6 +39,7 @@ from service.kube.client import KubeClient
 from service.kube.objects import is_deleting, labels, meta
 from service.kube.patches import merge_diff
 from service.kube.resources import BUILD_WORKLOAD, BUILDER, IMAGE
+from service.kube.server_clock import server_time
 from service.kube.timestamps import parse_rfc3339, rfc3339
 from service.reconcilers import korifi as k
 from service.runtime import InformerFactory, Lister, Manager, Obj, Request, Result, index_value, where
@@ -73,7 +74,7 @@ def stamp(builder: Obj, existing: Obj | None) -> None:
     """Mark a Builder the service creates, or whose spec it changes, with the time: kpack builds it anew."""
     if existing is not None and existing.get("spec") == builder.get("spec"):
         return
-    meta(builder).setdefault("annotations", {})[CHANGED_ANNOTATION] = rfc3339()
+    meta(builder).setdefault("annotations", {})[CHANGED_ANNOTATION] = rfc3339(server_time())
 
 
 def readiness_since(work: Obj, builder: Obj) -> datetime | None:

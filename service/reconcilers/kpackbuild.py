@@ -25,11 +25,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from service.kube import errors
 from service.kube.client import KubeClient
 from service.kube.resources import BUILD
+from service.kube.server_clock import server_now
 from service.reconcilers import build_stop
 from service.reconcilers import korifi as k
 from service.reconcilers.images import ImageDeleter, deletion_secrets, registry_lane
@@ -151,7 +152,7 @@ class KpackBuildReconciler:
                 "stopping a deleted kpack Build before its release",
                 extra={"namespace": meta["namespace"], "build": meta["name"]},
             )
-            written = datetime.now(UTC)
+            written = server_now()
         else:
             written = build_stop.stop_written_at(build, build_stop.STOPPED_BY_SERVICE)
             if written is None:

@@ -16,7 +16,7 @@ from service.registry.errors import NotFound as ImageNotFound
 from service.runtime import changed
 from service.runtime.clock import FakeClock
 from simcluster.faults import FaultRule
-from tests.helpers import consistently, eventually
+from tests.helpers import consistently, eventually, server_clock_skewed
 from tests.reconcilers.conftest import APP_GUID, SERVICE_ACCOUNT, Env
 
 pytestmark = pytest.mark.anyio
@@ -242,6 +242,24 @@ async def test_the_wait_for_a_builds_finalizer_is_bounded(env: Env, monkeypatch:
     [event] = await eventually(warned, what="a BuildFinalizerMissing Warning")
     assert event["type"] == "Warning" and event["involvedObject"]["name"] == name
     assert "kpack Build build still without" in event["message"], event["message"]
+
+
+@pytest.mark.emulator
+async def test_the_wait_for_a_builds_finalizer_is_counted_by_the_servers_clock(env: Env) -> None:
+    """A control plane whose clock is an hour behind the controller's stamps a deletion that this machine
+    reads as an hour old: timed by the machine's clock, the five-minute wait would be over before it
+    began, and the droplet of a build that pushes meanwhile left behind. The service reads the server's
+    clock from its answers, so the workload still waits."""
+    assert env.api is not None
+    async with server_clock_skewed(env.client, -3600):
+        name, refused = await deleted_with_a_build_finalizer_refused(env)
+        await consistently(
+            lambda: _present(env, r.BUILD_WORKLOAD, name), 1.5, "the workload waits for the finalizer"
+        )
+        refused.count = refused.hits  # the API takes the finalizer's write again
+        await eventually(lambda: _gone(env, r.BUILD_WORKLOAD, name), what="then goes, its Build with it")
+    events = (await env.client.list(r.EVENT, env.namespace))["items"]
+    assert not [e for e in events if e["reason"] == k.BUILD_FINALIZER_MISSING]
 
 
 # ------------------------------------------------------------------------------ J: Build deletion

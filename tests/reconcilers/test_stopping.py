@@ -26,7 +26,7 @@ from service.reconcilers.buildworkload import pending
 from simcluster.faults import FaultRule
 from simcluster.kpack.options import ENV_BUILD_SECONDS, ENV_FAIL, ENV_POD_PENDING
 from tests.conftest import Target
-from tests.helpers import consistently, eventually
+from tests.helpers import consistently, eventually, server_clock_skewed
 from tests.reconcilers.conftest import KpackCluster
 
 pytestmark = pytest.mark.anyio
@@ -202,6 +202,28 @@ async def test_the_build_timeout_stops_a_build_that_runs_too_long(kpack_cluster:
         # A build within the limit is not touched.
         await world.workload("wl-fast", "fast")
         await world.condition("wl-fast", "True", k.BUILD_SUCCEEDED)
+
+
+@pytest.mark.emulator
+async def test_the_build_timeout_is_counted_by_the_servers_clock(kpack_cluster: KpackCluster) -> None:
+    """A control plane an hour behind the controller's clock stamps every Build an hour old by this
+    machine's: timed by it, each would pass a 60 s buildTimeout the moment it ran. By the server's clock,
+    read from its answers' Date, the build runs on."""
+    world = World(kpack_cluster)
+    async with (
+        server_clock_skewed(kpack_cluster.client, -3600),
+        kpack_cluster.service(build_timeout=60.0),
+    ):
+        await world.workload("wl-skewed", "skewed", **{ENV_BUILD_SECONDS: "600"})
+        await world.running_pod("skewed-build-1")
+
+        async def still_running() -> bool:
+            return succeeded(await world.get(r.BUILD_WORKLOAD, "wl-skewed") or {}).get("reason") in (
+                None,
+                k.BUILD_RUNNING,
+            )
+
+        await consistently(still_running, 1.5, "the build runs within its timeout")
 
 
 # ------------------------------------------------------------------------------------------ §3 a pod that cannot start

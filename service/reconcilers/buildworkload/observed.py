@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from service.kube.conditions import condition_of, is_true, status_of
 from service.kube.objects import is_deleting, labels
+from service.kube.server_clock import server_now
 from service.kube.timestamps import parse_rfc3339
 from service.reconcilers import korifi as k
 from service.reconcilers.buildworkload.attempt import completed, is_ours
@@ -77,7 +78,7 @@ def observe(metrics: BuildMetrics, cached: Obj, stored: Obj, events: Iterable[tu
         metrics.build_finished(
             condition.get("status") == "True",
             str(condition.get("reason") or ""),
-            _age(stored, datetime.now(UTC)),
+            _age(stored, server_now()),
         )
     written = droplet_image(stored)
     if written and written != droplet_image(cached):
@@ -123,7 +124,7 @@ def _builder_ready(caches: Caches, workload: Obj) -> bool:
 
 def waiting_workloads(caches: Caches) -> dict[str, WaitingPhase]:
     """Every phase (zero when empty, so that alerts always have a series), from the workload cache."""
-    now = datetime.now(UTC)
+    now = server_now()
     out = {phase: WaitingPhase() for phase in PHASES}
     for workload in caches.workloads.iterate():
         phase = phase_of(caches, workload)

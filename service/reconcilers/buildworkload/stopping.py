@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from service.kube.client import KubeClient
 from service.kube.conditions import find
 from service.kube.resources import BUILD
+from service.kube.server_clock import server_now
 from service.kube.timestamps import seconds_since
 from service.reconcilers import korifi as k
 from service.reconcilers.build_stop import (
@@ -98,7 +98,7 @@ class Stopper:
         written = stop_written_at(build, STOP_REASONS) if stopped_by(build) is not None else None
         if is_running(build):
             await self._finish(build, attempt.name, stop)
-            written = datetime.now(UTC)
+            written = server_now()
             log.info(
                 "stopping a kpack Build",
                 extra={

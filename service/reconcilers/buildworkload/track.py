@@ -11,13 +11,13 @@ registry beside the workers (``service.runtime.offload``): a registry that hangs
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 
 from service.kube import errors
 from service.kube.client import KubeClient
 from service.kube.conditions import find, is_true, status_of
 from service.kube.objects import generation, is_deleting, labels
 from service.kube.resources import BUILD
+from service.kube.server_clock import server_now
 from service.kube.timestamps import parse_rfc3339
 from service.reconcilers import korifi as k
 from service.reconcilers.build_steps import failed_step
@@ -314,7 +314,7 @@ class Track:
             created = parse_rfc3339(attempt.work["metadata"].get("creationTimestamp"))
         # The timestamp has whole seconds: count from the end of that second, so that a builder always
         # gets at least the whole timeout (Korifi's count can fall up to a second short).
-        waited = (datetime.now(UTC) - created).total_seconds() - 1.0 if created else float("inf")
+        waited = (server_now() - created).total_seconds() - 1.0 if created else float("inf")
         remaining = self.settings.builder_readiness_timeout - waited
         if remaining > 0:
             return Result(requeue_after=remaining)
