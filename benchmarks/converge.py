@@ -14,13 +14,17 @@ dependency of the project). Then:
    about them are written (``--events``, the same for both; followed with another watch), the figures are
    taken again.
 
-Seconds run from the first create to the last success. CPU is the controller process's user + system
-time from the first create to the last of those Events (``/proc/<pid>/stat``): a controller that writes
-its Events in the background, behind its workloads (kopf does), is charged for them too; start-up and
-imports excluded. Peak RSS is its high-water mark (``VmHWM``), start-up included. API requests are counted by the emulator (a latency-free fault rule that
-matches everything counts every request, ``/__sim__/faults``), less those of the stand-in and of this
-driver, which have rules of their own; for the service its own ``rest_client_requests_total`` is shown
-beside it. The service runs without its client-side rate limit (``--kube-api-qps``), as kopf has none.
+Seconds run from the first create to the last success. CPU is the controller process's user + system time from
+the first create to the last of those Events (``/proc/<pid>/stat``): a controller that writes its Events in
+the background, behind its workloads (kopf does), is charged for them too; start-up and imports excluded. Peak
+RSS is its high-water mark (``VmHWM``), start-up included. API requests are counted by the emulator (a
+latency-free fault rule that matches everything counts every request, ``/__sim__/faults``), less those of the
+stand-in and of this driver, which have rules of their own; for the service its own
+``rest_client_requests_total`` is shown beside it. On the real control plane (``--cluster real``)
+kube-apiserver's ``apiserver_request_total`` counts them instead, every client's less the same writes of the
+stand-in and the driver (kube-controller-manager's few stay in), and the run also prints the server's requests
+by verb and resource with its mean time on each, and the watch events it sent by kind. The service runs
+without its client-side rate limit (``--kube-api-qps``), as kopf has none.
 
     .venv/bin/python benchmarks/converge.py --workloads 1000 --namespaces 10 --peer kopf
 
@@ -86,7 +90,7 @@ class Figures:
     seconds: float
     cpu_seconds: float
     peak_rss_mib: float
-    requests: int | None  # None: not counted (a real API server has no counting rules)
+    requests: int | None  # the controller's; on a real API server its whole count less the known others
     droplets: int  # workloads whose droplet is the stand-in's image, as the API has them at the end
     own_count: int | None  # the service's rest_client_requests_total over the same span
     own_by_method: dict[str, int] | None  # the same by method and answer
@@ -97,6 +101,11 @@ class Figures:
     events: int = 0  # Events about the N workloads written (as the API shows them) by the end
     events_expected: int = 0  # those the controller was told to record (``--events``)
     events_after: float = 0.0  # seconds from the last workload's success to the last of those Events
+    # The real control plane only, from kube-apiserver's /metrics over the same span (every client's):
+    # requests by verb and resource, the server's seconds on them, and watch events sent by kind.
+    server_requests: dict[str, int] | None = None
+    server_seconds: dict[str, float] | None = None
+    watch_events: dict[str, int] | None = None
 
     @property
     def per_second(self) -> float:
@@ -308,6 +317,57 @@ async def own_counts(http: aiohttp.ClientSession, port: int) -> tuple[Counter[st
     return requests, reconciles
 
 
+# What the stand-in and the driver write, as kube-apiserver's metrics name them (``COUNTERS``' rules).
+NOT_THE_CONTROLLERS = ("POST buildworkloads", "POST builds", "PATCH builds/status")
+
+
+@dataclass
+class ServerCounts:
+    """kube-apiserver's own counters (``/metrics``), summed over every client: requests by verb and
+    resource (``PATCH builds/status``), the server's seconds on them, and watch events sent by kind."""
+
+    requests: Counter[str]
+    seconds: Counter[str]
+    watch_events: Counter[str]
+
+    def __sub__(self, other: ServerCounts) -> ServerCounts:
+        def less(a: Counter[str], b: Counter[str]) -> Counter[str]:
+            return Counter({key: v - b.get(key, 0) for key, v in a.items() if v - b.get(key, 0) > 0})
+
+        return ServerCounts(
+            less(self.requests, other.requests),
+            less(self.seconds, other.seconds),
+            less(self.watch_events, other.watch_events),
+        )
+
+
+async def server_counts(client: KubeClient) -> ServerCounts:
+    status, _, raw = await client.request("GET", "/metrics")
+    if status != 200:
+        raise SystemExit(f"converge: kube-apiserver's /metrics answered {status}")
+    requests: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    watch_events: Counter[str] = Counter()
+    for family in text_string_to_metric_families(raw.decode()):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "apiserver_request_total"
+                or sample.name == "apiserver_request_duration_seconds_sum"
+            ):
+                resource = labels.get("resource", "") + (
+                    f"/{labels['subresource']}" if labels.get("subresource") else ""
+                )
+                key = f"{labels.get('verb', '')} {resource}".strip()
+                if sample.name == "apiserver_request_total":
+                    requests[key] += int(sample.value)
+                else:
+                    seconds[key] += sample.value
+            elif sample.name == "apiserver_watch_events_total":
+                watch_events[labels.get("kind") or labels.get("resource") or "?"] += int(sample.value)
+    return ServerCounts(requests, seconds, watch_events)
+
+
 # ------------------------------------------------------------------------------ workloads
 # The Events both controllers record about a workload on its way (``--events``): a workload has not cost
 # its controller all it will until they are written, and kopf writes them in the background, behind.
@@ -509,6 +569,7 @@ async def measure(
             "driver": time.process_time(),
         }
         before = await counts(http, url, ids) if ids is not None else None
+        server_before = await server_counts(client) if cluster == "real" else None
         own_before = await own_counts(http, metrics_port) if peer == "service" else None
         objects = [(names[i % spaces], workload(i, names[i % spaces], registry)) for i in range(n)]
         seconds, progress, done = await converge(client, objects, within, controller, events)
@@ -520,6 +581,7 @@ async def measure(
         }
         rss = peak_rss_mib(pid)
         after = await counts(http, url, ids) if ids is not None else None
+        served = await server_counts(client) - server_before if server_before is not None else None
         own_after = await own_counts(http, metrics_port) if peer == "service" else None
         if not done:
             print(
@@ -528,11 +590,15 @@ async def measure(
                 "were written",
                 file=sys.stderr,
             )
-        requests = (
-            after["all_others"] - before["all_others"] - progress.watches
-            if after is not None and before is not None
-            else None
-        )
+        if after is not None and before is not None:
+            requests: int | None = after["all_others"] - before["all_others"] - progress.watches
+        elif served is not None:
+            # Every client's, less the stand-in's and this driver's writes and watches, as the emulator's
+            # rules count; kube-controller-manager's few (its Lease, every 2 s) stay in.
+            not_its = sum(served.requests[key] for key in NOT_THE_CONTROLLERS)
+            requests = served.requests.total() - not_its - progress.watches
+        else:
+            requests = None
         droplets = 0
         for space in names:
             for w in (await client.list(r.BUILD_WORKLOAD, space))["items"]:
@@ -558,6 +624,9 @@ async def measure(
             len(progress.events),
             progress.expected_events(),
             max(0.0, progress.written_at - progress.finished_at) if progress.finished_at else 0.0,
+            dict(served.requests.most_common()) if served is not None else None,
+            {key: round(v, 3) for key, v in served.seconds.most_common()} if served is not None else None,
+            dict(served.watch_events.most_common()) if served is not None else None,
         )
 
 
@@ -614,6 +683,19 @@ def table(results: list[Figures]) -> str:
         if f.own_reconciles:
             each = ", ".join(f"{key} {v / f.workloads:.2f}" for key, v in f.own_reconciles.items())
             lines.append(f"{f.peer} reconciles per workload by controller and result: {each}")
+        if f.server_requests:
+            each = ", ".join(
+                f"{key} {v / f.workloads:.2f} ({1000 * (f.server_seconds or {}).get(key, 0.0) / v:.1f} ms)"
+                for key, v in f.server_requests.items()
+                if key.split()[0] != "WATCH" and v >= f.workloads / 20
+            )
+            lines.append(
+                f"{f.peer} run, kube-apiserver's requests per workload by verb and resource (every client's; "
+                f"the server's mean time on one): {each}"
+            )
+        if f.watch_events:
+            each = ", ".join(f"{key} {v / f.workloads:.2f}" for key, v in f.watch_events.items())
+            lines.append(f"{f.peer} run, kube-apiserver's watch events sent per workload by kind: {each}")
     ours_all = [f for f in results if f.peer == "service"]
     theirs_all = [f for f in results if f.peer != "service"]
     if ours_all and len(theirs_all) == len(ours_all) and all(f.seconds and f.cpu_seconds for f in results):

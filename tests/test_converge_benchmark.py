@@ -128,8 +128,9 @@ async def test_the_events_are_not_chosen_for_one_controller_alone(argument: str)
 
 
 async def test_converge_runs_on_the_real_control_plane(tmp_path: Path) -> None:
-    """``--cluster real``: the same run against kube-apiserver, etcd and kube-controller-manager, which have
-    no request counter: the service's own count stands in, and the control plane's CPU is reported."""
+    """``--cluster real``: the same run against kube-apiserver, etcd and kube-controller-manager. Requests
+    are kube-apiserver's own count (every client's, less the stand-in's and the driver's), which holds the
+    service's own; the control plane's CPU is reported."""
     skip_unless_available()
     await anyio.to_thread.run_sync(ensure_built)  # not inside the script's start-up timeout
     workloads = 5
@@ -140,6 +141,12 @@ async def test_converge_runs_on_the_real_control_plane(tmp_path: Path) -> None:
     assert result.returncode == 0, f"{out}\n{result.stderr.decode()}"
     [figures] = orjson.loads(out.strip().splitlines()[-1])
     assert (figures["succeeded"], figures["droplets"], figures["failed"]) == (workloads, workloads, 0)
-    assert figures["requests"] is None and figures["own_count"] >= 3 * workloads
-    assert figures["requests_per_workload"] == figures["own_count"] / workloads
+    # kube-controller-manager's few requests (its Lease) may fall in the span too.
+    assert figures["requests"] >= figures["own_count"] >= 3 * workloads
+    assert figures["requests_per_workload"] == figures["requests"] / workloads
+    # By verb and resource: the service's status writes, and the stand-in's own writes, left out above.
+    served = figures["server_requests"]
+    assert served["PATCH buildworkloads/status"] >= workloads and served["POST builds"] == workloads
+    assert figures["server_seconds"]["PATCH buildworkloads/status"] > 0
+    assert figures["watch_events"]["buildworkloads"] >= workloads
     assert figures["others_cpu_seconds"]["control plane"] > 0
