@@ -90,6 +90,15 @@ __all__ = [
 SYSTEM_USER = "system:admin"
 
 
+def _writable(obj: Obj) -> Obj:
+    """A deep copy of ``obj`` to write, without its managedFields: every write sets them anew from the
+    stored object's (``managed_fields``), and they are the largest part of most objects."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        obj = {**obj, "metadata": {key: value for key, value in meta.items() if key != "managedFields"}}
+    return store.fresh(obj)
+
+
 class Cluster(Reads):
     """The emulated cluster: its storage and reads (inherited), the write verbs, the admission webhooks
     and the background controllers."""
@@ -275,7 +284,14 @@ class Cluster(Reads):
             raise errors.NotFound("the server could not find the requested resource", details={})
         if subresource == "status" and not kind.versions[version].status:
             raise errors.NotFound("the server could not find the requested resource", details={})
-        obj = check_body(kind, version, store.fresh(body) if isinstance(body, dict) else body)
+        hooks = self.webhooks.for_kind(kind)
+        # A status write keeps only the body's status, copied where it is taken (below): unless a mutating
+        # hook may change the rest first, the rest is only read, so it is not copied.
+        status_only = subresource == "status" and not hooks and isinstance(body, dict)
+        if status_only:
+            obj = check_body(kind, version, dict(body))
+        else:
+            obj = check_body(kind, version, _writable(body) if isinstance(body, dict) else body)
         ns = self._key_namespace(kind, namespace)
         old = self.get(kind, ns, name)
         meta = obj["metadata"]
@@ -287,7 +303,6 @@ class Cluster(Reads):
             raise errors.BadRequest(
                 "the namespace of the provided object does not match the namespace sent on the request"
             )
-        hooks = self.webhooks.for_kind(kind)
         request: AdmissionRequest | None = None
         if hooks:
             old_view = store.fresh(self.view(kind, version, old))
@@ -326,9 +341,9 @@ class Cluster(Reads):
         if subresource == "status":
             # The status subresource changes status and nothing else (``obj`` is a copy already: the old
             # status is not copied only to be replaced).
-            new = store.fresh({key: value for key, value in old.items() if key != "status"})
+            new = _writable({key: value for key, value in old.items() if key != "status"})
             if "status" in obj:
-                new["status"] = obj["status"]
+                new["status"] = store.fresh(obj["status"]) if status_only else obj["status"]
             else:
                 new.pop("status", None)
             obj = new
