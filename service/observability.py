@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from service.kube import server_clock
 from service.metrics import Counter, Histogram
 from service.reconcilers import korifi as k
 from service.reconcilers.buildworkload.observed import WaitingPhase
@@ -54,6 +55,22 @@ class WaitingCollector(Collector):
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         # Described without reading the cache, so registering does not run a scrape.
+        return iter(())
+
+
+class ClockCollector(Collector):
+    """``apiserver_clock_offset_seconds``: how far the API server's clock is from this node's, as the
+    Kubernetes client learns it (``service.kube.server_clock``), read at scrape time."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            PREFIX + "apiserver_clock_offset_seconds",
+            "The API server's clock minus this node's, from the Date of its answers (0 within 2 s); the "
+            "service counts its limits by the server's clock.",
+            value=server_clock.SERVER.offset,
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())
 
 
@@ -95,6 +112,7 @@ class BuildMetrics:
         for trigger in ("build", "stack_update"):
             self.droplets.labels(trigger)
         registry.register(WaitingCollector(waiting))
+        registry.register(ClockCollector())
 
     def build_started(self) -> None:
         self.started.inc()

@@ -65,7 +65,7 @@ def dashboard() -> dict[str, Any]:
 def test_the_rules_pass_promtool_check() -> None:
     result = promtool("check", "rules", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_the_rules_pass_their_unit_tests() -> None:
@@ -88,6 +88,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
         "KpackImageBuilderBuildFailureRatio",
         "KpackImageBuilderBuildsWaitingTooLong",
         "KpackImageBuilderRegistryErrors",
+        "KpackImageBuilderClockSkew",
     }
     assert fires == alerts, f"no firing case for {alerts - fires}"
     assert quiet == alerts, f"no quiet case for {alerts - quiet}"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from email.utils import formatdate
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from service.kube import server_clock
 from service.kube.server_clock import TOLERANCE, ServerClock
 from service.kube.timestamps import rfc3339, seconds_since
+from service.observability import ClockCollector
 
 
 def test_a_server_an_hour_behind_is_read_as_such() -> None:
@@ -62,3 +65,27 @@ def test_times_the_server_wrote_are_aged_by_its_clock(monkeypatch: pytest.Monkey
     assert seconds_since(written) > 3590  # by this machine's clock, before any answer
     server.observe(formatdate(time.time() - 3600, usegmt=True))
     assert -1 <= seconds_since(written) <= 2
+
+
+def test_clocks_that_part_or_meet_are_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    server = ServerClock()
+    caplog.set_level(logging.INFO, logger="service.kube.server_clock")
+    for second, behind in ((0, 0.0), (1, 3600.0), (2, 3599.0), (3, 3600.0), (4, 0.0), (5, 0.0)):
+        server.observe(formatdate(1_800_000_000.0 + second, usegmt=True), 1_800_000_000.0 + second + behind)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [
+        ("WARNING", "the API server's clock differs from this node's: limits are counted by the server's"),
+        ("INFO", "the API server's clock agrees with this node's again"),
+    ]
+    assert caplog.records[0].offset_seconds == -3599.5
+
+
+def test_the_offset_is_a_metric(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = ServerClock()
+    monkeypatch.setattr(server_clock, "SERVER", server)
+    registry = CollectorRegistry()
+    registry.register(ClockCollector())
+    name = "kpack_image_builder_apiserver_clock_offset_seconds"
+    assert registry.get_sample_value(name) == 0.0
+    server.observe(formatdate(1_800_000_000.0, usegmt=True), 1_800_000_000.0 + 60)
+    assert registry.get_sample_value(name) == -59.5

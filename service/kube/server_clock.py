@@ -20,9 +20,12 @@ process-wide: a process of this service talks to one API server.
 
 from __future__ import annotations
 
+import logging
 import time as _time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+
+log = logging.getLogger(__name__)
 
 # Seconds of difference below which the clocks are taken to agree: a Date, truncated to the second and
 # stamped before the answer travels, is up to a second behind, and limits here are tens of seconds.
@@ -48,7 +51,18 @@ class ServerClock:
             stamped = stamped.replace(tzinfo=UTC)  # "-0000", which RFC 5322 allows, means UTC
         # The middle of the second it names: the server's clock was somewhere within it.
         skew = stamped.timestamp() + 0.5 - (_time.time() if received is None else received)
-        self.offset = skew if abs(skew) >= TOLERANCE else 0.0
+        offset = skew if abs(skew) >= TOLERANCE else 0.0
+        if (offset == 0.0) != (self.offset == 0.0):
+            # Said when the clocks part or meet again, not on every correction: a skew is a node's fault
+            # an operator should hear of once (and ``apiserver_clock_offset_seconds`` shows).
+            if offset:
+                log.warning(
+                    "the API server's clock differs from this node's: limits are counted by the server's",
+                    extra={"offset_seconds": round(offset, 1)},
+                )
+            else:
+                log.info("the API server's clock agrees with this node's again")
+        self.offset = offset
 
     def time(self) -> float:
         """Now by the server's clock, as a Unix time."""
