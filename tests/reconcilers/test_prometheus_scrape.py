@@ -150,10 +150,11 @@ async def test_prometheus_sees_the_controller_runtime_and_build_metrics(
                     return [] if never else rules
 
                 rules = await eventually(evaluated, 10, "every alert rule evaluated")
-                assert len(rules) == 6 and all(r["health"] == "ok" for r in rules), rules
+                assert len(rules) == 7 and all(r["health"] == "ok" for r in rules), rules
                 states = {r["name"]: r["state"] for r in rules}
                 assert states["KpackImageBuilderNoLeader"] == "pending", states
                 assert states["KpackImageBuilderBuildsWaitingTooLong"] == "inactive", states
+                assert states["KpackImageBuilderClockSkew"] == "inactive", states  # the same clock
 
                 # What Prometheus scraped is an exposition promtool accepts.
                 async with (
