@@ -23,7 +23,7 @@ from service.kube import config as kube_config
 from service.kube.client import KubeClient
 from service.kube.config import ClusterConfig
 from service.kube.metrics import RestClientMetrics
-from service.observability import BuildMetrics
+from service.observability import BuildMetrics, ClockCollector
 from service.reconcilers.buildworkload.observed import waiting_workloads
 from service.reconcilers.images import RegistryImages, RepositoryCreator
 from service.reconcilers.wiring import add_controllers
@@ -122,6 +122,8 @@ def assemble(
     )
     caches = controllers.buildworkload.caches
     controllers.buildworkload.metrics = BuildMetrics(manager.registry, lambda: waiting_workloads(caches))
+    # The client's view of the server's clock, which the domain's limits are counted by.
+    manager.registry.register(ClockCollector())
     return manager
 
 

@@ -112,7 +112,6 @@ class BuildMetrics:
         for trigger in ("build", "stack_update"):
             self.droplets.labels(trigger)
         registry.register(WaitingCollector(waiting))
-        registry.register(ClockCollector())
 
     def build_started(self) -> None:
         self.started.inc()

@@ -339,8 +339,9 @@ class Cluster(Reads):
             )
         has_status = kind.versions[version].status
         if subresource == "status":
-            # The status subresource changes status and nothing else (``obj`` is a copy already: the old
-            # status is not copied only to be replaced).
+            # The status subresource changes status and nothing else. The old status is not copied only
+            # to be replaced; the new one is taken as it is when ``obj`` is a deep copy, and copied here
+            # when ``status_only`` made it a shallow one.
             new = _writable({key: value for key, value in old.items() if key != "status"})
             if "status" in obj:
                 new["status"] = store.fresh(obj["status"]) if status_only else obj["status"]

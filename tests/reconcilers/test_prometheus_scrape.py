@@ -112,6 +112,8 @@ async def test_prometheus_sees_the_controller_runtime_and_build_metrics(
                 await reaches(
                     prometheus, 'kpack_image_builder_droplets_written_total{trigger="stack_update"}', 0
                 )
+                # The clocks agree here: the offset is scraped, and zero.
+                await reaches(prometheus, "kpack_image_builder_apiserver_clock_offset_seconds", 0)
                 waiting = "kpack_image_builder_workloads_waiting"
                 await reaches(prometheus, f'{waiting}{{phase="build_running"}}', 1)
                 await reaches(prometheus, f"sum({waiting})", 1)
