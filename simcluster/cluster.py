@@ -370,7 +370,8 @@ class Cluster(Reads):
                 else:
                     obj.pop("status", None)
         causes = validate_meta(kind, obj, old)
-        causes += schemas.apply_schema(obj, kind.versions[version].schema)
+        ratchet = old if self.schema_applied(kind, version, old) else None
+        causes += schemas.apply_schema(obj, kind.versions[version].schema, ratchet)
         if kind.key == CRD_KEY:
             causes += crd_causes(obj, self.kinds)
         if causes:

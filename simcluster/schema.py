@@ -35,8 +35,15 @@ class Cause:
 _ROOT_KEEP = ("apiVersion", "kind", "metadata")
 
 
-def apply_schema(obj: dict[str, Any], schema: Schema | None) -> list[Cause]:
-    """Prune, default and validate ``obj`` (a fresh copy the caller owns) in place; return what is wrong."""
+def apply_schema(
+    obj: dict[str, Any], schema: Schema | None, old: dict[str, Any] | None = None
+) -> list[Cause]:
+    """Prune, default and validate ``obj`` (a fresh copy the caller owns) in place; return what is wrong.
+
+    ``old``, on an update, is the stored object when it went through this same schema: a top-level field
+    (``spec``, ``status``) equal to its is not walked again, as pruning and defaulting it again would
+    change nothing, and kube-apiserver's validation ratcheting does not report on unchanged values. Most
+    writes change one of the two (a status write, a metadata patch), and the walk is most of a write."""
     if not schema:
         return []
     causes: list[Cause] = []
@@ -44,6 +51,8 @@ def apply_schema(obj: dict[str, Any], schema: Schema | None) -> list[Cause]:
     keep_unknown = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
     for key in list(obj):
         if key in _ROOT_KEEP:
+            continue
+        if old is not None and key in old and obj[key] == old[key]:
             continue
         sub = props.get(key)
         if sub is None:

@@ -39,6 +39,10 @@ class Snapshot:
     created: float
 
 
+def _schemas(kind: Kind) -> dict[str, object]:
+    return {name: version.schema for name, version in kind.versions.items()}
+
+
 class Store:
     """Objects, the global resourceVersion, the event history and the open watches."""
 
@@ -56,6 +60,9 @@ class Store:
         self.watchers: dict[tuple[str, str], set[Watcher]] = {}
         self.watch_buffer = watch_buffer
         self.snapshots: dict[str, Snapshot] = {}
+        # kind -> the resourceVersion its current schemas were registered at: an object stored after it
+        # (a greater resourceVersion) was written through them.
+        self.schemas_since: dict[tuple[str, str], int] = {}
         self.snapshot_ttl = 300.0
         for kind in built_in_kinds():
             self.register(kind)
@@ -63,6 +70,9 @@ class Store:
     # ----------------------------------------------------------------- kinds
     def register(self, kind: Kind) -> None:
         old = self.kinds.get(kind.key)
+        if old is None or _schemas(old) != _schemas(kind):
+            # Objects stored up to now were pruned, defaulted and validated by another schema (or none).
+            self.schemas_since[kind.key] = self.rv
         if old is not None:
             for v in old.versions:
                 self.served.pop((old.group, v, old.plural), None)
@@ -129,6 +139,13 @@ class Store:
         return (kind, obj) if obj is not None else None
 
     # ----------------------------------------------------------------- writes
+    def schema_applied(self, kind: Kind, version: str, obj: Obj) -> bool:
+        """Whether stored ``obj`` went through ``version``'s current schema when it was written: it is stored
+        in that version, and was written after the schemas were last changed."""
+        return version == kind.storage_version and int(obj["metadata"]["resourceVersion"]) > (
+            self.schemas_since.get(kind.key, 0)
+        )
+
     def _next_rv(self) -> int:
         self.rv += 1
         return self.rv

@@ -179,9 +179,12 @@ def validate_meta(kind: Kind, obj: Obj, old: Obj | None) -> list[schemas.Cause]:
         check = dns1123_label_errors if kind.key == ("", "namespaces") else dns1123_subdomain_errors
         for msg in check(name):
             bad("metadata.name", name, msg)
+    # What the stored object holds was checked when it was written: on most writes (every status write)
+    # the labels, annotations and finalizers are the stored ones, and their checks are most of this one.
+    stored = old["metadata"] if old is not None else {}
     for field in ("labels", "annotations"):
         value = meta.get(field)
-        if value is None:
+        if value is None or value == stored.get(field):
             continue
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             causes.append(
@@ -216,7 +219,7 @@ def validate_meta(kind: Kind, obj: Obj, old: Obj | None) -> list[schemas.Cause]:
             )
         )
         finalizers = []
-    for i, fin in enumerate(finalizers):
+    for i, fin in enumerate(finalizers if finalizers != stored.get("finalizers") else ()):
         for msg in qualified_name_errors(fin):
             bad(f"metadata.finalizers[{i}]", fin, msg)
     if old is not None and old["metadata"].get("deletionTimestamp"):

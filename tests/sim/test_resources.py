@@ -6,10 +6,12 @@ import copy
 
 import pytest
 
+from tests.helpers import eventually
 from tests.sim.conftest import (
     BW,
     CM,
     CRDS,
+    DEADLINE,
     GROUP,
     WIDGETS,
     Kube,
@@ -105,6 +107,37 @@ async def test_posting_a_crd_serves_its_custom_resource(kube: Kube) -> None:
     assert by_name["widgets"]["namespaced"] is True
     assert by_name["widgets"]["shortNames"] == ["wid"]
     assert "widgets/status" in by_name
+
+
+async def test_a_default_added_to_a_crd_fills_the_next_write_of_an_older_object(kube: Kube) -> None:
+    """An object stored before its CRD's schema gained a default gets it on its next write, even one that
+    leaves its spec as it was (a metadata patch): the emulator walks again only what changed since a
+    write through the same schema."""
+    group = kube.group
+    widgets = f"/apis/{group}/v1/namespaces/{{ns}}/widgets"
+    crd = await install_crd(kube, widget_crd(group=group))
+    created = await kube.create(widgets, widget("w1", group=group))
+    assert "enabled" not in created["spec"]
+    for version in crd["spec"]["versions"]:
+        version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["enabled"]["default"] = True
+    reply = await kube.put(f"{CRDS}/{crd['metadata']['name']}", crd)
+    assert reply.status == 200, reply.body
+    # Served once a new object is defaulted by it: at once here, after a moment on kube-apiserver.
+    await eventually(
+        lambda: kube.post(kube.path(widgets), widget("probe", group=group), dryRun="All"),
+        DEADLINE,
+        "the new default served",
+        until=lambda r: r.status == 201 and r.body["spec"].get("enabled") is True,
+    )
+    patched = await kube.patch(kube.path(widgets, name="w1"), {"metadata": {"labels": {"touched": "yes"}}})
+    assert patched.status == 200, patched.body
+    assert patched.body["spec"] == {**created["spec"], "enabled": True}
+    # Written through the new schema now: a later write keeps it, and a status write validates status.
+    status = await kube.patch(kube.path(widgets, name="w1", sub="status"), {"status": {"phase": "Ready"}})
+    assert status.status == 200, status.body
+    assert status.body["spec"]["enabled"] is True
+    bad = await kube.patch(kube.path(widgets, name="w1", sub="status"), {"status": {"phase": 3}})
+    assert_status(bad, 422, "Invalid")
 
 
 async def test_cluster_scoped_crd(kube: Kube) -> None:
