@@ -33,6 +33,7 @@ class Cause:
 
 
 _ROOT_KEEP = ("apiVersion", "kind", "metadata")
+_ABSENT = object()  # not in the stored object (``None`` is a value there)
 
 
 def apply_schema(
@@ -40,10 +41,10 @@ def apply_schema(
 ) -> list[Cause]:
     """Prune, default and validate ``obj`` (a fresh copy the caller owns) in place; return what is wrong.
 
-    ``old``, on an update, is the stored object when it went through this same schema: a top-level field
-    (``spec``, ``status``) equal to its is not walked again, as pruning and defaulting it again would
-    change nothing, and kube-apiserver's validation ratcheting does not report on unchanged values. Most
-    writes change one of the two (a status write, a metadata patch), and the walk is most of a write."""
+    ``old``, on an update, is the stored object when it went through this same schema: a value equal to
+    its at the same place (``spec`` on a status write, a condition that did not change) is not walked
+    again, as pruning and defaulting it again would change nothing, and kube-apiserver's validation
+    ratcheting does not report on unchanged values. The walk was most of a write's cost."""
     if not schema:
         return []
     causes: list[Cause] = []
@@ -52,7 +53,8 @@ def apply_schema(
     for key in list(obj):
         if key in _ROOT_KEEP:
             continue
-        if old is not None and key in old and obj[key] == old[key]:
+        before = old.get(key, _ABSENT) if old is not None else _ABSENT
+        if before is not _ABSENT and obj[key] == before:
             continue
         sub = props.get(key)
         if sub is None:
@@ -62,7 +64,7 @@ def apply_schema(
         if obj[key] is None and not sub.get("nullable"):
             del obj[key]
             continue
-        obj[key] = _walk(obj[key], sub, key, causes)
+        obj[key] = _walk(obj[key], sub, key, causes, before)
     _fill_defaults(obj, props)
     for key in schema.get("required") or ():
         if key not in obj:
@@ -157,7 +159,9 @@ def _is_date_time(value: str) -> bool:
 _FORMATS = {"date-time": _is_date_time}
 
 
-def _walk(value: Any, schema: Schema, path: str, causes: list[Cause]) -> Any:
+def _walk(value: Any, schema: Schema, path: str, causes: list[Cause], old: Any = None) -> Any:
+    """``value`` pruned and defaulted, its problems added to ``causes``; ``old``: what was stored at the same
+    place through the same schema (``apply_schema``), whose equal parts are not walked again."""
     if value is None:
         if not schema.get("nullable"):
             causes.append(
@@ -190,11 +194,17 @@ def _walk(value: Any, schema: Schema, path: str, causes: list[Cause]) -> Any:
         )
         return value
     if isinstance(value, dict):
-        value = _walk_object(value, schema, path, causes)
+        value = _walk_object(value, schema, path, causes, old if isinstance(old, dict) else None)
     elif isinstance(value, list):
         items = schema.get("items")
         if items:
-            value = [_walk(v, items, f"{path}[{i}]", causes) for i, v in enumerate(value)]
+            stored = old if isinstance(old, list) else ()
+            value = [
+                v
+                if i < len(stored) and v == stored[i]
+                else _walk(v, items, f"{path}[{i}]", causes, stored[i] if i < len(stored) else None)
+                for i, v in enumerate(value)
+            ]
         _check_array(value, schema, path, causes)
     else:
         _check_scalar(value, schema, path, causes)
@@ -210,12 +220,17 @@ def _walk(value: Any, schema: Schema, path: str, causes: list[Cause]) -> Any:
     return value
 
 
-def _walk_object(value: dict[str, Any], schema: Schema, path: str, causes: list[Cause]) -> dict[str, Any]:
+def _walk_object(
+    value: dict[str, Any], schema: Schema, path: str, causes: list[Cause], old: dict[str, Any] | None
+) -> dict[str, Any]:
     props = schema.get("properties")
     additional = schema.get("additionalProperties")
     keep_unknown = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
     embedded = bool(schema.get("x-kubernetes-embedded-resource"))
     for key in list(value):
+        before = old.get(key, _ABSENT) if old is not None else _ABSENT
+        if before is not _ABSENT and value[key] == before:
+            continue
         sub = props.get(key) if props else None
         if sub is None and isinstance(additional, dict):
             sub = additional
@@ -226,7 +241,7 @@ def _walk_object(value: dict[str, Any], schema: Schema, path: str, causes: list[
         if value[key] is None and not sub.get("nullable") and "default" not in sub:
             del value[key]
             continue
-        value[key] = _walk(value[key], sub, f"{path}.{key}", causes)
+        value[key] = _walk(value[key], sub, f"{path}.{key}", causes, before)
     if props:
         _fill_defaults(value, props)
     for key in schema.get("required") or ():
