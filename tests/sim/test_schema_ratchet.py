@@ -11,49 +11,34 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simcluster.schema import apply_schema
+from tests.sim.conftest import widget_schema
 
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "spec": {
+
+def ratchet_schema() -> dict[str, Any]:
+    """The Widget schema of the emulator's tests, with defaults, limits, a pattern and conditions."""
+    schema = widget_schema()
+    spec = schema["properties"]["spec"]["properties"]
+    spec["size"]["minimum"] = 0
+    spec["color"]["default"] = "red"
+    spec["tags"]["maxItems"] = 3
+    spec["tags"]["items"]["properties"]["value"]["default"] = ""
+    status = schema["properties"]["status"]["properties"]
+    status["phase"]["pattern"] = "^[A-Z][a-z]+$"
+    status["conditions"] = {
+        "type": "array",
+        "items": {
             "type": "object",
-            "required": ["size"],
+            "required": ["type"],
             "properties": {
-                "size": {"type": "integer", "minimum": 0},
-                "color": {"type": "string", "enum": ["red", "green", "blue"], "default": "red"},
-                "tags": {
-                    "type": "array",
-                    "maxItems": 3,
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "name": {"type": "string"},
-                            "value": {"type": "string", "default": ""},
-                        },
-                    },
-                },
-                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "type": {"type": "string"},
+                "lastTransitionTime": {"type": "string", "format": "date-time"},
             },
         },
-        "status": {
-            "type": "object",
-            "properties": {
-                "phase": {"type": "string", "pattern": "^[A-Z][a-z]+$"},
-                "conditions": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["type"],
-                        "properties": {
-                            "type": {"type": "string"},
-                            "lastTransitionTime": {"type": "string", "format": "date-time"},
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
+    }
+    return schema
+
+
+SCHEMA = ratchet_schema()
 
 NOW = "2026-01-01T00:00:00Z"
 # Values right and wrong for each place: wrong types, values out of an enum or a range, unknown fields.
