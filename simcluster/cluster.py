@@ -338,11 +338,21 @@ class Cluster(Reads):
                 f"{meta['uid']}, UID in object meta: {old['metadata']['uid']}",
             )
         has_status = kind.versions[version].status
+        ratchet = old if self.schema_applied(kind, version, old) else None
         if subresource == "status":
             # The status subresource changes status and nothing else. The old status is not copied only
             # to be replaced; the new one is taken as it is when ``obj`` is a deep copy, and copied here
             # when ``status_only`` made it a shallow one.
-            new = _writable({key: value for key, value in old.items() if key != "status"})
+            rest = {key: value for key, value in old.items() if key != "status"}
+            if ratchet is not None and not hooks:
+                # The rest is the stored object's, which already went through this schema: the walk below
+                # skips it whole, so it is shared, not copied (stored objects are never mutated). Only
+                # its metadata gets new values (resourceVersion, managedFields): a dict of its own.
+                meta = old["metadata"]
+                rest["metadata"] = {key: value for key, value in meta.items() if key != "managedFields"}
+                new = rest
+            else:
+                new = _writable(rest)
             if "status" in obj:
                 new["status"] = store.fresh(obj["status"]) if status_only else obj["status"]
             else:
@@ -370,7 +380,6 @@ class Cluster(Reads):
                 else:
                     obj.pop("status", None)
         causes = validate_meta(kind, obj, old)
-        ratchet = old if self.schema_applied(kind, version, old) else None
         causes += schemas.apply_schema(obj, kind.versions[version].schema, ratchet)
         if kind.key == CRD_KEY:
             causes += crd_causes(obj, self.kinds)

@@ -7,11 +7,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simcluster.cluster import Cluster
 from simcluster.schema import apply_schema
-from tests.sim.conftest import widget_schema
+from tests.sim.conftest import GROUP, widget, widget_crd, widget_schema
 
 
 def ratchet_schema() -> dict[str, Any]:
@@ -130,3 +132,36 @@ def test_a_changed_value_under_an_unchanged_one_is_still_checked() -> None:
         'spec.tags[1].name: Invalid value: "integer": spec.tags[1].name in body must be of type string: "integer"',
         "status.phase: Invalid value: \"ready\": status.phase in body should match '^[A-Z][a-z]+$'",
     ]
+
+
+def test_a_status_write_shares_the_rest_without_changing_the_object_it_replaces() -> None:
+    """A status write keeps the stored object's other fields by reference (they went through the schema
+    already): the object it replaces, which lists and the watch history still hold, stays as it was."""
+    cluster = Cluster()
+    cluster.ensure_namespace("default")
+    cluster.create(
+        cluster.kind_for("apiextensions.k8s.io", "customresourcedefinitions"), "v1", None, widget_crd()
+    )
+    widgets = cluster.kind_for(GROUP, "widgets")
+    meta = {"annotations": {"a": "1"}, "finalizers": ["example.com/keep"]}
+    cluster.create(widgets, "v1", "default", widget("w", labels={"app": "x"}, tags=[{"name": "t"}]))
+    cluster.patch(
+        widgets, "v1", "default", "w", "application/merge-patch+json", orjson.dumps({"metadata": meta})
+    )
+    before = cluster.get(widgets, "default", "w")
+    snapshot = orjson.dumps(before)
+    for phase in ("Ready", "Done"):
+        patch = {"status": {"phase": phase, "observedGeneration": 1}}
+        raw = orjson.dumps(patch)
+        cluster.patch(
+            widgets, "v1", "default", "w", "application/merge-patch+json", raw, subresource="status"
+        )
+    after = cluster.get(widgets, "default", "w")
+    assert orjson.dumps(before) == snapshot
+    assert after["spec"] is before["spec"]  # shared, not copied
+    assert after["status"] == {"phase": "Done", "observedGeneration": 1}
+    assert int(after["metadata"]["resourceVersion"]) == int(before["metadata"]["resourceVersion"]) + 2
+    assert after["metadata"]["managedFields"] != before["metadata"]["managedFields"]
+    assert {k: v for k, v in after["metadata"].items() if k not in ("resourceVersion", "managedFields")} == {
+        k: v for k, v in before["metadata"].items() if k not in ("resourceVersion", "managedFields")
+    }
