@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from service.kube.timestamps import rfc3339
 from simcluster import schema as schemas
 from simcluster.kinds import Kind, Obj, kind_from_crd
 from simcluster.store import Store
@@ -84,14 +83,14 @@ def crd_causes(crd: Obj, kinds: Mapping[tuple[str, str], Kind]) -> list[schemas.
     return causes
 
 
-def establish(store: Store, crd: Obj) -> None:
-    """Serve what a CRD describes and report it Established, as the apiextensions controllers do."""
+def establish(store: Store, crd: Obj, now: str) -> None:
+    """Serve what a CRD describes and report it Established, as the apiextensions controllers do; ``now``
+    is the server's time (its clock may disagree with the machine's), for the conditions' stamps."""
     if crd["metadata"].get("deletionTimestamp"):
         return
     kind = kind_from_crd(crd)
     store.register(kind)
     spec = crd["spec"]
-    now = rfc3339()
     old_status = crd.get("status") or {}
     stored = list(old_status.get("storedVersions") or [])
     if kind.storage_version not in stored:

@@ -244,7 +244,7 @@ class Cluster(Reads):
             meta.pop("resourceVersion", None)
             return self.view(kind, version, obj)
         if kind.key == CRD_KEY:
-            establish(self, obj)
+            establish(self, obj, self.stamp())
         rv = self._next_rv()
         meta["resourceVersion"] = str(rv)
         self._store(kind, obj)
@@ -421,7 +421,7 @@ class Cluster(Reads):
             obj["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             return self.view(kind, version, obj)
         if kind.key == CRD_KEY:
-            establish(self, obj)
+            establish(self, obj, self.stamp())
         self._store(kind, obj)
         self._emit(kind, "MODIFIED", obj, old, rv)
         return self.view(kind, version, obj)

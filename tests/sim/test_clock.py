@@ -9,7 +9,7 @@ from email.utils import parsedate_to_datetime
 import pytest
 
 from service.kube.timestamps import parse_rfc3339
-from tests.sim.conftest import CM, Kube, assert_status, configmap
+from tests.sim.conftest import CM, Kube, assert_status, configmap, install_crd, widget_crd
 
 pytestmark = [pytest.mark.anyio, pytest.mark.emulator]  # a skewed clock is the emulator's own
 
@@ -56,3 +56,11 @@ async def test_a_bad_clock_is_refused(kube: Kube, body: object) -> None:
     assert_status(reply, 400, "BadRequest")
     assert "skewSeconds" in reply.body["message"]
     assert (await kube.get(CLOCK)).body["skewSeconds"] == 0
+
+
+async def test_a_crds_conditions_are_stamped_by_the_servers_clock(kube: Kube, an_hour_behind: None) -> None:
+    crd = await install_crd(kube, widget_crd(group="clock.example.com"))
+    stamps = {c["type"]: parse_rfc3339(c["lastTransitionTime"]) for c in crd["status"]["conditions"]}
+    assert set(stamps) == {"NamesAccepted", "Established"}
+    for stamp in stamps.values():
+        assert stamp is not None and 0.99 < _hours_behind(stamp.timestamp()) < 1.01, crd["status"]
