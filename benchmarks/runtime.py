@@ -10,6 +10,9 @@ machine are low), then each figure on one line:
   checkpoint per key, as a worker awaits its reconcile, so that all K take turns;
 - queue cycles/s (no metrics): the same through an unnamed queue, which reports nothing: the difference
   between the two is what the metrics cost;
+- queue floor cycles/s: the same K consumers awaiting only the two checkpoints of a cycle (``get`` yields
+  once, then the consumer's reconcile), with no queue: the ceiling of the two figures above on this
+  machine, whatever the queue's own code costs;
 - queue dedup adds/s: adds of keys that are already queued (the dirty-set hit of a chatty informer);
 - queue rate-limited adds/s: ``add_rate_limited`` of distinct keys (per-item backoff plus the delay heap);
 - queue trickle cycles/s, 1 and K consumers: keys added one at a time, the producer yielding after each
@@ -170,6 +173,27 @@ async def queue_trickle(n: int, consumers: int) -> float:
         queue.shutdown()
     elapsed = time.perf_counter() - start
     assert handled == n, (handled, n)
+    return n / elapsed
+
+
+async def queue_floor(n: int, consumers: int) -> float:
+    """What ``queue_cycles`` would measure with a queue that cost nothing: per key, the checkpoint ``get``
+    takes (a worker must yield between keys) and the consumer's own; cycles per second."""
+    handled = 0
+
+    async def consume() -> None:
+        nonlocal handled
+        while handled < n:
+            await anyio.lowlevel.checkpoint()  # get()'s
+            handled += 1
+            await anyio.lowlevel.checkpoint()  # the worker's reconcile
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(consumers):
+            tg.start_soon(consume)
+    elapsed = time.perf_counter() - start
+    assert n <= handled < n + consumers, (handled, n)
     return n / elapsed
 
 
@@ -390,6 +414,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, float]:
     n, k, r = args.keys, args.consumers, args.repeat
     f["queue_cycles_per_s"] = await best(r, lambda: queue_cycles(n, k, named=True))
     f["queue_cycles_no_metrics_per_s"] = await best(r, lambda: queue_cycles(n, k, named=False))
+    f["queue_floor_cycles_per_s"] = await best(r, lambda: queue_floor(n, k))
     f["queue_dedup_adds_per_s"] = await best(r, lambda: queue_dedup_adds(n, 10))
     f["queue_rate_limited_adds_per_s"] = await best(r, lambda: queue_rate_limited_adds(n))
     trickle = max(1, n // 5)
@@ -441,6 +466,7 @@ def main() -> None:
         f"queue cycles/s (metrics):              {f['queue_cycles_per_s']:>10,.0f}  ({args.keys:,} keys, {k} consumers)"
     )
     print(f"queue cycles/s (no metrics):           {f['queue_cycles_no_metrics_per_s']:>10,.0f}")
+    print(f"queue floor cycles/s (checkpoints):    {f['queue_floor_cycles_per_s']:>10,.0f}")
     print(f"queue dedup adds/s:                    {f['queue_dedup_adds_per_s']:>10,.0f}")
     print(f"queue rate-limited adds/s:             {f['queue_rate_limited_adds_per_s']:>10,.0f}")
     print(f"queue trickle cycles/s (1 consumer):   {f['queue_trickle_1_consumer_per_s']:>10,.0f}")

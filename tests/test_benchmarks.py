@@ -25,7 +25,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         (
             "runtime.py",
             ["--keys=500", "--objects=100", "--sync-objects=100", "--reconciles=500"],
-            ["informer_catch_up_events_per_s"],
+            ["informer_catch_up_events_per_s", "queue_floor_cycles_per_s"],
         ),
         ("cache_memory.py", ["--objects=300"], ["rss_per_raw_json"]),
         ("client.py", ["--requests=50"], ["client_get_us"]),
