@@ -90,13 +90,19 @@ __all__ = [
 SYSTEM_USER = "system:admin"
 
 
-def _writable(obj: Obj) -> Obj:
-    """A deep copy of ``obj`` to write, without its managedFields: every write sets them anew from the
-    stored object's (``managed_fields``), and they are the largest part of most objects."""
+def _unmanaged(obj: Obj) -> Obj:
+    """``obj`` with a metadata dict of its own, without managedFields: every write sets them anew from the
+    stored object's (``managed_fields``), and they are the largest part of most objects. The rest is
+    shared with ``obj``."""
     meta = obj.get("metadata")
-    if isinstance(meta, dict) and "managedFields" in meta:
-        obj = {**obj, "metadata": {key: value for key, value in meta.items() if key != "managedFields"}}
-    return store.fresh(obj)
+    if not isinstance(meta, dict):
+        return obj
+    return {**obj, "metadata": {key: value for key, value in meta.items() if key != "managedFields"}}
+
+
+def _writable(obj: Obj) -> Obj:
+    """A deep copy of ``obj`` to write, without its managedFields (``_unmanaged``)."""
+    return store.fresh(_unmanaged(obj))
 
 
 class Cluster(Reads):
@@ -344,15 +350,10 @@ class Cluster(Reads):
             # to be replaced; the new one is taken as it is when ``obj`` is a deep copy, and copied here
             # when ``status_only`` made it a shallow one.
             rest = {key: value for key, value in old.items() if key != "status"}
-            if ratchet is not None and not hooks:
-                # The rest is the stored object's, which already went through this schema: the walk below
-                # skips it whole, so it is shared, not copied (stored objects are never mutated). Only
-                # its metadata gets new values (resourceVersion, managedFields): a dict of its own.
-                meta = old["metadata"]
-                rest["metadata"] = {key: value for key, value in meta.items() if key != "managedFields"}
-                new = rest
-            else:
-                new = _writable(rest)
+            # When the stored object already went through this schema, the walk below skips the rest
+            # whole, so it is shared, not copied (stored objects are never mutated); only its metadata
+            # gets new values (resourceVersion, managedFields), in a dict of its own.
+            new = _unmanaged(rest) if ratchet is not None and not hooks else _writable(rest)
             if "status" in obj:
                 new["status"] = store.fresh(obj["status"]) if status_only else obj["status"]
             else:
