@@ -1,6 +1,7 @@
 """The emulator's schema walk on an update skips what equals the stored object (``apply_schema``'s
 ``old``): for a stored object that went through the same schema, the result and the causes must be those
-of a full walk, whatever the write changed."""
+of a full walk, whatever the write changed. A status write to such an object shares what it skips with
+the object it replaces, which must stay as it was."""
 
 from __future__ import annotations
 
